@@ -1,0 +1,28 @@
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench schemas clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lazarus demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	@mkdir -p bench/results
+	@for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+schemas: $(STAMP)
+	$(BIN)/lazarus schema export --out schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,436 @@
+"""The `lazarus` command: thin click wrappers over the same functions the gateway calls."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import msgspec
+
+from . import events as ev
+from .cells import Cell, Root
+from .config import Config, resolve
+from .errors import LazarusError, MalformedInput
+from .log import Appended
+
+__all__ = ["cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class App:
+    """What every command shares: global options, the root and its config."""
+
+    def __init__(self) -> None:
+        self.root_opt: str | None = None
+        self.config_opt: str | None = None
+        self.json = False
+        self.debug = False
+
+    @cached_property
+    def _resolved(self) -> tuple[Path, Config]:
+        return resolve(self.root_opt, self.config_opt)
+
+    @property
+    def config(self) -> Config:
+        return self._resolved[1]
+
+    @cached_property
+    def root(self) -> Root:
+        return Root(*self._resolved)
+
+    def cell(self, ref: str) -> Cell:
+        return self.root.open(ref)
+
+
+def _setter(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value not in (None, False):
+            setattr(ctx.ensure_object(App), attr, value)
+
+    return callback
+
+
+def common(f: F) -> F:
+    """Global options, accepted before or after the subcommand."""
+    opts = [
+        click.option("--root", callback=_setter("root_opt"), expose_value=False, is_eager=True,
+                     help="Missions root (else $LAZARUS_ROOT, config, XDG)."),
+        click.option("--config", callback=_setter("config_opt"), expose_value=False, is_eager=True,
+                     help="Config file (else $LAZARUS_CONFIG, <root>/lazarus.toml)."),
+        click.option("--json", "json_", is_flag=True, default=False, callback=_setter("json"),
+                     expose_value=False, help="Machine-readable output."),
+        click.option("--debug", is_flag=True, default=False, callback=_setter("debug"), expose_value=False,
+                     help="Show tracebacks."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+pass_app = click.make_pass_decorator(App, ensure=True)
+
+
+def _out(app: App, data: Any, text: str | Iterable[str]) -> None:
+    if app.json:
+        click.echo(json.dumps(data, default=str))
+    elif isinstance(text, str):
+        click.echo(text)
+    else:
+        for line in text:
+            click.echo(line)
+
+
+def read_data(value: str | None) -> Any:
+    """`--data`/`--state`: inline JSON, @FILE or - (stdin)."""
+    if value is None:
+        return None
+    if value == "-":
+        raw = sys.stdin.buffer.read()
+    elif value.startswith("@"):
+        try:
+            raw = Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise MalformedInput(f"cannot read {value[1:]}: {exc.strerror}") from None
+    else:
+        raw = value.encode()
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise MalformedInput(f"malformed JSON: {exc}") from None
+
+
+def _pairs(values: Iterable[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise MalformedInput(f"{what} takes KEY=VALUE, got {item!r}")
+        out[key] = val
+    return out
+
+
+def _appended(app: App, written: list[Appended], extra: dict[str, Any] | None = None) -> None:
+    """Print the seq of the event asked for (the first written)."""
+    first = written[0]
+    data = {"seq": first.seq, "id": first.event.id, "type": first.event.type, "duplicate": first.duplicate}
+    data.update(extra or {})
+    text = str(first.seq) if not extra else f"{first.seq} " + " ".join(str(v) for v in extra.values())
+    _out(app, data, text)
+
+
+def _emit(app: App, cell: Cell, payload: dict[str, Any], *, by: str | None = None,
+          expected_seq: int | None = None) -> list[Appended]:
+    draft = ev.parse_draft(payload, by=by)
+    return cell.append(draft, expected_seq=expected_seq)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@common
+@click.version_option(package_name="lazarus-pit", prog_name="lazarus")
+def cli() -> None:
+    """Lazarus Pit: supervise teams of long-running agents from one append-only log per cell."""
+
+
+@cli.command()
+@common
+@pass_app
+def init(app: App) -> None:
+    """Create the root and a starter config."""
+    created = app.root.init()
+    _out(app, {"root": str(app.root.path), "created": created},
+         f"{'initialized' if created else 'already initialized:'} {app.root.path}")
+
+
+# -- cells --------------------------------------------------------------------------------
+
+
+@cli.group()
+def cell() -> None:
+    """Create, list and steer cells."""
+
+
+@cell.command("create")
+@click.argument("name")
+@click.option("--mission", default="", help="The mission, in words.")
+@click.option("--isolation", type=int, default=1, show_default=True, help="1 process, 2 mount namespace, 3 Podman.")
+@click.option("--id", "cell_id", default=None, help="A UUID or slug (default: a new UUIDv7).")
+@click.option("--label", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("--policy", default=None, help="Resurrection overrides as JSON, @FILE or -.")
+@common
+@pass_app
+def cell_create(app: App, name: str, mission: str, isolation: int, cell_id: str | None,
+                label: tuple[str, ...], policy: str | None) -> None:
+    """Provision a cell; prints its id."""
+    pol = None
+    if policy is not None:
+        try:
+            pol = msgspec.convert(read_data(policy), ev.Policy)
+        except msgspec.ValidationError as exc:
+            raise MalformedInput(f"--policy: {exc}") from None
+    c = app.root.create(name, mission=mission, isolation=isolation, cell_id=cell_id,
+                        labels=_pairs(label, "--label"), policy=pol)
+    _out(app, {"id": c.id, "name": name, "seq": 1}, c.id)
+
+
+@cell.command("list")
+@common
+@pass_app
+def cell_list(app: App) -> None:
+    """Every cell under the root."""
+    rows = [c.describe() for c in app.root.cells()]
+    if app.json:
+        _out(app, rows, "")
+        return
+    from .render import cells_table
+
+    cells_table(rows)
+
+
+@cell.command("show")
+@click.argument("ref", metavar="CELL")
+@common
+@pass_app
+def cell_show(app: App, ref: str) -> None:
+    """One cell's manifest."""
+    body = app.cell(ref).describe()
+    click.echo(json.dumps(body, indent=None if app.json else 2, default=str))
+
+
+def _lifecycle(kind: str, cls: type[ev.Event], help_text: str) -> None:
+    @cell.command(kind, help=help_text)
+    @click.argument("ref", metavar="CELL")
+    @click.option("--reason", default="", help="Why, for the log.")
+    @common
+    @pass_app
+    def command(app: App, ref: str, reason: str) -> None:
+        c = app.cell(ref)
+        if cls is ev.CellDestroyed:
+            seq = c.destroy(reason)
+            _out(app, {"seq": seq, "destroyed": c.id}, str(seq) if seq else f"{c.id} already destroyed")
+            return
+        _appended(app, c.append(cls(by="operator", reason=reason)))  # type: ignore[call-arg]
+
+
+_lifecycle("activate", ev.CellActivated, "Activate a provisioned cell by hand.")
+_lifecycle("freeze", ev.CellFrozen, "Pause work: supervised agents stop, nothing advances.")
+_lifecycle("thaw", ev.CellThawed, "Resume a frozen cell.")
+_lifecycle("archive", ev.CellArchived, "End the mission; the cell stays readable.")
+_lifecycle("destroy", ev.CellDestroyed, "Remove an archived cell; its log goes to the graveyard.")
+
+
+# -- agents -------------------------------------------------------------------------------
+
+
+@cli.group()
+def agent() -> None:
+    """Invite agents and let them leave."""
+
+
+@agent.command("invite")
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.option("--role", required=True, type=click.Choice(["lead", "write", "read", "audit"]))
+@click.option("--cmd", "cmd", default=None, help="Argv as one shell-quoted string: the daemon supervises it.")
+@click.option("--substitute", multiple=True, help="A substitute agent, repeatable, in order.")
+@click.option("--revive", type=click.Choice(["yes", "no", "ask"]), default=None)
+@click.option("--env", multiple=True, help="KEY=VALUE for the agent's environment, repeatable.")
+@click.option("--heartbeat-interval", type=float, default=0.0, help="Seconds; 0 = judged by its process alone.")
+@click.option("--by", default="operator", show_default=True)
+@common
+@pass_app
+def agent_invite(app: App, ref: str, name: str, role: str, cmd: str | None, substitute: tuple[str, ...],
+                 revive: str | None, env: tuple[str, ...], heartbeat_interval: float, by: str) -> None:
+    """Invite an agent; with --cmd the daemon starts and revives it."""
+    payload: dict[str, Any] = {
+        "type": "agent.invited", "agent": name, "role": role, "command": shlex.split(cmd) if cmd else [],
+        "substitutes": list(substitute), "revive": revive, "env": _pairs(env, "--env"),
+        "heartbeat_interval": heartbeat_interval,
+    }
+    _appended(app, _emit(app, app.cell(ref), payload, by=by))
+
+
+@agent.command("leave")
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.option("--reason", default="")
+@click.option("--by", default="operator", show_default=True)
+@common
+@pass_app
+def agent_leave(app: App, ref: str, name: str, reason: str, by: str) -> None:
+    """An agent leaves on purpose; it is stopped and not revived."""
+    _appended(app, _emit(app, app.cell(ref), {"type": "agent.left", "agent": name, "reason": reason}, by=by))
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.option("--status", default="")
+@click.option("--cycle", type=int, default=0, help="The agent's progress counter.")
+@click.option("--pid", type=int, default=0)
+@click.option("--model", default="")
+@common
+@pass_app
+def heartbeat(app: App, ref: str, name: str, status: str, cycle: int, pid: int, model: str) -> None:
+    """Append a heartbeat for AGENT (by AGENT)."""
+    payload = {"type": "agent.heartbeat", "agent": name, "status": status, "cycle": cycle, "pid": pid, "model": model}
+    _appended(app, _emit(app, app.cell(ref), payload, by=name))
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL")
+@click.argument("kind", metavar="TYPE")
+@click.option("--by", required=True, help="Who appends: an agent, operator or lazarus.")
+@click.option("--data", default=None, help="Payload fields as JSON, @FILE or - (stdin).")
+@click.option("--expected-seq", type=int, default=None, help="Refuse unless the log ends at this seq.")
+@click.option("--id", "event_id", default=None, help="Event id (UUID) for idempotent retries.")
+@common
+@pass_app
+def emit(app: App, ref: str, kind: str, by: str, data: str | None, expected_seq: int | None,
+         event_id: str | None) -> None:
+    """Append any event; prints its seq."""
+    payload = read_data(data) if data is not None else {}
+    if not isinstance(payload, dict):
+        raise MalformedInput("--data must be a JSON object of payload fields")
+    if "type" in payload and payload["type"] != kind:
+        raise MalformedInput(f"--data says type {payload['type']!r} but TYPE is {kind!r}")
+    payload = {**payload, "type": kind}
+    if event_id is not None:
+        payload["id"] = event_id
+    c = app.cell(ref)
+    _appended(app, _emit(app, c, payload, by=by, expected_seq=expected_seq))
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _matches(event: ev.Event, types: tuple[str, ...], agents: tuple[str, ...]) -> bool:
+    if types and not any(fnmatch.fnmatchcase(event.type, t) for t in types):
+        return False
+    if agents:
+        names = {event.by, getattr(event, "agent", None), getattr(event, "to", None),
+                 getattr(event, "substitute_for", None)}
+        if not names.intersection(agents):
+            return False
+    return True
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing events as they are appended.")
+@click.option("--type", "types", multiple=True, help="Only this type (globs like 'agent.*'), repeatable.")
+@click.option("--agent", "agents", multiple=True, help="Only events by or about this agent, repeatable.")
+@click.option("--since", type=int, default=0, help="Only events after this seq.")
+@common
+@pass_app
+def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple[str, ...], since: int) -> None:
+    """Print events as stored, one JSON line each (for auditors)."""
+    if since < 0:
+        raise MalformedInput("--since must be >= 0")
+    c = app.cell(ref)
+    out = sys.stdout.buffer
+    stream = c.log.follow(since) if follow else c.log.read_raw(since)
+    try:
+        for event, line in stream:
+            if _matches(event, types, agents):
+                out.write(line + b"\n")
+                if follow:
+                    out.flush()
+    except KeyboardInterrupt:
+        pass
+    out.flush()
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL")
+@click.option("--until", type=int, default=None, help="Rebuild the state as it stood at this seq.")
+@common
+@pass_app
+def replay(app: App, ref: str, until: int | None) -> None:
+    """Rebuild the projections from the log alone."""
+    from .render import replay_with_progress, view_summary
+
+    c = app.cell(ref)
+    view = replay_with_progress(c, until)
+    if app.json:
+        click.echo(msgspec.json.encode(view).decode())
+    else:
+        view_summary(view)
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL")
+@common
+@pass_app
+def verify(app: App, ref: str) -> None:
+    """Check seqs and the hash chain; prints the event count and the head hash."""
+    from .replay import verify_log
+
+    count, head = verify_log(app.cell(ref).log)
+    _out(app, {"events": count, "head": head}, f"ok: {count} events, head {head}")
+
+
+@cli.group()
+def schema() -> None:
+    """JSON Schemas of the events and the config."""
+
+
+@schema.command("export")
+@click.option("--out", type=click.Path(file_okay=False), default="schemas", show_default=True)
+@common
+@pass_app
+def schema_export(app: App, out: str) -> None:
+    """Write the schemas generated from the code."""
+    from .schema import export
+
+    paths = export(Path(out))
+    _out(app, [str(p) for p in paths], f"wrote {len(paths)} schemas to {out}")
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: one `error: ...` line and the documented exit code on failure."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("LAZARUS_DEBUG"))
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is an error, not a kill
+    try:
+        cli.main(args=args, prog_name="lazarus", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        _fail("interrupted", 130)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), 2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except LazarusError as exc:
+        if debug:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(0)
+    except OSError as exc:
+        if debug:
+            raise
+        _fail(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", 1)
+    except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure becomes one line
+        if debug:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+    sys.exit(0)

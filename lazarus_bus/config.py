@@ -1,0 +1,156 @@
+"""Typed config: found in one documented order, validated, an unknown key named in the error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import MalformedInput
+from .events import Policy
+
+__all__ = [
+    "Config",
+    "HealthConfig",
+    "DaemonConfig",
+    "ResurrectionConfig",
+    "ApprovalsConfig",
+    "NotifyConfig",
+    "HttpConfig",
+    "load_config",
+    "find_root",
+    "resolve",
+]
+
+Seconds = Annotated[float, Meta(ge=0)]
+
+
+class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Config sections refuse keys they do not know, so a typo is an error, not a no-op."""
+
+
+class HealthConfig(_Section, frozen=True, kw_only=True):
+    """When an agent counts as stale or dead."""
+
+    stale_after: Seconds = 30.0
+    dead_after: Seconds = 120.0
+    progress_after: Seconds = 0.0
+    detector: Literal["timeout", "phi"] = "timeout"
+    phi_threshold: Annotated[float, Meta(gt=0)] = 8.0
+
+
+class DaemonConfig(_Section, frozen=True, kw_only=True):
+    """The daemon's pace."""
+
+    tick: Annotated[float, Meta(gt=0)] = 1.0
+    grace: Seconds = 5.0
+
+
+class ResurrectionConfig(_Section, frozen=True, kw_only=True):
+    """How dead agents come back; missions and agents may override."""
+
+    mode: Literal["yes", "no", "ask"] = "ask"
+    max_attempts: Annotated[int, Meta(ge=0)] = 3
+    attempt_window: Seconds = 600.0
+    backoff_initial: Seconds = 1.0
+    backoff_factor: Annotated[float, Meta(ge=1)] = 2.0
+    backoff_max: Seconds = 60.0
+    stable_after: Seconds = 300.0
+    restart_on: Literal["failure", "always"] = "failure"
+    substitutes: dict[str, list[str]] = {}
+    missions: dict[str, Policy] = {}
+    agents: dict[str, Policy] = {}
+
+
+class ApprovalsConfig(_Section, frozen=True, kw_only=True):
+    """Approval requests that nobody answers resolve by themselves."""
+
+    timeout: Seconds = 0.0
+    on_timeout: Literal["deny", "approve"] = "deny"
+
+
+class NotifyConfig(_Section, frozen=True, kw_only=True):
+    """Where deaths, approval requests and escalations are announced."""
+
+    webhook: str = ""
+    command: list[str] = []
+    channels: dict[str, str] = {}
+    min_interval: Seconds = 60.0
+
+
+class HttpConfig(_Section, frozen=True, kw_only=True):
+    """The gateway's address and who may write through it."""
+
+    listen: str = "127.0.0.1:8766"
+    tokens_file: str = ""
+
+
+class Config(_Section, frozen=True, kw_only=True):
+    """The whole of lazarus.toml."""
+
+    missions_root: str | None = None
+    backend: Literal["file", "nats"] = "file"
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_stream: str = "LAZARUS"
+    nats_replicas: Annotated[int, Meta(ge=1)] = 1
+    nats_storage: Literal["file", "memory"] = "file"
+    fsync: Literal["always", "batch", "never"] = "always"
+    max_event_bytes: Annotated[int, Meta(ge=256)] = 1048576
+    max_archive_bytes: Annotated[int, Meta(ge=0)] = 1073741824
+    health: HealthConfig = HealthConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    resurrection: ResurrectionConfig = ResurrectionConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    notify: NotifyConfig = NotifyConfig()
+    http: HttpConfig = HttpConfig()
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate one config file; every problem names the file and the key."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MalformedInput(f"config {path}: no such file") from None
+    except OSError as exc:
+        raise MalformedInput(f"config {path}: {exc.strerror}") from None
+    try:
+        return msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise MalformedInput(f"config {path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedInput(f"config {path}: invalid TOML: {exc}") from None
+
+
+def _default_root() -> Path:
+    """$XDG_DATA_HOME/lazarus/missions, else ~/.local/share/lazarus/missions."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "lazarus" / "missions"
+
+
+def find_root(root: str | None, config_path: str | None) -> Path:
+    """The missions root, first found: --root, $LAZARUS_ROOT, missions_root in a named config, XDG."""
+    if root:
+        return Path(root)
+    if os.environ.get("LAZARUS_ROOT"):
+        return Path(os.environ["LAZARUS_ROOT"])
+    named = config_path or os.environ.get("LAZARUS_CONFIG")
+    if named:
+        cfg = load_config(Path(named))
+        if cfg.missions_root:
+            return Path(cfg.missions_root)
+    return _default_root()
+
+
+def resolve(root: str | None = None, config_path: str | None = None) -> tuple[Path, Config]:
+    """Root and config together: --config, $LAZARUS_CONFIG, <root>/lazarus.toml, then defaults."""
+    found = find_root(root, config_path)
+    named = config_path or os.environ.get("LAZARUS_CONFIG")
+    if named:
+        return found, load_config(Path(named))
+    local = found / "lazarus.toml"
+    if local.is_file():
+        return found, load_config(local)
+    return found, Config()

@@ -1,0 +1,386 @@
+"""Every event type of the catalogue as one tagged union, plus the door every draft passes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import MalformedInput
+from .names import AGENT_PATTERN, CELL_ID_PATTERN, REF_PATTERN, check_agent, check_by
+
+__all__ = [
+    "Event",
+    "AnyEvent",
+    "EVENT_TYPES",
+    "ENVELOPE",
+    "ZERO_HASH",
+    "decode_event",
+    "encode_event",
+    "parse_draft",
+    "payload_of",
+]
+
+ZERO_HASH = "0" * 64
+ENVELOPE = ("seq", "id", "ts", "cell", "type", "by", "prev")
+ASSIGNED = frozenset({"seq", "ts", "cell", "prev"})
+
+Name = Annotated[str, Meta(pattern=AGENT_PATTERN, description="an agent name")]
+Author = Annotated[str, Meta(pattern=AGENT_PATTERN, description="an agent name, `operator` or `lazarus`")]
+Ref = Annotated[str, Meta(pattern=REF_PATTERN)]
+Role = Literal["lead", "write", "read", "audit"]
+Revive = Literal["yes", "no", "ask"]
+DeathReason = Literal["exited", "heartbeat_timeout", "no_progress", "never_seen"]
+Action = Literal["restart", "substitute", "ask", "suppressed", "unrecoverable", "escalated"]
+TaskStatus = Literal["pending", "in_progress", "done", "failed"]
+Priority = Literal["high", "medium", "low"]
+Seconds = Annotated[float, Meta(ge=0)]
+
+
+class Policy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Resurrection overrides a cell, mission or agent may carry; unset keys inherit."""
+
+    mode: Revive | None = None
+    mission: str | None = None
+    substitutes: list[Name] | None = None
+    max_attempts: Annotated[int, Meta(ge=0)] | None = None
+    attempt_window: Seconds | None = None
+    backoff_initial: Seconds | None = None
+    backoff_factor: Annotated[float, Meta(ge=1)] | None = None
+    backoff_max: Seconds | None = None
+    stable_after: Seconds | None = None
+    restart_on: Literal["failure", "always"] | None = None
+    stale_after: Seconds | None = None
+    dead_after: Seconds | None = None
+    progress_after: Seconds | None = None
+
+
+class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The envelope every event carries; the log assigns seq, ts, cell and prev."""
+
+    seq: int = 0
+    id: str = ""
+    ts: float = 0.0
+    cell: Annotated[str, Meta(pattern=f"^(?:{CELL_ID_PATTERN})$")] | Literal[""] = ""
+    by: Author | Literal[""] = ""
+    prev: str = ""
+
+    @property
+    def type(self) -> str:
+        """The tag, as written in the log."""
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
+
+# Cell lifecycle ---------------------------------------------------------------------------
+
+
+class CellProvisioned(Event, frozen=True, kw_only=True, tag="cell.provisioned"):
+    """A cell came into being with its mission."""
+
+    name: Name
+    mission: str = ""
+    labels: dict[str, str] = {}
+    isolation: Literal[1, 2, 3] = 1
+    policy: Policy | None = None
+
+
+class CellActivated(Event, frozen=True, kw_only=True, tag="cell.activated"):
+    """Work started: by hand or on the first sign of an agent."""
+
+    reason: str = ""
+
+
+class CellFrozen(Event, frozen=True, kw_only=True, tag="cell.frozen"):
+    """Work paused: supervised agents stop, nothing advances."""
+
+    reason: str = ""
+
+
+class CellThawed(Event, frozen=True, kw_only=True, tag="cell.thawed"):
+    """Work resumed after a freeze."""
+
+    reason: str = ""
+
+
+class CellArchived(Event, frozen=True, kw_only=True, tag="cell.archived"):
+    """The mission ended; the cell is kept for reading."""
+
+    reason: str = ""
+
+
+class CellDestroyed(Event, frozen=True, kw_only=True, tag="cell.destroyed"):
+    """The cell's files were removed; its log lives on in the graveyard."""
+
+    reason: str = ""
+
+
+# Agents -----------------------------------------------------------------------------------
+
+
+class AgentInvited(Event, frozen=True, kw_only=True, tag="agent.invited"):
+    """An agent may take part; a `command` means the daemon supervises it."""
+
+    agent: Name
+    role: Role
+    command: list[str] = []
+    env: dict[str, str] = {}
+    substitutes: list[Name] = []
+    heartbeat_interval: Seconds = 0.0
+    revive: Revive | None = None
+
+
+class AgentJoined(Event, frozen=True, kw_only=True, tag="agent.joined"):
+    """An agent announced itself."""
+
+    agent: Name
+    pid: int = 0
+    host: str = ""
+
+
+class AgentHeartbeat(Event, frozen=True, kw_only=True, tag="agent.heartbeat"):
+    """Proof of life; `cycle` is the agent's progress counter."""
+
+    agent: Name
+    pid: int = 0
+    cycle: int = 0
+    status: str = ""
+    model: str = ""
+
+
+class AgentLeft(Event, frozen=True, kw_only=True, tag="agent.left"):
+    """An agent stopped on purpose (or completed); it is not revived."""
+
+    agent: Name
+    reason: str = ""
+
+
+class AgentSpawned(Event, frozen=True, kw_only=True, tag="agent.spawned"):
+    """The supervisor started the agent's own process."""
+
+    agent: Name
+    pid: int = 0
+    start_time: float = 0.0
+    host: str = ""
+    attempt: int = 0
+    resume: str = ""
+
+
+class AgentExited(Event, frozen=True, kw_only=True, tag="agent.exited"):
+    """A supervised process ended, with how."""
+
+    agent: Name
+    pid: int = 0
+    returncode: int | None = None
+    signal: int | None = None
+
+
+class AgentDeclaredDead(Event, frozen=True, kw_only=True, tag="agent.declared_dead"):
+    """The verdict, and the numbers behind it."""
+
+    agent: Name
+    reason: DeathReason | None = None
+    last_seen: float = 0.0
+    detail: dict[str, Any] = {}
+
+
+class AgentRevived(Event, frozen=True, kw_only=True, tag="agent.revived"):
+    """An agent (or its substitute) is back at work."""
+
+    agent: Name
+    pid: int = 0
+    attempt: int = 0
+    substitute_for: Name | None = None
+
+
+# Resurrection -----------------------------------------------------------------------------
+
+
+class RevivalPlanned(Event, frozen=True, kw_only=True, tag="revival.planned"):
+    """What the planner (or an operator) decided for a dead agent."""
+
+    agent: Name
+    action: Action
+    substitute: Name | None = None
+    attempt: int = 0
+    delay: Seconds = 0.0
+
+
+class RevivalApprovalRequested(Event, frozen=True, kw_only=True, tag="revival.approval_requested"):
+    """A human is asked before an agent comes back."""
+
+    key: Ref
+    agent: Name
+    message: str = ""
+    substitute: Name | None = None
+    channels: list[str] = []
+
+
+class RevivalApproved(Event, frozen=True, kw_only=True, tag="revival.approved"):
+    """The human said yes."""
+
+    key: Ref
+    note: str = ""
+
+
+class RevivalDenied(Event, frozen=True, kw_only=True, tag="revival.denied"):
+    """The human said no; the agent stays down."""
+
+    key: Ref
+    note: str = ""
+
+
+# Mission bus ------------------------------------------------------------------------------
+
+
+class BusMessage(Event, frozen=True, kw_only=True, tag="bus.message"):
+    """A message on a topic, to everyone or one agent."""
+
+    topic: Annotated[str, Meta(min_length=1, max_length=256)]
+    payload: Any = None
+    to: Name | None = None
+
+
+class CheckpointCreated(Event, frozen=True, kw_only=True, tag="checkpoint.created"):
+    """A resumable point: state, artifacts and an optional workspace archive."""
+
+    checkpoint_id: Ref
+    summary: str = ""
+    state: Any = None
+    artifacts: list[str] = []
+    archive: str | None = None
+    sha256: str = ""
+
+
+class HandoffCreated(Event, frozen=True, kw_only=True, tag="handoff.created"):
+    """Work passed from one agent to another at a checkpoint."""
+
+    handoff_id: Ref
+    to: Name
+    checkpoint_id: Ref | None = None
+    note: str = ""
+
+
+class HandoffAccepted(Event, frozen=True, kw_only=True, tag="handoff.accepted"):
+    """The recipient took the handoff up."""
+
+    handoff_id: Ref
+
+
+class CheckpointRestored(Event, frozen=True, kw_only=True, tag="checkpoint.restored"):
+    """A checkpoint archive was unpacked into the workspace."""
+
+    checkpoint_id: Ref
+    paths: list[str] = []
+
+
+class TaskCreated(Event, frozen=True, kw_only=True, tag="task.created"):
+    """A unit of work with its dependencies."""
+
+    task_id: Ref
+    title: Annotated[str, Meta(min_length=1)]
+    assignee: Name | None = None
+    depends_on: list[Ref] = []
+    priority: Priority = "medium"
+
+
+class TaskUpdated(Event, frozen=True, kw_only=True, tag="task.updated"):
+    """A task moved on."""
+
+    task_id: Ref
+    status: TaskStatus
+    assignee: Name | None = None
+
+
+AnyEvent = Union[
+    CellProvisioned,
+    CellActivated,
+    CellFrozen,
+    CellThawed,
+    CellArchived,
+    CellDestroyed,
+    AgentInvited,
+    AgentJoined,
+    AgentHeartbeat,
+    AgentLeft,
+    AgentSpawned,
+    AgentExited,
+    AgentDeclaredDead,
+    AgentRevived,
+    RevivalPlanned,
+    RevivalApprovalRequested,
+    RevivalApproved,
+    RevivalDenied,
+    BusMessage,
+    CheckpointCreated,
+    HandoffCreated,
+    HandoffAccepted,
+    CheckpointRestored,
+    TaskCreated,
+    TaskUpdated,
+]
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined,misc]
+}
+_FIELDS: dict[str, frozenset[str]] = {t: frozenset(c.__struct_fields__) for t, c in EVENT_TYPES.items()}
+
+_decoder = msgspec.json.Decoder(AnyEvent)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_event(line: bytes) -> Event:
+    """Decode one stored line; raises msgspec errors for the reader to turn into CorruptLog."""
+    return _decoder.decode(line)  # type: ignore[no-any-return]
+
+
+def encode_event(event: Event) -> bytes:
+    """The exact bytes of a log line, without its newline."""
+    return _encoder.encode(event)
+
+
+def payload_of(event: Event) -> dict[str, Any]:
+    """The event as JSON-ready builtins, envelope included."""
+    return msgspec.to_builtins(event)  # type: ignore[no-any-return]
+
+
+def parse_draft(data: bytes | str | dict[str, Any], *, by: str | None = None) -> Event:
+    """Validate an event a user asks to append; nothing the log assigns may be set here."""
+    if isinstance(data, (bytes, str)):
+        try:
+            data = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise MalformedInput(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedInput("an event must be a JSON object")
+    data = dict(data)
+    if by is not None:
+        data["by"] = by
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise MalformedInput(f"unknown event type {kind!r}; see `lazarus schema export`")
+    assigned = sorted(ASSIGNED & data.keys())
+    if assigned:
+        raise MalformedInput(f"{kind}: field {assigned[0]!r} is assigned by the log, not the caller")
+    unknown = sorted(data.keys() - _FIELDS[kind] - {"type"})
+    if unknown:
+        raise MalformedInput(f"{kind}: unknown field {unknown[0]!r}")
+    author = data.get("by")
+    if not isinstance(author, str) or not author:
+        raise MalformedInput(f"{kind}: 'by' is required (an agent name, operator or lazarus)")
+    check_by(author)
+    event_id = data.get("id")
+    if event_id not in (None, ""):
+        try:
+            data["id"] = str(uuid.UUID(str(event_id)))
+        except ValueError:
+            raise MalformedInput(f"{kind}: 'id' must be a UUID string, got {event_id!r}") from None
+    try:
+        event: Event = msgspec.convert(data, AnyEvent)
+    except msgspec.ValidationError as exc:
+        raise MalformedInput(f"{kind}: {exc}") from None
+    agent = getattr(event, "agent", None)
+    if kind == "agent.invited" and agent is not None:
+        check_agent(agent)
+    return event

@@ -1,0 +1,435 @@
+"""Pure projections: `view = fold(view, event)`, one small handler per event type, no clock, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Struct
+from msgspec.structs import replace
+
+from . import events as ev
+
+__all__ = [
+    "AgentView",
+    "ApprovalView",
+    "CellView",
+    "CheckpointView",
+    "HandoffView",
+    "TaskView",
+    "fold",
+    "fold_all",
+    "manifest",
+    "PROJECTION_VERSION",
+]
+
+PROJECTION_VERSION = 1
+INTERVALS_KEPT = 32
+
+Phase = Literal["invited", "running", "exited", "dead", "left"]
+
+
+class AgentView(Struct, frozen=True, kw_only=True):
+    """Everything the log says about one agent, for health and planning."""
+
+    name: str
+    role: str
+    command: list[str] = []
+    env: dict[str, str] = {}
+    substitutes: list[str] = []
+    heartbeat_interval: float = 0.0
+    revive: str | None = None
+    invited_at: float = 0.0
+    phase: Phase = "invited"
+    pid: int = 0
+    host: str = ""
+    start_time: float = 0.0
+    last_seen: float = 0.0
+    last_heartbeat: float = 0.0
+    heartbeats: int = 0
+    intervals: tuple[float, ...] = ()
+    cycle: int = 0
+    cycle_since: float = 0.0
+    status: str = ""
+    model: str = ""
+    spawns: int = 0
+    attempt: int = 0
+    spawned_at: float = 0.0
+    returncode: int | None = None
+    signal: int | None = None
+    exited_at: float = 0.0
+    dead_reason: str | None = None
+    dead_at: float = 0.0
+    deaths: int = 0
+    restarts: tuple[float, ...] = ()
+    revival: str | None = None
+    revival_at: float = 0.0
+    revival_delay: float = 0.0
+    revival_seq: int = 0
+    approval: str | None = None
+    left_reason: str = ""
+    substitute_for: str | None = None
+    replaced_by: str | None = None
+    last_checkpoint: str | None = None
+
+
+class CheckpointView(Struct, frozen=True, kw_only=True):
+    """A checkpoint as a resume packet needs it."""
+
+    checkpoint_id: str
+    by: str
+    seq: int
+    ts: float
+    summary: str = ""
+    state: Any = None
+    artifacts: list[str] = []
+    archive: str | None = None
+    sha256: str = ""
+
+
+class HandoffView(Struct, frozen=True, kw_only=True):
+    """Who passed what to whom, and whether it was taken up."""
+
+    handoff_id: str
+    by: str
+    to: str
+    seq: int
+    ts: float
+    checkpoint_id: str | None = None
+    note: str = ""
+    accepted: bool = False
+    accepted_seq: int = 0
+
+
+class TaskView(Struct, frozen=True, kw_only=True):
+    """A task with its dependencies and status."""
+
+    task_id: str
+    title: str
+    by: str
+    seq: int
+    assignee: str | None = None
+    depends_on: list[str] = []
+    priority: str = "medium"
+    status: str = "pending"
+    updated_seq: int = 0
+
+
+class ApprovalView(Struct, frozen=True, kw_only=True):
+    """A revival waiting on a human, or decided by one."""
+
+    key: str
+    agent: str
+    seq: int
+    requested_at: float
+    message: str = ""
+    substitute: str | None = None
+    channels: list[str] = []
+    decision: Literal["approved", "denied"] | None = None
+    note: str = ""
+    decided_at: float = 0.0
+    decided_by: str = ""
+
+
+class CellView(Struct, frozen=True, kw_only=True):
+    """The whole projection of one cell at `seq`."""
+
+    id: str
+    name: str
+    mission: str = ""
+    labels: dict[str, str] = {}
+    isolation: int = 1
+    policy: ev.Policy | None = None
+    state: str = "provisioned"
+    reason: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    seq: int = 0
+    last_id: str = ""
+    agents: dict[str, AgentView] = {}
+    checkpoints: dict[str, CheckpointView] = {}
+    handoffs: dict[str, HandoffView] = {}
+    tasks: dict[str, TaskView] = {}
+    approvals: dict[str, ApprovalView] = {}
+    topics: dict[str, int] = {}
+    messages: int = 0
+
+
+def _agent(view: CellView, name: str, **changes: Any) -> CellView:
+    agents = dict(view.agents)
+    agents[name] = replace(agents[name], **changes)
+    return replace(view, agents=agents)
+
+
+def _provisioned(view: CellView | None, e: ev.CellProvisioned) -> CellView:
+    return CellView(
+        id=e.cell,
+        name=e.name,
+        mission=e.mission,
+        labels=e.labels,
+        isolation=e.isolation,
+        policy=e.policy,
+        created_at=e.ts,
+    )
+
+
+def _lifecycle(state: str) -> Callable[[CellView, Any], CellView]:
+    def handle(view: CellView, e: Any) -> CellView:
+        return replace(view, state=state, reason=e.reason)
+
+    return handle
+
+
+def _invited(view: CellView, e: ev.AgentInvited) -> CellView:
+    agents = dict(view.agents)
+    old = agents.get(e.agent)
+    agents[e.agent] = AgentView(
+        name=e.agent,
+        role=e.role,
+        command=e.command,
+        env=e.env,
+        substitutes=e.substitutes,
+        heartbeat_interval=e.heartbeat_interval,
+        revive=e.revive,
+        invited_at=e.ts,
+        last_checkpoint=old.last_checkpoint if old else None,
+    )
+    return replace(view, agents=agents)
+
+
+def _joined(view: CellView, e: ev.AgentJoined) -> CellView:
+    a = view.agents[e.agent]
+    return _agent(view, e.agent, phase="running", pid=e.pid or a.pid, host=e.host or a.host, last_seen=e.ts)
+
+
+def _heartbeat(view: CellView, e: ev.AgentHeartbeat) -> CellView:
+    a = view.agents[e.agent]
+    intervals = a.intervals
+    if a.last_heartbeat:
+        intervals = (*intervals[-(INTERVALS_KEPT - 1) :], e.ts - a.last_heartbeat)
+    moved = e.cycle != a.cycle or not a.heartbeats
+    return _agent(
+        view,
+        e.agent,
+        phase="running" if a.phase in ("invited", "running") or not a.command else a.phase,
+        pid=e.pid or a.pid,
+        last_seen=e.ts,
+        last_heartbeat=e.ts,
+        heartbeats=a.heartbeats + 1,
+        intervals=intervals,
+        cycle=e.cycle,
+        cycle_since=e.ts if moved else a.cycle_since,
+        status=e.status,
+        model=e.model or a.model,
+    )
+
+
+def _left(view: CellView, e: ev.AgentLeft) -> CellView:
+    return _agent(view, e.agent, phase="left", left_reason=e.reason, revival=None, approval=None)
+
+
+def _spawned(view: CellView, e: ev.AgentSpawned) -> CellView:
+    a = view.agents[e.agent]
+    return _agent(
+        view,
+        e.agent,
+        phase="running",
+        pid=e.pid,
+        host=e.host,
+        start_time=e.start_time,
+        spawns=a.spawns + 1,
+        attempt=e.attempt,
+        spawned_at=e.ts,
+        last_seen=e.ts,
+        cycle_since=e.ts,
+        returncode=None,
+        signal=None,
+        dead_reason=None,
+        revival=None,
+        approval=None,
+    )
+
+
+def _exited(view: CellView, e: ev.AgentExited) -> CellView:
+    a = view.agents[e.agent]
+    if e.pid and a.pid and e.pid != a.pid:
+        return view  # an older incarnation's exit, reported late
+    return _agent(view, e.agent, phase="exited" if a.phase != "left" else "left",
+                  returncode=e.returncode, signal=e.signal, exited_at=e.ts)
+
+
+def _declared_dead(view: CellView, e: ev.AgentDeclaredDead) -> CellView:
+    a = view.agents[e.agent]
+    return _agent(view, e.agent, phase="dead", dead_reason=e.reason, dead_at=e.ts, deaths=a.deaths + 1,
+                  revival=None, approval=None)
+
+
+def _revived(view: CellView, e: ev.AgentRevived) -> CellView:
+    a = view.agents[e.agent]
+    view = _agent(
+        view,
+        e.agent,
+        phase="running",
+        pid=e.pid or a.pid,
+        last_seen=e.ts,
+        cycle_since=e.ts,
+        substitute_for=e.substitute_for,
+        revival=None,
+        approval=None,
+    )
+    if e.substitute_for and e.substitute_for in view.agents:
+        view = _agent(view, e.substitute_for, replaced_by=e.agent, revival="substitute")
+    return view
+
+
+def _planned(view: CellView, e: ev.RevivalPlanned) -> CellView:
+    a = view.agents[e.agent]
+    restarts = a.restarts
+    if e.action in ("restart", "substitute"):
+        restarts = () if e.by == "operator" else (*restarts, e.ts)
+    return _agent(view, e.agent, revival=e.action, revival_at=e.ts, revival_delay=e.delay,
+                  revival_seq=e.seq, restarts=restarts)
+
+
+def _approval_requested(view: CellView, e: ev.RevivalApprovalRequested) -> CellView:
+    approvals = dict(view.approvals)
+    approvals[e.key] = ApprovalView(key=e.key, agent=e.agent, seq=e.seq, requested_at=e.ts,
+                                    message=e.message, substitute=e.substitute, channels=e.channels)
+    view = replace(view, approvals=approvals)
+    if e.agent in view.agents:
+        view = _agent(view, e.agent, approval=e.key, revival="ask", revival_at=e.ts, revival_seq=e.seq)
+    return view
+
+
+def _decided(decision: Literal["approved", "denied"]) -> Callable[[CellView, Any], CellView]:
+    def handle(view: CellView, e: Any) -> CellView:
+        approvals = dict(view.approvals)
+        a = approvals[e.key]
+        approvals[e.key] = replace(a, decision=decision, note=e.note, decided_at=e.ts, decided_by=e.by)
+        return replace(view, approvals=approvals)
+
+    return handle
+
+
+def _message(view: CellView, e: ev.BusMessage) -> CellView:
+    topics = dict(view.topics)
+    topics[e.topic] = topics.get(e.topic, 0) + 1
+    return replace(view, topics=topics, messages=view.messages + 1)
+
+
+def _checkpoint(view: CellView, e: ev.CheckpointCreated) -> CellView:
+    checkpoints = dict(view.checkpoints)
+    checkpoints[e.checkpoint_id] = CheckpointView(
+        checkpoint_id=e.checkpoint_id, by=e.by, seq=e.seq, ts=e.ts, summary=e.summary, state=e.state,
+        artifacts=e.artifacts, archive=e.archive, sha256=e.sha256,
+    )
+    view = replace(view, checkpoints=checkpoints)
+    if e.by in view.agents:
+        view = _agent(view, e.by, last_checkpoint=e.checkpoint_id)
+    return view
+
+
+def _handoff(view: CellView, e: ev.HandoffCreated) -> CellView:
+    handoffs = dict(view.handoffs)
+    handoffs[e.handoff_id] = HandoffView(handoff_id=e.handoff_id, by=e.by, to=e.to, seq=e.seq, ts=e.ts,
+                                         checkpoint_id=e.checkpoint_id, note=e.note)
+    return replace(view, handoffs=handoffs)
+
+
+def _accepted(view: CellView, e: ev.HandoffAccepted) -> CellView:
+    handoffs = dict(view.handoffs)
+    handoffs[e.handoff_id] = replace(handoffs[e.handoff_id], accepted=True, accepted_seq=e.seq)
+    return replace(view, handoffs=handoffs)
+
+
+def _restored(view: CellView, e: ev.CheckpointRestored) -> CellView:
+    return view
+
+
+def _task_created(view: CellView, e: ev.TaskCreated) -> CellView:
+    tasks = dict(view.tasks)
+    tasks[e.task_id] = TaskView(task_id=e.task_id, title=e.title, by=e.by, seq=e.seq, assignee=e.assignee,
+                                depends_on=e.depends_on, priority=e.priority, updated_seq=e.seq)
+    return replace(view, tasks=tasks)
+
+
+def _task_updated(view: CellView, e: ev.TaskUpdated) -> CellView:
+    tasks = dict(view.tasks)
+    t = tasks[e.task_id]
+    tasks[e.task_id] = replace(t, status=e.status, assignee=e.assignee or t.assignee, updated_seq=e.seq)
+    return replace(view, tasks=tasks)
+
+
+_HANDLERS: dict[str, Callable[[Any, Any], CellView]] = {
+    "cell.provisioned": _provisioned,
+    "cell.activated": _lifecycle("active"),
+    "cell.frozen": _lifecycle("frozen"),
+    "cell.thawed": _lifecycle("active"),
+    "cell.archived": _lifecycle("archived"),
+    "cell.destroyed": _lifecycle("destroyed"),
+    "agent.invited": _invited,
+    "agent.joined": _joined,
+    "agent.heartbeat": _heartbeat,
+    "agent.left": _left,
+    "agent.spawned": _spawned,
+    "agent.exited": _exited,
+    "agent.declared_dead": _declared_dead,
+    "agent.revived": _revived,
+    "revival.planned": _planned,
+    "revival.approval_requested": _approval_requested,
+    "revival.approved": _decided("approved"),
+    "revival.denied": _decided("denied"),
+    "bus.message": _message,
+    "checkpoint.created": _checkpoint,
+    "handoff.created": _handoff,
+    "handoff.accepted": _accepted,
+    "checkpoint.restored": _restored,
+    "task.created": _task_created,
+    "task.updated": _task_updated,
+}
+
+assert _HANDLERS.keys() == ev.EVENT_TYPES.keys(), "every event type needs a fold handler"
+
+
+def fold(view: CellView | None, event: ev.Event) -> CellView:
+    """One event onto the projection; the log's admission rules guarantee references exist."""
+    new = _HANDLERS[event.type](view, event)
+    return replace(new, seq=event.seq, last_id=event.id, updated_at=event.ts)
+
+
+def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellView | None:
+    """A whole stream, from `view` (or from nothing)."""
+    for event in events:
+        view = fold(view, event)
+    return view
+
+
+def manifest(view: CellView) -> dict[str, Any]:
+    """What `cell.json` holds: the cell and its agents, without volatile heartbeat data."""
+    return {
+        "id": view.id,
+        "name": view.name,
+        "mission": view.mission,
+        "state": view.state,
+        "reason": view.reason,
+        "labels": view.labels,
+        "isolation": view.isolation,
+        "policy": msgspec.to_builtins(view.policy) if view.policy else None,
+        "created_at": view.created_at,
+        "agents": {
+            a.name: {
+                "role": a.role,
+                "phase": a.phase,
+                "supervised": bool(a.command),
+                "command": a.command,
+                "pid": a.pid,
+                "host": a.host,
+                "attempt": a.attempt,
+            }
+            for a in view.agents.values()
+        },
+        "checkpoints": len(view.checkpoints),
+        "handoffs": len(view.handoffs),
+        "tasks": len(view.tasks),
+    }

@@ -1,0 +1,6 @@
+"""Log backends behind one small interface; the JSONL file is the embedded default."""
+
+from .base import Admit, Appended, Head, LogBackend
+from .file import FileLog
+
+__all__ = ["Admit", "Appended", "Head", "LogBackend", "FileLog"]

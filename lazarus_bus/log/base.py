@@ -1,0 +1,119 @@
+"""The interface every log backend implements; positions are seqs, never byte offsets."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from ..errors import Conflict
+from ..events import Event, encode_event
+
+__all__ = ["Admit", "Appended", "Head", "LogBackend", "IdWindow", "same_payload", "ID_WINDOW"]
+
+ID_WINDOW = 10_000
+
+
+class Head(Struct, frozen=True):
+    """The last event's seq and the SHA-256 of its line (64 zeros for an empty log)."""
+
+    seq: int
+    hash: str
+
+
+class Appended(Struct, frozen=True):
+    """One event as the log holds it; `duplicate` when an idempotent retry wrote nothing."""
+
+    seq: int
+    event: Event
+    duplicate: bool = False
+
+
+# Under the log's lock, with the head as it stands: returns the drafts to write (it may add
+# follow-ups such as `cell.activated`) or raises to refuse them.
+Admit = Callable[[Head, list[Event]], list[Event]]
+
+
+def same_payload(a: Event, b: Event) -> bool:
+    """Equal but for what the log assigns: the idempotency test."""
+    strip = {"seq": 0, "ts": 0.0, "cell": "", "prev": "", "id": ""}
+    return encode_event(msgspec.structs.replace(a, **strip)) == encode_event(
+        msgspec.structs.replace(b, **strip)
+    )
+
+
+class IdWindow:
+    """The ids of the last 10,000 events, with their seqs, for idempotent retries."""
+
+    def __init__(self, size: int = ID_WINDOW) -> None:
+        self.size = size
+        self._seqs: dict[str, int] = {}
+        self._order: deque[str] = deque()
+
+    def add(self, event_id: str, seq: int) -> None:
+        """Remember one id; the oldest falls out past the window."""
+        self._seqs[event_id] = seq
+        self._order.append(event_id)
+        while len(self._order) > self.size:
+            self._seqs.pop(self._order.popleft(), None)
+
+    def get(self, event_id: str) -> int | None:
+        """The seq of a recent event with this id."""
+        return self._seqs.get(event_id)
+
+
+class LogBackend(abc.ABC):
+    """append, append_many, read from seq, follow, head: every guarantee of the contract."""
+
+    def __init__(self) -> None:
+        self._thread_lock = threading.RLock()
+
+    @abc.abstractmethod
+    def head(self) -> Head:
+        """The last complete event."""
+
+    @abc.abstractmethod
+    def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
+        """Verified events with since < seq <= until; corruption raises CorruptLog."""
+
+    @abc.abstractmethod
+    def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
+        """Like read, with each event's stored bytes (for tail and export)."""
+
+    @abc.abstractmethod
+    def follow(self, since: int = 0, stop: threading.Event | None = None) -> Iterator[tuple[Event, bytes]]:
+        """Events after since as they are appended, until stop is set or the log goes away."""
+
+    @abc.abstractmethod
+    def append_many(
+        self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
+    ) -> list[Appended]:
+        """Write drafts atomically and in order, or nothing at all."""
+
+    def append(self, draft: Event, *, expected_seq: int | None = None, admit: Admit | None = None) -> list[Appended]:
+        """One event (plus any follow-up the admit hook adds)."""
+        return self.append_many([draft], expected_seq=expected_seq, admit=admit)
+
+    def close(self) -> None:
+        """Release files or connections."""
+
+    def __enter__(self) -> "LogBackend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @staticmethod
+    def check_batch_ids(drafts: Sequence[Event]) -> None:
+        """Two drafts of one batch may not share an id."""
+        seen: set[str] = set()
+        for d in drafts:
+            if d.id and d.id in seen:
+                raise Conflict(f"event id {d.id} appears twice in one batch")
+            if d.id:
+                seen.add(d.id)

@@ -1,0 +1,390 @@
+"""The embedded backend: one JSONL file, an exclusive lock per append, a SHA-256 chain."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from ..errors import Conflict, CorruptLog, LazarusError, NotFound, TooLarge
+from ..events import ZERO_HASH, Event, decode_event, encode_event
+from ..names import new_id
+from .base import Admit, Appended, Head, IdWindow, LogBackend, same_payload
+
+__all__ = ["FileLog", "fsync_dir"]
+
+CHUNK = 1 << 22
+Fsync = Literal["always", "batch", "never"]
+
+
+class _Ids(msgspec.Struct):
+    """The two fields an appender needs from lines other writers added."""
+
+    seq: int = 0
+    id: str = ""
+
+
+_ids = msgspec.json.Decoder(_Ids)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+class FileLog(LogBackend):
+    """`logs/events.jsonl` of one cell; safe for many processes and threads at once."""
+
+    def __init__(
+        self,
+        path: Path,
+        cell: str,
+        *,
+        fsync: Fsync = "always",
+        max_event_bytes: int = 1 << 20,
+        create: bool = False,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.torn_path = self.path.with_suffix(".torn")
+        self.cell = cell
+        self.fsync = fsync
+        self.max_event_bytes = max_event_bytes
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:
+            raise NotFound(f"no event log at {self.path}") from None
+        if create:
+            fsync_dir(self.path.parent)
+        self._end: int | None = None  # byte offset up to which _head/_window are known
+        self._head = Head(0, ZERO_HASH)
+        self._window = IdWindow()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def _last_line(self, end: int) -> tuple[int, bytes] | None:
+        """The last complete line ending at or before `end`, with its offset."""
+        if end <= 0:
+            return None
+        stop = end
+        if os.pread(self._fd, 1, end - 1) != b"\n":
+            nl = self._rfind_newline(end)
+            if nl < 0:
+                return None
+            stop = nl + 1
+        start = self._rfind_newline(stop - 1) + 1
+        return start, os.pread(self._fd, stop - 1 - start, start)
+
+    def _rfind_newline(self, end: int) -> int:
+        """Offset of the last b'\\n' before `end`, or -1."""
+        pos = end
+        while pos > 0:
+            step = min(65536, pos)
+            block = os.pread(self._fd, step, pos - step)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                return pos - step + i
+            pos -= step
+        return -1
+
+    def head(self) -> Head:
+        last = self._last_line(self._size())
+        if last is None:
+            return Head(0, ZERO_HASH)
+        try:
+            seq = _ids.decode(last[1]).seq
+        except msgspec.DecodeError:
+            raise CorruptLog(f"{self.path}: last complete line is not valid JSON") from None
+        return Head(seq, _sha(last[1]))
+
+    def _offset_of(self, seq: int) -> int:
+        """Byte offset of the first line whose seq >= `seq`: a bisection over line starts."""
+        lo, hi = 0, self._size()
+        while lo < hi:
+            mid = (lo + hi) // 2
+            s = mid if mid == 0 or os.pread(self._fd, 1, mid - 1) == b"\n" else self._find_newline(mid, hi) + 1
+            if s <= 0 or s >= hi:
+                s = lo
+            here, nxt = self._seq_at(s, hi)
+            if here < seq:
+                lo = nxt
+            else:
+                hi = s
+        return lo
+
+    def _seq_at(self, start: int, limit: int) -> tuple[int, int]:
+        """The seq of the line at `start` and where the next line starts; a torn line sorts last."""
+        nl = self._find_newline(start, self._size())
+        if nl < 0:
+            return 1 << 62, limit
+        try:
+            return _ids.decode(os.pread(self._fd, nl - start, start)).seq, nl + 1
+        except msgspec.DecodeError:
+            raise CorruptLog(f"{self.path}: invalid JSON at byte {start}; run `lazarus verify`") from None
+
+    def _find_newline(self, pos: int, limit: int) -> int:
+        while pos < limit:
+            block = os.pread(self._fd, min(65536, limit - pos), pos)
+            i = block.find(b"\n")
+            if i >= 0:
+                return pos + i
+            pos += len(block)
+            if not block:
+                break
+        return -1
+
+    def _lines(self, start: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Complete lines from `start` with their offsets; a torn last line is never yielded."""
+        pos = start
+        rest = b""
+        rest_at = start
+        while end is None or pos < end:
+            want = CHUNK if end is None else min(CHUNK, end - pos)
+            block = os.pread(self._fd, want, pos)
+            if not block:
+                break
+            pos += len(block)
+            data = rest + block if rest else block
+            lines = data.split(b"\n")
+            rest = lines.pop()
+            at = rest_at
+            for line in lines:
+                yield at, line
+                at += len(line) + 1
+            rest_at = at
+
+    def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
+        if since > 0:
+            start = self._offset_of(since)
+            prev_seq, prev_hash = None, None
+        else:
+            start, prev_seq, prev_hash = 0, 0, ZERO_HASH
+        for offset, line in self._lines(start):
+            try:
+                event = decode_event(line)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                where = (prev_seq + 1) if prev_seq is not None else "?"
+                raise CorruptLog(
+                    f"{self.path}:{where}: corrupt log at seq {where} (byte {offset}): {exc}"
+                ) from None
+            if prev_seq is None:  # first line of a read from the middle: the chain's anchor
+                if event.seq != since:
+                    raise CorruptLog(f"{self.path}: seq {since} not found (found {event.seq} at byte {offset})")
+                prev_seq, prev_hash = event.seq, _sha(line)
+                continue
+            if event.seq != prev_seq + 1:
+                raise CorruptLog(
+                    f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: expected seq {prev_seq + 1}"
+                )
+            if event.prev != prev_hash:
+                raise CorruptLog(f"{self.path}:{event.seq}: corrupt log at seq {event.seq}: hash chain broken")
+            if until is not None and event.seq > until:
+                return
+            prev_seq, prev_hash = event.seq, _sha(line)
+            yield event, line
+
+    def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
+        for event, _ in self.read_raw(since, until):
+            yield event
+
+    def follow(self, since: int = 0, stop: threading.Event | None = None) -> Iterator[tuple[Event, bytes]]:
+        import watchfiles
+
+        seq = since
+        for event, line in self.read_raw(seq):
+            seq = event.seq
+            yield event, line
+        for _ in watchfiles.watch(
+            self.path.parent,
+            debounce=1,
+            step=1,
+            rust_timeout=250,
+            yield_on_timeout=True,
+            stop_event=stop,
+            recursive=False,
+        ):
+            for event, line in self.read_raw(seq):
+                seq = event.seq
+                yield event, line
+            if not self.path.exists():
+                return
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _quarantine(self, size: int) -> int:
+        """Move a torn last line to events.torn and cut it off; returns the new size."""
+        nl = self._rfind_newline(size)
+        start = nl + 1
+        torn = os.pread(self._fd, size - start, start)
+        record = {"offset": start, "length": len(torn), "ts": time.time(), "b64": base64.b64encode(torn).decode()}
+        fd = os.open(self.torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self._write_all(fd, (json.dumps(record) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.ftruncate(self._fd, start)
+        os.fsync(self._fd)
+        return start
+
+    def _sync(self) -> None:
+        """Under the lock: cut a torn tail, then learn the head and ids of lines others wrote."""
+        size = self._size()
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            size = self._quarantine(size)
+        if self._end is None or size < self._end:
+            self._window = IdWindow()
+            self._head = Head(0, ZERO_HASH)
+            start = self._start_of_window(size)
+        elif size == self._end:
+            return
+        else:
+            start = self._end
+        expect = None if self._end is None or start != self._end else self._head.seq + 1
+        last = None
+        for offset, line in self._lines(start, size):
+            try:
+                ids = _ids.decode(line)
+            except msgspec.DecodeError:
+                raise CorruptLog(f"{self.path}: invalid JSON at byte {offset}; run `lazarus verify`") from None
+            if expect is not None and ids.seq != expect:
+                raise CorruptLog(f"{self.path}:{expect}: corrupt log at seq {ids.seq}: expected seq {expect}")
+            expect = ids.seq + 1
+            if ids.id:
+                self._window.add(ids.id, ids.seq)
+            last = (ids.seq, line)
+        if last is not None:
+            self._head = Head(last[0], _sha(last[1]))
+        self._end = size
+
+    def _start_of_window(self, size: int) -> int:
+        """Offset of the first of the last 10,000 lines, read backwards in blocks."""
+        pos, count = size, 0
+        while pos > 0:
+            step = min(CHUNK, pos)
+            block = os.pread(self._fd, step, pos - step)
+            n = block.count(b"\n")
+            if count + n > self._window.size:
+                idx = len(block)
+                for _ in range(self._window.size + 1 - count):
+                    idx = block.rfind(b"\n", 0, idx)
+                return pos - step + idx + 1
+            count += n
+            pos -= step
+        return 0
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+    def _lock(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(self.path).st_ino != os.fstat(self._fd).st_ino:
+                raise NotFound(f"{self.path} was moved away (cell destroyed?)")
+        except FileNotFoundError:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            raise NotFound(f"{self.path} no longer exists (cell destroyed?)") from None
+        except NotFound:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            raise
+
+    def append_many(
+        self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
+    ) -> list[Appended]:
+        self.check_batch_ids(drafts)
+        with self._thread_lock:
+            self._lock()
+            try:
+                self._sync()
+                repeats = self._repeats(drafts)
+                if repeats is not None:
+                    return repeats
+                if expected_seq is not None and expected_seq != self._head.seq:
+                    raise Conflict(f"expected seq {expected_seq}, but the log is at seq {self._head.seq}")
+                todo = admit(self._head, list(drafts)) if admit else list(drafts)
+                return self._write(todo, single=len(drafts) == 1)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _repeats(self, drafts: Sequence[Event]) -> list[Appended] | None:
+        """Idempotent retries: all repeats -> their original seqs; a changed payload -> Conflict."""
+        found: list[Appended] = []
+        for d in drafts:
+            seq = self._window.get(d.id) if d.id else None
+            if seq is None:
+                if found:
+                    raise Conflict("a batch mixes already-appended event ids with new ones")
+                continue
+            original = next(self.read(seq - 1, seq), None)
+            if original is None or not same_payload(original, d):
+                raise Conflict(f"event id {d.id} was already used (seq {seq}) with a different payload")
+            found.append(Appended(seq, original, duplicate=True))
+        if found and len(found) != len(drafts):
+            raise Conflict("a batch mixes already-appended event ids with new ones")
+        return found or None
+
+    def _write(self, drafts: list[Event], *, single: bool) -> list[Appended]:
+        seq, prev = self._head.seq, self._head.hash
+        now = time.time()
+        out: list[Appended] = []
+        lines: list[bytes] = []
+        for d in drafts:
+            seq += 1
+            event = msgspec.structs.replace(d, seq=seq, id=d.id or new_id(), ts=now, cell=self.cell, prev=prev)
+            line = encode_event(event)
+            if len(line) + 1 > self.max_event_bytes:
+                raise TooLarge(
+                    f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes ({self.max_event_bytes}); "
+                    "put large payloads in artifacts/ and reference them by path and sha256"
+                )
+            prev = _sha(line)
+            lines.append(line)
+            out.append(Appended(seq, event))
+        data = b"\n".join(lines) + b"\n"
+        start = self._end or 0
+        try:
+            self._write_all(self._fd, data)
+            if self.fsync == "always" or (self.fsync == "batch" and not single):
+                os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else exc.strerror
+            raise LazarusError(f"cannot append to {self.path}: {reason}; nothing was written") from None
+        self._end = start + len(data)
+        self._head = Head(seq, prev)
+        for a in out:
+            self._window.add(a.event.id, a.seq)
+        return out

@@ -1,0 +1,86 @@
+"""The only way a name or id becomes part of a path: validated here first."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from .errors import MalformedInput
+
+__all__ = [
+    "AGENT_PATTERN",
+    "CELL_ID_PATTERN",
+    "RESERVED",
+    "check_agent",
+    "check_by",
+    "check_cell_id",
+    "check_cell_name",
+    "check_ref_id",
+    "new_id",
+]
+
+AGENT_PATTERN = r"^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62}$"
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+CELL_ID_PATTERN = f"(?:{SLUG_PATTERN})|(?:{UUID_PATTERN})"
+REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+RESERVED = frozenset({"operator", "lazarus", "auditor"})
+SYSTEM_AUTHORS = frozenset({"operator", "lazarus"})
+
+_AGENT = re.compile(AGENT_PATTERN)
+_CELL = re.compile(CELL_ID_PATTERN)
+_REF = re.compile(REF_PATTERN)
+
+
+def check_agent(name: str) -> str:
+    """An agent name: a safe path component and not one of the reserved identities."""
+    if not isinstance(name, str) or not _AGENT.match(name):
+        raise MalformedInput(f"bad agent name {name!r}: use [a-z0-9][a-z0-9_.-]{{0,62}}, no '..'")
+    if name in RESERVED:
+        raise MalformedInput(f"agent name {name!r} is reserved")
+    return name
+
+
+def check_by(name: str) -> str:
+    """Who appends: an agent name, `operator` or `lazarus`."""
+    if name in SYSTEM_AUTHORS:
+        return name
+    if name == "auditor":
+        raise MalformedInput("'auditor' is read-only and appends nothing")
+    return check_agent(name)
+
+
+def check_cell_id(cell_id: str) -> str:
+    """A cell id: a UUID v4/v7 or a slug, so it is always one safe directory name."""
+    if not isinstance(cell_id, str) or not _CELL.fullmatch(cell_id):
+        raise MalformedInput(f"bad cell id {cell_id!r}: use a UUID (v4 or v7) or a slug [a-z0-9][a-z0-9-]{{0,62}}")
+    return cell_id
+
+
+def check_cell_name(name: str) -> str:
+    """Cell names follow the agent-name rule so they are safe anywhere a user types them."""
+    if not isinstance(name, str) or not _AGENT.match(name):
+        raise MalformedInput(f"bad cell name {name!r}: use [a-z0-9][a-z0-9_.-]{{0,62}}, no '..'")
+    return name
+
+
+def check_ref_id(kind: str, ref: str) -> str:
+    """Checkpoint, handoff and task ids: they name files, so they are path-safe too."""
+    if not isinstance(ref, str) or not _REF.match(ref) or ".." in ref:
+        raise MalformedInput(f"bad {kind} {ref!r}: use letters, digits, '_', '.', '-' (no '..')")
+    return ref
+
+
+def new_id() -> str:
+    """A UUIDv7: unique and sortable by creation time."""
+    import os
+    import time
+
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 64) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))

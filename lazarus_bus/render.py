@@ -1,0 +1,65 @@
+"""Terminal output with rich: tables for people, never for machines (those get --json)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import NotFound
+from .fold import CellView
+from .replay import replay_log
+
+if TYPE_CHECKING:
+    from .cells import Cell
+
+__all__ = ["cells_table", "view_summary", "replay_with_progress"]
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def cells_table(rows: list[dict[str, Any]]) -> None:
+    """`cell list`."""
+    if not rows:
+        console.print("no cells (create one with `lazarus cell create NAME`)")
+        return
+    table = Table("ID", "NAME", "STATE", "AGENTS", "SEQ", "MISSION", box=None, pad_edge=False)
+    for r in rows:
+        table.add_row(r["id"], r["name"], r["state"], str(len(r["agents"])), str(r["seq"]), r["mission"])
+    console.print(table)
+
+
+def view_summary(view: CellView) -> None:
+    """`replay` without --json: what the log says, in brief."""
+    console.print(f"cell {view.name} ({view.id}) {view.state} at seq {view.seq}")
+    if view.mission:
+        console.print(f"mission: {view.mission}")
+    table = Table("AGENT", "ROLE", "PHASE", "PID", "CYCLE", "HEARTBEATS", "SPAWNS", "DEATHS", box=None)
+    for a in view.agents.values():
+        table.add_row(a.name, a.role, a.phase, str(a.pid or "-"), str(a.cycle), str(a.heartbeats),
+                      str(a.spawns), str(a.deaths))
+    if view.agents:
+        console.print(table)
+    console.print(
+        f"messages {view.messages}, checkpoints {len(view.checkpoints)}, handoffs {len(view.handoffs)}, "
+        f"tasks {len(view.tasks)}, approvals pending "
+        f"{sum(1 for a in view.approvals.values() if a.decision is None)}"
+    )
+
+
+def replay_with_progress(cell: Cell, until: int | None) -> CellView:
+    """A fresh replay; a progress bar on a terminal when the log is large."""
+    total = cell.head().seq if until is None else min(until, cell.head().seq)
+    if sys.stderr.isatty() and total >= 100_000:
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("replaying", total=total)
+            view = replay_log(cell.log, until, lambda seq: bar.update(task, completed=seq))
+    else:
+        view = replay_log(cell.log, until)
+    if view is None:
+        raise NotFound(f"cell {cell.id} has an empty log")
+    return view

@@ -1,0 +1,192 @@
+"""Admission: what the current state and the author's role allow, decided before anything is written."""
+
+from __future__ import annotations
+
+from msgspec.structs import replace
+
+from . import events as ev
+from .errors import Conflict, Forbidden, MalformedInput, NotFound, Refused
+from .fold import CellView, fold
+from .names import SYSTEM_AUTHORS, check_agent
+
+__all__ = ["admit", "admit_batch", "TRANSITIONS", "CAPABILITIES"]
+
+# cell.* event -> the states it may leave from
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "cell.activated": ("provisioned",),
+    "cell.frozen": ("active",),
+    "cell.thawed": ("frozen",),
+    "cell.archived": ("provisioned", "active", "frozen"),
+    "cell.destroyed": ("archived",),
+}
+FROZEN_REFUSES = ("agent.joined", "agent.spawned", "agent.revived", "bus.", "checkpoint.", "handoff.", "task.")
+ARCHIVED_ACCEPTS = ("agent.exited", "agent.left", "cell.destroyed")
+ACTIVATES = ("agent.joined", "agent.heartbeat", "agent.spawned")
+
+# capability -> roles holding it; types not listed here are for operator and lazarus only
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "presence": ("lead", "write", "read", "audit"),
+    "bus.message": ("lead", "write"),
+    "checkpoint": ("lead", "write"),
+    "handoff": ("lead", "write"),
+    "task": ("lead",),
+}
+_CAPABILITY_OF = {
+    "agent.joined": "presence",
+    "agent.heartbeat": "presence",
+    "agent.left": "presence",
+    "bus.message": "bus.message",
+    "checkpoint.created": "checkpoint",
+    "checkpoint.restored": "checkpoint",
+    "handoff.created": "handoff",
+    "handoff.accepted": "handoff",
+    "task.created": "task",
+    "task.updated": "task",
+}
+
+
+def _check_author(view: CellView, e: ev.Event) -> None:
+    """`by` must hold the capability for the type; operator and lazarus hold all."""
+    if e.by in SYSTEM_AUTHORS:
+        return
+    agent = view.agents.get(e.by)
+    if agent is None:
+        raise Forbidden(f"{e.by!r} is not invited in cell {view.name} and may append nothing")
+    cap = _CAPABILITY_OF.get(e.type)
+    if cap is None:
+        raise Forbidden(f"agent {e.by} (role {agent.role}) may not append {e.type}: only operator and lazarus may")
+    if cap == "presence":
+        if getattr(e, "agent", None) != e.by:
+            raise Forbidden(f"agent {e.by} may append {e.type} only for itself")
+        if agent.phase == "left" and e.type != "agent.joined":
+            raise Refused(f"agent {e.by} has left cell {view.name}; it must join again first")
+        return
+    if isinstance(e, ev.HandoffAccepted):
+        h = view.handoffs.get(e.handoff_id)
+        if h is not None and h.to == e.by:
+            return  # the recipient may always accept a handoff addressed to it
+    if isinstance(e, ev.TaskUpdated) and agent.role == "write":
+        t = view.tasks.get(e.task_id)
+        if t is not None and t.assignee == e.by and e.assignee in (None, e.by):
+            return  # writers update their own tasks
+        raise Forbidden(f"agent {e.by} (role write) may update only tasks assigned to it")
+    if agent.role not in CAPABILITIES[cap]:
+        raise Forbidden(f"agent {e.by} (role {agent.role}) lacks the {cap} capability needed for {e.type}")
+
+
+def _check_state(view: CellView, e: ev.Event) -> None:
+    """The lifecycle state machine and what a frozen or archived cell accepts."""
+    t = e.type
+    if view.state == "destroyed":
+        raise Refused(f"cell {view.name} is destroyed")
+    if t == "cell.provisioned":
+        raise Refused(f"cell {view.name} is already provisioned")
+    if t in TRANSITIONS and view.state not in TRANSITIONS[t]:
+        raise Refused(f"{t} is not allowed: cell {view.name} is {view.state}")
+    if view.state == "frozen" and t.startswith(FROZEN_REFUSES):
+        raise Refused(f"cell {view.name} is frozen and refuses {t}")
+    if view.state == "archived" and t not in ARCHIVED_ACCEPTS:
+        raise Refused(f"cell {view.name} is archived and refuses {t}")
+
+
+def _known_agent(view: CellView, name: str | None, what: str) -> None:
+    if name is not None and name not in view.agents:
+        raise NotFound(f"{what} {name!r} is not invited in cell {view.name}")
+
+
+def _check_refs(view: CellView, e: ev.Event) -> None:
+    """Everything an event names must exist (or, for new ids, must not)."""
+    if isinstance(e, ev.AgentInvited):
+        check_agent(e.agent)
+        for sub in e.substitutes:
+            check_agent(sub)
+        old = view.agents.get(e.agent)
+        if old is not None and old.phase != "left":
+            raise Refused(f"agent {e.agent} is already invited in cell {view.name}")
+        return
+    if isinstance(e, ev.AgentRevived):
+        _known_agent(view, e.agent, "agent")
+        _known_agent(view, e.substitute_for, "agent")
+        return
+    agent = getattr(e, "agent", None)
+    if isinstance(agent, str) and not isinstance(e, ev.RevivalApprovalRequested):
+        _known_agent(view, agent, "agent")
+    if isinstance(e, ev.RevivalApprovalRequested):
+        _known_agent(view, e.agent, "agent")
+        if e.key in view.approvals:
+            raise Conflict(f"approval key {e.key} already exists")
+    elif isinstance(e, (ev.RevivalApproved, ev.RevivalDenied)):
+        a = view.approvals.get(e.key)
+        if a is None:
+            raise NotFound(f"no approval request {e.key} in cell {view.name}")
+        if a.decision is not None:
+            raise Refused(f"approval {e.key} was already {a.decision}")
+    elif isinstance(e, ev.BusMessage):
+        _known_agent(view, e.to, "recipient")
+    elif isinstance(e, ev.CheckpointCreated):
+        if e.checkpoint_id in view.checkpoints:
+            raise Conflict(f"checkpoint {e.checkpoint_id} already exists")
+    elif isinstance(e, ev.CheckpointRestored):
+        if e.checkpoint_id not in view.checkpoints:
+            raise NotFound(f"no checkpoint {e.checkpoint_id} in cell {view.name}")
+    elif isinstance(e, ev.HandoffCreated):
+        _known_agent(view, e.to, "recipient")
+        if e.checkpoint_id is None or e.checkpoint_id not in view.checkpoints:
+            raise NotFound(f"handoff needs an existing checkpoint; {e.checkpoint_id!r} is not in cell {view.name}")
+        if e.handoff_id in view.handoffs:
+            raise Conflict(f"handoff {e.handoff_id} already exists")
+    elif isinstance(e, ev.HandoffAccepted):
+        h = view.handoffs.get(e.handoff_id)
+        if h is None:
+            raise NotFound(f"no handoff {e.handoff_id} in cell {view.name}")
+        if h.accepted:
+            raise Refused(f"handoff {e.handoff_id} was already accepted")
+    elif isinstance(e, ev.TaskCreated):
+        if e.task_id in view.tasks:
+            raise Conflict(f"task {e.task_id} already exists")
+        _known_agent(view, e.assignee, "assignee")
+        for dep in e.depends_on:
+            if dep == e.task_id:
+                raise Refused(f"task {e.task_id} cannot depend on itself (a cycle)")
+            if dep not in view.tasks:
+                raise Refused(f"task {e.task_id} depends on unknown task {dep}")
+    elif isinstance(e, ev.TaskUpdated):
+        t = view.tasks.get(e.task_id)
+        if t is None:
+            raise NotFound(f"no task {e.task_id} in cell {view.name}")
+        _known_agent(view, e.assignee, "assignee")
+        if e.status in ("in_progress", "done"):
+            waiting = [d for d in t.depends_on if view.tasks[d].status != "done"]
+            if waiting:
+                raise Refused(f"task {e.task_id} waits on {', '.join(waiting)} (not done)")
+
+
+def admit(view: CellView | None, e: ev.Event) -> list[ev.Event]:
+    """The drafts to write for `e`: itself, plus `cell.activated` on a provisioned cell's first sign of life."""
+    if view is None:
+        if not isinstance(e, ev.CellProvisioned):
+            raise NotFound("the cell has no cell.provisioned event")
+        if e.by != "operator" and e.by != "lazarus":
+            raise Forbidden("only operator or lazarus may provision a cell")
+        return [e]
+    if not e.by:
+        raise MalformedInput(f"{e.type}: 'by' is required")
+    _check_state(view, e)
+    _check_author(view, e)
+    _check_refs(view, e)
+    if view.state == "provisioned" and e.type in ACTIVATES:
+        who = getattr(e, "agent", e.by)
+        return [e, ev.CellActivated(by="lazarus", reason=f"first {e.type} ({who})")]
+    return [e]
+
+
+def admit_batch(view: CellView | None, drafts: list[ev.Event], first_seq: int) -> list[ev.Event]:
+    """Admit drafts in order, each against the state the earlier ones leave."""
+    out: list[ev.Event] = []
+    seq = first_seq
+    for d in drafts:
+        for e in admit(view, d):
+            seq += 1
+            view = fold(view, replace(e, seq=seq))
+            out.append(e)
+    return out
