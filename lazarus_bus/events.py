@@ -28,7 +28,6 @@ ENVELOPE = ("seq", "id", "ts", "cell", "type", "by", "prev")
 ASSIGNED = frozenset({"seq", "ts", "cell", "prev"})
 
 Name = Annotated[str, Meta(pattern=AGENT_PATTERN, description="an agent name")]
-Author = Annotated[str, Meta(pattern=AGENT_PATTERN, description="an agent name, `operator` or `lazarus`")]
 Ref = Annotated[str, Meta(pattern=REF_PATTERN)]
 Role = Literal["lead", "write", "read", "audit"]
 Revive = Literal["yes", "no", "ask"]
@@ -63,8 +62,9 @@ class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
     seq: int = 0
     id: str = ""
     ts: float = 0.0
-    cell: Annotated[str, Meta(pattern=f"^(?:{CELL_ID_PATTERN})$")] | Literal[""] = ""
-    by: Author | Literal[""] = ""
+    cell: Annotated[str, Meta(pattern=f"^(?:{CELL_ID_PATTERN})?$", description="the cell id")] = ""
+    by: Annotated[str, Meta(pattern=r"^(?:(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62})?$",
+                            description="an agent name, `operator` or `lazarus`")] = ""
     prev: str = ""
 
     @property
@@ -376,11 +376,15 @@ def parse_draft(data: bytes | str | dict[str, Any], *, by: str | None = None) ->
             data["id"] = str(uuid.UUID(str(event_id)))
         except ValueError:
             raise MalformedInput(f"{kind}: 'id' must be a UUID string, got {event_id!r}") from None
+    for field in _NAME_FIELDS:
+        value = data.get(field)
+        for name in value if isinstance(value, list) else [value]:
+            if isinstance(name, str):
+                check_agent(name)
     try:
-        event: Event = msgspec.convert(data, AnyEvent)
+        return msgspec.convert(data, AnyEvent)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise MalformedInput(f"{kind}: {exc}") from None
-    agent = getattr(event, "agent", None)
-    if kind == "agent.invited" and agent is not None:
-        check_agent(agent)
-    return event
+
+
+_NAME_FIELDS = ("agent", "to", "substitute", "substitute_for", "assignee", "substitutes")

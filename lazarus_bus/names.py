@@ -34,7 +34,7 @@ _REF = re.compile(REF_PATTERN)
 
 def check_agent(name: str) -> str:
     """An agent name: a safe path component and not one of the reserved identities."""
-    if not isinstance(name, str) or not _AGENT.match(name):
+    if not isinstance(name, str) or not _AGENT.fullmatch(name):
         raise MalformedInput(f"bad agent name {name!r}: use [a-z0-9][a-z0-9_.-]{{0,62}}, no '..'")
     if name in RESERVED:
         raise MalformedInput(f"agent name {name!r} is reserved")
@@ -59,14 +59,14 @@ def check_cell_id(cell_id: str) -> str:
 
 def check_cell_name(name: str) -> str:
     """Cell names follow the agent-name rule so they are safe anywhere a user types them."""
-    if not isinstance(name, str) or not _AGENT.match(name):
+    if not isinstance(name, str) or not _AGENT.fullmatch(name):
         raise MalformedInput(f"bad cell name {name!r}: use [a-z0-9][a-z0-9_.-]{{0,62}}, no '..'")
     return name
 
 
 def check_ref_id(kind: str, ref: str) -> str:
     """Checkpoint, handoff and task ids: they name files, so they are path-safe too."""
-    if not isinstance(ref, str) or not _REF.match(ref) or ".." in ref:
+    if not isinstance(ref, str) or not _REF.fullmatch(ref) or ".." in ref:
         raise MalformedInput(f"bad {kind} {ref!r}: use letters, digits, '_', '.', '-' (no '..')")
     return ref
 

@@ -204,7 +204,10 @@ class FileLog(LogBackend):
                     f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: expected seq {prev_seq + 1}"
                 )
             if event.prev != prev_hash:
-                raise CorruptLog(f"{self.path}:{event.seq}: corrupt log at seq {event.seq}: hash chain broken")
+                raise CorruptLog(
+                    f"{self.path}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken "
+                    f"(line {event.seq} records another hash for line {prev_seq}; one of the two was altered)"
+                )
             if until is not None and event.seq > until:
                 return
             prev_seq, prev_hash = event.seq, _sha(line)

@@ -1,0 +1,41 @@
+"""Lazarus Pit: one append-only event log per cell, projections folded from it, revival by policy."""
+
+from .cells import Cell, Root
+from .config import Config, load_config, resolve
+from .errors import Conflict, CorruptLog, Forbidden, LazarusError, MalformedInput, NotFound, Refused, TooLarge
+from .events import EVENT_TYPES, AnyEvent, Event, Policy, decode_event, encode_event, parse_draft
+from .fold import AgentView, CellView, fold, fold_all
+from .log import Appended, FileLog, Head, LogBackend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentView",
+    "AnyEvent",
+    "Appended",
+    "Cell",
+    "CellView",
+    "Config",
+    "Conflict",
+    "CorruptLog",
+    "EVENT_TYPES",
+    "Event",
+    "FileLog",
+    "Forbidden",
+    "Head",
+    "LazarusError",
+    "LogBackend",
+    "MalformedInput",
+    "NotFound",
+    "Policy",
+    "Refused",
+    "Root",
+    "TooLarge",
+    "decode_event",
+    "encode_event",
+    "fold",
+    "fold_all",
+    "load_config",
+    "parse_draft",
+    "resolve",
+]

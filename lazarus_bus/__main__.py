@@ -1,0 +1,5 @@
+"""`python -m lazarus_bus` runs the CLI."""
+
+from .cli import main
+
+main()

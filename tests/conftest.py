@@ -1,0 +1,110 @@
+"""Shared fixtures: a missions root, the real CLI in a subprocess, and process-group cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lazarus_bus import Config, Root
+
+HELPERS = Path(__file__).parent / "helpers"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+class Procs:
+    """Every process a test starts, each in its own group, killed at teardown."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        p = subprocess.Popen(argv, start_new_session=True, **kw)  # type: ignore[call-overload]
+        self.started.append(p)
+        return p
+
+    def cleanup(self) -> None:
+        for p in self.started:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            for stream in (p.stdout, p.stderr, p.stdin):
+                if stream:
+                    stream.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture
+def root_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "missions"
+    d.mkdir()
+    (d / "lazarus.toml").write_text('fsync = "never"\n')
+    return d
+
+
+@pytest.fixture
+def root(root_dir: Path) -> Root:
+    return Root(root_dir, Config(fsync="never"))
+
+
+class Cli:
+    """The real `lazarus` command in a subprocess, pointed at one root."""
+
+    def __init__(self, root: Path, procs: Procs) -> None:
+        self.root = root
+        self.procs = procs
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAZARUS_")}
+        env["LAZARUS_ROOT"] = str(self.root)
+        env.update(extra)
+        return env
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "lazarus_bus", *args]
+
+    def __call__(self, *args: str, input: str | bytes | None = None, timeout: float = 60, **kw: object) -> Result:
+        data = input.encode() if isinstance(input, str) else input
+        p = self.procs.start(self.argv(*args), stdin=subprocess.PIPE, env=self.env(), **kw)
+        try:
+            out, err = p.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
+        return Result(p.returncode, out.decode(), err.decode())
+
+    def ok(self, *args: str, **kw: object) -> str:
+        r = self(*args, **kw)
+        assert r.code == 0, f"lazarus {' '.join(args)} -> {r.code}: {r.err}"
+        return r.out
+
+
+@pytest.fixture
+def cli(root_dir: Path, procs: Procs) -> Cli:
+    return Cli(root_dir, procs)

@@ -1,0 +1,229 @@
+"""The CLI as a user runs it: real processes, exit codes, and a log left byte-for-byte intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import HELPERS, Cli, Procs
+
+
+@pytest.fixture
+def forge(cli: Cli) -> Path:
+    cli.ok("cell", "create", "forge", "--mission", "build the forge", "--id", "forge-1")
+    cli.ok("agent", "invite", "forge", "ezra", "--role", "lead")
+    cli.ok("agent", "invite", "forge", "reader", "--role", "read")
+    cli.ok("heartbeat", "forge", "ezra", "--cycle", "1")
+    return cli.root / "forge-1" / "logs" / "events.jsonl"
+
+
+def test_a_first_session(cli: Cli, forge: Path) -> None:
+    assert cli.ok("emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic": "plan", "payload": [1]}') == "6\n"
+    lines = [json.loads(line) for line in cli.ok("tail", "forge").splitlines()]
+    assert [e["type"] for e in lines] == [
+        "cell.provisioned", "agent.invited", "agent.invited", "agent.heartbeat", "cell.activated", "bus.message",
+    ]
+    assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5, 6]
+    verified = json.loads(cli.ok("verify", "forge", "--json"))
+    assert verified["events"] == 6 and len(verified["head"]) == 64
+    manifest = json.loads((cli.root / "forge-1" / "cell.json").read_text())
+    assert manifest["state"] == "active" and set(manifest["agents"]) == {"ezra", "reader"}
+    replayed = json.loads(cli.ok("replay", "forge", "--json"))
+    assert replayed["seq"] == 6 and replayed["agents"]["ezra"]["cycle"] == 1
+
+
+def test_heartbeat_prints_its_own_seq_when_activation_follows(cli: Cli) -> None:
+    cli.ok("cell", "create", "c2")
+    cli.ok("agent", "invite", "c2", "a", "--role", "write")
+    out = json.loads(cli.ok("heartbeat", "c2", "a", "--json"))
+    assert out["seq"] == 3 and out["type"] == "agent.heartbeat"
+    assert json.loads(cli.ok("cell", "show", "c2", "--json"))["state"] == "active"
+
+
+def test_global_options_before_or_after(cli: Cli, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    cli.ok("--root", str(other), "cell", "create", "x")
+    assert json.loads(cli.ok("cell", "list", "--root", str(other), "--json"))[0]["name"] == "x"
+    assert json.loads(cli.ok("--json", "cell", "list", "--root", str(other)))[0]["name"] == "x"
+
+
+def test_data_from_file_and_stdin(cli: Cli, forge: Path, tmp_path: Path) -> None:
+    f = tmp_path / "d.json"
+    f.write_text('{"topic": "file", "payload": {"big": "' + "z" * 200_000 + '"}}')
+    assert cli.ok("emit", "forge", "bus.message", "--by", "ezra", "--data", f"@{f}").strip() == "6"
+    assert cli.ok("emit", "forge", "bus.message", "--by", "ezra", "--data", "-", input='{"topic":"in"}').strip() == "7"
+
+
+def test_tail_filters(cli: Cli, forge: Path) -> None:
+    types = lambda out: [json.loads(x)["type"] for x in out.splitlines()]  # noqa: E731
+    assert types(cli.ok("tail", "forge", "--type", "agent.*")) == ["agent.invited", "agent.invited", "agent.heartbeat"]
+    assert types(cli.ok("tail", "forge", "--agent", "reader")) == ["agent.invited"]
+    assert [json.loads(x)["seq"] for x in cli.ok("tail", "forge", "--since", "3").splitlines()] == [4, 5]
+
+
+def test_tail_follow_prints_new_events(cli: Cli, forge: Path, procs: Procs) -> None:
+    p = procs.start(cli.argv("tail", "forge", "-f", "--since", "5"), env=cli.env())
+    cli.ok("heartbeat", "forge", "ezra", "--cycle", "2")
+    assert p.stdout is not None
+    line = json.loads(p.stdout.readline())
+    assert line["seq"] == 6 and line["cycle"] == 2
+    p.send_signal(2)
+    assert p.wait(timeout=10) in (0, 130)
+
+
+def test_idempotent_emit_and_expected_seq(cli: Cli, forge: Path) -> None:
+    eid = "2b0ad6a4-3a0e-4d5c-9f5e-8a1b2c3d4e5f"
+    args = ("emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"x"}', "--id", eid)
+    assert cli.ok(*args) == "6\n"
+    assert cli.ok(*args) == "6\n"
+    assert cli.ok("emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"y"}',
+                  "--expected-seq", "6") == "7\n"
+
+
+BAD_INPUT = [
+    # (args, exit code, words in the error)
+    (["emit", "forge", "bus.message", "--by", "ezra", "--data", "{"], 2, "malformed JSON"),
+    (["emit", "forge", "bus.nope", "--by", "ezra"], 2, "unknown event type"),
+    (["emit", "forge", "agent.heartbeat", "--by", "ezra", "--data", '{"agent":"ezra","cycle":"x"}'], 2, "Expected `int`"),
+    (["emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"t","colour":1}'], 2, "unknown field 'colour'"),
+    (["emit", "forge", "bus.message", "--by", "ezra", "--data", '{}'], 2, "topic"),
+    (["emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"t","seq":9}'], 2, "assigned by the log"),
+    (["emit", "forge", "bus.message", "--by", "../x", "--data", '{"topic":"t"}'], 2, "bad agent name"),
+    (["agent", "invite", "forge", "../x", "--role", "read"], 2, "bad agent name"),
+    (["agent", "invite", "forge", "operator", "--role", "read"], 2, "reserved"),
+    (["heartbeat", "../x", "ezra"], 2, "bad cell"),
+    (["emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"t"}', "--id", "nope"], 2, "UUID"),
+    (["cell", "create", "Bad Name"], 2, "bad cell name"),
+    (["heartbeat", "nosuch", "ezra"], 3, "no cell"),
+    (["emit", "forge", "agent.heartbeat", "--by", "operator", "--data", '{"agent":"ghost"}'], 3, "not invited"),
+    (["emit", "forge", "bus.message", "--by", "stranger", "--data", '{"topic":"t"}'], 4, "not invited"),
+    (["emit", "forge", "bus.message", "--by", "reader", "--data", '{"topic":"t"}'], 4, "role read"),
+    (["cell", "thaw", "forge"], 4, "not allowed"),
+    (["cell", "destroy", "forge"], 4, "not allowed"),
+    (["cell", "create", "forge"], 4, "taken"),
+    (["agent", "invite", "forge", "ezra", "--role", "read"], 4, "already invited"),
+    (["emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"t"}', "--expected-seq", "2"], 4, "expected seq 2"),
+    (["cell", "create", "iso", "--isolation", "3"], 4, "isolation level 3"),
+    (["emit", "forge", "bus.message", "--by", "ezra", "--data", "@/nonexistent"], 2, "cannot read"),
+    (["tail", "forge", "--since", "x"], 2, "--since"),
+]
+
+
+@pytest.mark.parametrize("args, code, words", BAD_INPUT, ids=[" ".join(a[:3]) for a, _, _ in BAD_INPUT])
+def test_bad_input_is_refused_and_the_log_is_unchanged(cli: Cli, forge: Path, args: list[str], code: int,
+                                                       words: str) -> None:
+    before = forge.read_bytes()
+    r = cli(*args)
+    assert r.code == code, r.err
+    assert r.err.startswith("error: ") and r.err.count("\n") == 1, r.err
+    assert words in r.err
+    assert "Traceback" not in r.err
+    assert forge.read_bytes() == before
+
+
+def test_oversized_event_is_refused(cli: Cli, forge: Path, tmp_path: Path) -> None:
+    before = forge.read_bytes()
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"topic": "t", "payload": "x" * (1 << 20)}))
+    r = cli("emit", "forge", "bus.message", "--by", "ezra", "--data", f"@{big}")
+    assert r.code == 4 and "max_event_bytes" in r.err
+    assert forge.read_bytes() == before
+
+
+def test_id_reused_with_other_payload_is_a_conflict(cli: Cli, forge: Path) -> None:
+    eid = "5b0ad6a4-3a0e-4d5c-9f5e-8a1b2c3d4e5f"
+    cli.ok("emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"a"}', "--id", eid)
+    before = forge.read_bytes()
+    r = cli("emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"b"}', "--id", eid)
+    assert r.code == 4 and "different payload" in r.err
+    assert forge.read_bytes() == before
+
+
+def test_full_disk_is_exit_1_with_the_log_intact(cli: Cli, forge: Path) -> None:
+    import resource
+
+    before = forge.read_bytes()
+    limit = len(before) + 200
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = cli("emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"t","payload":"' + "x" * 1000 + '"}',
+            preexec_fn=cap)
+    assert r.code == 1 and "disk full" in r.err
+    assert forge.read_bytes() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_missing_permission_is_exit_1_with_the_log_intact(procs: Procs) -> None:
+    base = Path(tempfile.mkdtemp(prefix="lz-perm-"))
+    base.chmod(0o755)
+    try:
+        cli = Cli(base / "root", procs)
+        cli.ok("cell", "create", "p")
+        log = next((base / "root").glob("*/logs/events.jsonl"))
+        before = log.read_bytes()
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cli.argv(
+            "emit", "p", "cell.activated", "--by", "operator")]
+        r = subprocess.run(argv, env=cli.env(), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith("error: ") and "ermission denied" in r.stderr
+        assert log.read_bytes() == before
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_corrupt_log_stops_verify_and_replay(cli: Cli, forge: Path) -> None:
+    lines = forge.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b'"role":"read"', b'"role":"lead"')
+    forge.write_bytes(b"\n".join(lines))
+    for cmd in ("verify", "replay"):
+        r = cli(cmd, "forge")
+        assert r.code == 5, r.err
+        assert f"{forge}:3" in r.err and "seq 3" in r.err
+
+
+def test_eight_writers_at_once(cli: Cli, root_dir: Path, procs: Procs) -> None:
+    cli.ok("cell", "create", "busy")
+    writers = [procs.start([sys.executable, str(HELPERS / "appender.py"), str(root_dir), "busy", f"w{i}", "2000"])
+               for i in range(8)]
+    for w in writers:
+        assert w.wait(timeout=300) == 0, w.stderr.read() if w.stderr else ""
+    verified = json.loads(cli.ok("verify", "busy", "--json"))
+    assert verified["events"] == 16_001  # 16,000 messages after cell.provisioned
+    events = [json.loads(x) for x in cli.ok("tail", "busy", "--type", "bus.message").splitlines()]
+    assert [e["seq"] for e in events] == list(range(2, 16_002))
+    for i in range(8):
+        assert [e["payload"] for e in events if e["topic"] == f"w{i}"] == list(range(2000))
+
+
+def test_lifecycle_and_destroy_keeps_the_log(cli: Cli, forge: Path) -> None:
+    cli.ok("cell", "freeze", "forge", "--reason", "lunch")
+    r = cli("emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"t"}')
+    assert r.code == 4 and "frozen" in r.err
+    cli.ok("heartbeat", "forge", "ezra")  # a frozen cell still hears heartbeats
+    cli.ok("cell", "thaw", "forge")
+    cli.ok("cell", "archive", "forge")
+    r = cli("heartbeat", "forge", "ezra")
+    assert r.code == 4 and "archived" in r.err
+    log = forge.read_bytes()
+    cli.ok("cell", "destroy", "forge", "--reason", "done")
+    assert not (cli.root / "forge-1").exists()
+    grave = (cli.root / ".lazarus" / "graveyard" / "forge-1.jsonl").read_bytes()
+    assert grave.startswith(log) and json.loads(grave.splitlines()[-1])["type"] == "cell.destroyed"
+    assert cli("cell", "show", "forge").code == 3
+
+
+def test_errors_are_one_line_for_usage_too(cli: Cli) -> None:
+    r = cli("cell", "create")
+    assert r.code == 2 and r.err.startswith("error: ") and r.err.count("\n") == 1
+    r = cli("frobnicate")
+    assert r.code == 2 and r.err.startswith("error: ")

@@ -1,0 +1,152 @@
+"""The JSONL file backend: the shared contract, plus what only a file can suffer."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lazarus_bus import CorruptLog, FileLog, LazarusError
+from lazarus_bus.log import file as file_mod
+
+from .conftest import HELPERS, Procs
+from .log_contract import LogContract, MakeLog, msg
+
+CELL = "c1"
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    (tmp_path / "logs").mkdir()
+    return tmp_path / "logs" / "events.jsonl"
+
+
+@pytest.fixture
+def make_log(log_path: Path) -> MakeLog:
+    opened: list[FileLog] = []
+
+    def make(reopen: FileLog | None = None, **settings: object) -> FileLog:
+        settings.setdefault("fsync", "never")
+        log = FileLog(log_path, CELL, create=True, **settings)  # type: ignore[arg-type]
+        opened.append(log)
+        return log
+
+    yield make  # type: ignore[misc]
+    for log in opened:
+        log.close()
+
+
+class TestFileContract(LogContract):
+    pass
+
+
+def test_fsync_modes(make_log: MakeLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(file_mod.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    expected = {"always": (1, 1), "batch": (0, 1), "never": (0, 0)}
+    for mode, (single, batch) in expected.items():
+        log = make_log(fsync=mode)
+        calls.clear()
+        log.append(msg(1))
+        assert len(calls) == single, mode
+        calls.clear()
+        log.append_many([msg(2), msg(3)])
+        assert len(calls) == batch, mode
+
+
+def test_torn_tail_is_ignored_then_quarantined(make_log: MakeLog, log_path: Path) -> None:
+    log = make_log()
+    log.append_many([msg(1), msg(2)])
+    torn = b'{"type":"bus.message","seq":3,"payl'
+    with open(log_path, "ab") as fh:
+        fh.write(torn)
+    assert [e.seq for e in log.read()] == [1, 2]  # readers ignore it
+    assert log.append(msg(3))[0].seq == 3
+    record = json.loads((log_path.parent / "events.torn").read_text())
+    assert base64.b64decode(record["b64"]) == torn
+    assert record["length"] == len(torn) and record["offset"] > 0
+    assert [e.seq for e in log.read()] == [1, 2, 3]
+
+
+def test_writer_killed_mid_line(make_log: MakeLog, log_path: Path, procs: Procs) -> None:
+    log = make_log()
+    log.append_many([msg(i) for i in range(5)])
+    before = log_path.read_bytes()
+    p = procs.start([sys.executable, str(HELPERS / "torn_writer.py"), str(log_path)])
+    assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    assert log_path.read_bytes() != before  # half a line is there now
+    assert log.append(msg(6))[0].seq == 6
+    record = json.loads((log_path.parent / "events.torn").read_text())
+    assert len(base64.b64decode(record["b64"])) == record["length"] > 100_000
+    assert log_path.read_bytes().startswith(before)
+    assert [e.seq for e in log.read()] == list(range(1, 7))
+
+
+@pytest.mark.parametrize(
+    "damage, what",
+    [
+        (lambda line: line.replace(b'"payload":3', b'"payload":4'), "hash chain broken"),
+        (lambda line: line[:40], "corrupt log"),
+        (lambda line: line.replace(b'"seq":4', b'"seq":7'), "expected seq 4"),
+        (lambda line: line.replace(b'"payload":3', b'"payload":3,"topic":5'), "corrupt log"),
+    ],
+    ids=["edited", "truncated", "seq", "schema"],
+)
+def test_corruption_names_file_line_and_seq(make_log: MakeLog, log_path: Path, damage, what: str) -> None:  # type: ignore[no-untyped-def]
+    log = make_log()
+    log.append_many([msg(i) for i in range(6)])
+    lines = log_path.read_bytes().split(b"\n")
+    lines[3] = damage(lines[3])
+    log_path.write_bytes(b"\n".join(lines))
+    with pytest.raises(CorruptLog) as info:
+        list(log.read())
+    assert f"{log_path}:4" in str(info.value) and what in str(info.value)
+    assert "seq" in str(info.value)
+
+
+def test_file_size_limit_is_a_clear_error_and_leaves_no_partial_line(
+    make_log: MakeLog, log_path: Path
+) -> None:
+    log = make_log()
+    log.append(msg(1))
+    size = log_path.stat().st_size
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 1000}, {size + 1000}))\n"
+        "from lazarus_bus import FileLog, parse_draft, LazarusError\n"
+        f"log = FileLog({str(log_path)!r}, 'c1', fsync='never')\n"
+        "try:\n"
+        "    log.append(parse_draft({'type': 'bus.message', 'by': 'operator', 'topic': 't', 'payload': 'x' * 5000}))\n"
+        "except LazarusError as e:\n"
+        "    print(e); sys.exit(7)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert r.returncode == 7, r.stderr
+    assert b"disk full" in r.stdout and b"nothing was written" in r.stdout
+    assert log_path.stat().st_size == size
+    assert [e.seq for e in log.read()] == [1]
+
+
+def test_writes_to_a_moved_log_are_refused(make_log: MakeLog, log_path: Path) -> None:
+    log = make_log()
+    log.append(msg(1))
+    os.rename(log_path, log_path.with_name("gone.jsonl"))
+    with pytest.raises(LazarusError, match="no longer exists"):
+        log.append(msg(2))
+
+
+def test_read_from_the_middle_of_a_large_log(make_log: MakeLog) -> None:
+    log = make_log()
+    log.append_many([msg(i) for i in range(3000)])
+    for since in (1, 2, 1499, 2999):
+        assert next(log.read(since)).seq == since + 1
