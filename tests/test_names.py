@@ -29,7 +29,7 @@ def test_good_cell_ids(cid: str) -> None:
     assert check_cell_id(cid) == cid
 
 
-@pytest.mark.parametrize("cid", ["../x", "Forge", "a_b", "a.b", "", "0b7e4c4e-8f5a-1d3b-9c1d-2e3f4a5b6c7d", "x" * 64])
+@pytest.mark.parametrize("cid", ["../x", "Forge", "a_b", "a.b", "", "-a", "x" * 64])
 def test_bad_cell_ids(cid: str) -> None:
     with pytest.raises(MalformedInput):
         check_cell_id(cid)
