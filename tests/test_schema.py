@@ -20,5 +20,5 @@ def test_every_event_schema_requires_its_identifying_fields() -> None:
 
     hb = json.loads((SCHEMAS / "events" / "agent.heartbeat.schema.json").read_text())
     body = hb["$defs"]["AgentHeartbeat"]
-    assert body["required"] == ["agent"]
+    assert body["required"] == ["type", "agent"]
     assert body["properties"]["type"]["enum"] == ["agent.heartbeat"]
