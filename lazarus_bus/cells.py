@@ -244,12 +244,13 @@ class Cell:
 
     def refresh(self, until: int | None = None) -> CellView:
         """Fold whatever the log gained since the last look (from a snapshot when there is one)."""
-        if self._view is None:
-            from .snapshot import load_snapshot
-
-            self._view = load_snapshot(self)
+        if until is None:
+            self.advance()
+            if self._view is None:
+                raise NotFound(f"cell {self.id} has an empty log")
+            return self._view
         view = self._view
-        if until is not None and view is not None and view.seq > until:
+        if view is not None and view.seq > until:
             view = None
         for event in self.log.read(view.seq if view else 0, until):
             view = fold(view, event)
@@ -258,6 +259,19 @@ class Cell:
         if self._view is None or view.seq >= self._view.seq:
             self._view = view
         return view
+
+    def advance(self) -> list[ev.Event]:
+        """Read only the new complete events, fold them in, and return them."""
+        if self._view is None:
+            from .snapshot import load_snapshot
+
+            self._view = load_snapshot(self)
+        view = self._view
+        new = list(self.log.read(view.seq if view else 0))
+        for event in new:
+            view = fold(view, event)
+        self._view = view
+        return new
 
     def replay(self, until: int | None = None) -> CellView:
         """A fresh fold from the log alone: no snapshot, no cache."""

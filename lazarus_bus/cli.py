@@ -351,6 +351,37 @@ def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple
 
 
 @cli.command()
+@click.argument("ref", metavar="CELL", required=False)
+@common
+@pass_app
+def status(app: App, ref: str | None) -> None:
+    """Health of every agent: healthy, stale, dead, unknown, stopped or left."""
+    import time
+
+    from .health import agent_rows
+
+    now = time.time()
+    cells = [app.cell(ref)] if ref else app.root.cells()
+    data = []
+    for c in cells:
+        try:
+            view = c.view
+        except LazarusError as exc:
+            if ref:
+                raise
+            data.append({"id": c.id, "error": str(exc)})
+            continue
+        data.append({"id": view.id, "name": view.name, "state": view.state, "seq": view.seq,
+                     "agents": agent_rows(view, app.config, now)})
+    if app.json:
+        click.echo(json.dumps({"cells": data}))
+    else:
+        from .render import status_table
+
+        status_table(data)
+
+
+@cli.command()
 @click.argument("ref", metavar="CELL")
 @click.option("--until", type=int, default=None, help="Rebuild the state as it stood at this seq.")
 @common

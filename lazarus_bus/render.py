@@ -15,7 +15,7 @@ from .replay import replay_log
 if TYPE_CHECKING:
     from .cells import Cell
 
-__all__ = ["cells_table", "view_summary", "replay_with_progress"]
+__all__ = ["cells_table", "replay_with_progress", "status_table", "view_summary"]
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -28,6 +28,39 @@ def cells_table(rows: list[dict[str, Any]]) -> None:
     table = Table("ID", "NAME", "STATE", "AGENTS", "SEQ", "MISSION", box=None, pad_edge=False)
     for r in rows:
         table.add_row(r["id"], r["name"], r["state"], str(len(r["agents"])), str(r["seq"]), r["mission"])
+    console.print(table)
+
+
+HEALTH_STYLE = {"healthy": "green", "stale": "yellow", "dead": "bold red", "unknown": "dim",
+                "stopped": "blue", "left": "dim"}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def status_table(cells: list[dict[str, Any]]) -> None:
+    """`status`: one row per agent, grouped by cell."""
+    if not cells:
+        console.print("no cells (create one with `lazarus cell create NAME`)")
+        return
+    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "HEARTBEAT", "PID", "WHY", box=None, pad_edge=False)
+    for c in cells:
+        if "error" in c:
+            table.add_row(c["id"], "[bold red]unreadable[/]", "", "", "", "", "", c["error"])
+            continue
+        if not c["agents"]:
+            table.add_row(c["name"], c["state"], "-", "", "", "", "", "")
+        for r in c["agents"]:
+            style = HEALTH_STYLE.get(r["health"], "")
+            table.add_row(c["name"], c["state"], r["agent"], r["role"], f"[{style}]{r['health']}[/]",
+                          _age(r["heartbeat_age"]), str(r["pid"] or "-"), r["reason"] or "")
     console.print(table)
 
 

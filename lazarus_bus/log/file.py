@@ -78,6 +78,7 @@ class FileLog(LogBackend):
         self._end: int | None = None  # byte offset up to which _head/_window are known
         self._head = Head(0, ZERO_HASH)
         self._window = IdWindow()
+        self._mark: tuple[int, int, str] = (0, 0, ZERO_HASH)  # (seq, offset after it, its hash)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -181,7 +182,10 @@ class FileLog(LogBackend):
             rest_at = at
 
     def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
-        if since > 0:
+        prev_seq: int | None
+        if since > 0 and self._mark[0] == since:  # where the last read or write ended: no search
+            start, prev_seq, prev_hash = self._mark[1], since, self._mark[2]
+        elif since > 0:
             start = self._offset_of(since)
             prev_seq, prev_hash = None, None
         else:
@@ -211,6 +215,7 @@ class FileLog(LogBackend):
             if until is not None and event.seq > until:
                 return
             prev_seq, prev_hash = event.seq, _sha(line)
+            self._mark = (prev_seq, offset + len(line) + 1, prev_hash)
             yield event, line
 
     def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
@@ -388,6 +393,7 @@ class FileLog(LogBackend):
             raise LazarusError(f"cannot append to {self.path}: {reason}; nothing was written") from None
         self._end = start + len(data)
         self._head = Head(seq, prev)
+        self._mark = (seq, self._end, prev)
         for a in out:
             self._window.add(a.event.id, a.seq)
         return out

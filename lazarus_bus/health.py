@@ -1,0 +1,94 @@
+"""Health from the projection and a given `now`: testable without sleeping."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from msgspec import Struct
+
+from .fold import AgentView, CellView
+from .config import Config
+from .policy import Effective, effective
+
+__all__ = ["Health", "Verdict", "agent_rows", "judge", "phi"]
+
+Health = Literal["healthy", "stale", "dead", "unknown", "stopped", "left"]
+MIN_SAMPLES = 3
+
+
+class Verdict(Struct, frozen=True, kw_only=True):
+    """An agent's health, and for `dead` the reason and the numbers behind it."""
+
+    health: Health
+    age: float | None = None
+    reason: str | None = None
+    detail: dict[str, Any] = {}
+
+
+def phi(intervals: tuple[float, ...], age: float) -> float:
+    """Phi-accrual suspicion: -log10 of the chance a heartbeat is still to come after `age`."""
+    n = len(intervals)
+    mean = sum(intervals) / n
+    var = sum((x - mean) ** 2 for x in intervals) / n
+    std = max(math.sqrt(var), mean * 0.1, 0.05)
+    y = (age - mean) / std
+    # logistic approximation of the normal CDF's tail (as in Akka's detector)
+    e = math.exp(-y * (1.5976 + 0.070566 * y * y))
+    p_later = e / (1.0 + e) if age > mean else 1.0 - 1.0 / (1.0 + e)
+    return -math.log10(max(p_later, 1e-300))
+
+
+def _by_heartbeat(a: AgentView, p: Effective, now: float) -> Verdict:
+    age = now - a.last_seen
+    if p.progress_after > 0 and a.heartbeats and now - a.cycle_since > p.progress_after:
+        return Verdict(health="dead", age=age, reason="no_progress",
+                       detail={"cycle": a.cycle, "unchanged_for": round(now - a.cycle_since, 3),
+                               "progress_after": p.progress_after})
+    if p.detector == "phi" and len(a.intervals) >= MIN_SAMPLES:
+        suspicion = phi(a.intervals, age)
+        detail = {"phi": round(suspicion, 3), "phi_threshold": p.phi_threshold, "age": round(age, 3)}
+        if suspicion >= p.phi_threshold:
+            return Verdict(health="dead", age=age, reason="heartbeat_timeout", detail=detail)
+        return Verdict(health="stale" if suspicion >= 1.0 else "healthy", age=age, detail=detail)
+    if age > p.dead_after:
+        return Verdict(health="dead", age=age, reason="heartbeat_timeout",
+                       detail={"age": round(age, 3), "dead_after": p.dead_after})
+    return Verdict(health="stale" if age > p.stale_after else "healthy", age=age)
+
+
+def judge(view: CellView, a: AgentView, p: Effective, now: float) -> Verdict:
+    """healthy, stale, dead, unknown, stopped or left, by the rules of the contract."""
+    age = now - a.last_seen if a.last_seen else None
+    if a.phase == "left":
+        return Verdict(health="left", age=age, reason=a.left_reason or None)
+    if view.state in ("frozen", "archived", "destroyed"):
+        return Verdict(health="stopped", age=age)
+    if a.phase == "dead":
+        return Verdict(health="dead", age=age, reason=a.dead_reason)
+    if a.phase == "exited":
+        return Verdict(health="dead", age=age, reason="exited",
+                       detail={"returncode": a.returncode, "signal": a.signal})
+    if a.phase == "invited":
+        waited = now - a.invited_at
+        if not a.command and waited > p.dead_after:
+            return Verdict(health="dead", reason="never_seen",
+                           detail={"invited_for": round(waited, 3), "dead_after": p.dead_after})
+        return Verdict(health="unknown")
+    if a.command and not a.heartbeat_interval:
+        return Verdict(health="healthy", age=age)  # judged by its process alone
+    return _by_heartbeat(a, p, now)
+
+
+def agent_rows(view: CellView, config: Config, now: float) -> list[dict[str, Any]]:
+    """One row per agent for `status`, `/cells/{cell}` and the planner's dry run."""
+    rows = []
+    for a in view.agents.values():
+        v = judge(view, a, effective(config, view, a.name), now)
+        rows.append({
+            "agent": a.name, "role": a.role, "health": v.health, "reason": v.reason,
+            "heartbeat_age": round(now - a.last_heartbeat, 3) if a.last_heartbeat else None,
+            "pid": a.pid or None, "supervised": bool(a.command), "attempt": a.attempt,
+            "cycle": a.cycle, "status": a.status, "phase": a.phase, "detail": v.detail,
+        })
+    return rows
