@@ -1,15 +1,18 @@
 """Lazarus Pit: one append-only event log per cell, projections folded from it, revival by policy."""
 
 from .cells import Cell, Root
+from .client import Agent, connect
 from .config import Config, load_config, resolve
 from .errors import Conflict, CorruptLog, Forbidden, LazarusError, MalformedInput, NotFound, Refused, TooLarge
 from .events import EVENT_TYPES, AnyEvent, Event, Policy, decode_event, encode_event, parse_draft
 from .fold import AgentView, CellView, fold, fold_all
+from .planner import plan
 from .log import Appended, FileLog, Head, LogBackend
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
     "AgentView",
     "AnyEvent",
     "Appended",
@@ -31,11 +34,13 @@ __all__ = [
     "Refused",
     "Root",
     "TooLarge",
+    "connect",
     "decode_event",
     "encode_event",
     "fold",
     "fold_all",
     "load_config",
     "parse_draft",
+    "plan",
     "resolve",
 ]

@@ -19,7 +19,7 @@ import msgspec
 from . import events as ev
 from .cells import Cell, Root
 from .config import Config, resolve
-from .errors import LazarusError, MalformedInput
+from .errors import LazarusError, MalformedInput, NotFound
 from .log import Appended
 
 __all__ = ["cli", "main"]
@@ -408,6 +408,317 @@ def verify(app: App, ref: str) -> None:
 
     count, head = verify_log(app.cell(ref).log)
     _out(app, {"events": count, "head": head}, f"ok: {count} events, head {head}")
+
+
+# -- resurrection -------------------------------------------------------------------------
+
+
+def _describe_action(action: Any) -> str:
+    from .planner import Append, Start
+
+    if isinstance(action, Append):
+        parts = []
+        for e in action.events:
+            if e.type == "agent.declared_dead":
+                parts.append(f"declare dead ({e.reason})")
+            elif e.type == "revival.planned":
+                extra = f" {e.substitute}" if e.substitute else ""
+                delay = f" in {e.delay:g}s" if e.delay else ""
+                parts.append(f"{e.action}{extra} (attempt {e.attempt}){delay}")
+            elif e.type == "revival.approval_requested":
+                parts.append(f"ask for approval (key {e.key})")
+            else:
+                parts.append(e.type)
+        return ", then ".join(parts)
+    if isinstance(action, Start):
+        return f"start (attempt {action.attempt}{', resume ' + action.resume if action.resume else ''})"
+    return f"stop ({action.why})"
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL", required=False)
+@common
+@pass_app
+def plan(app: App, ref: str | None) -> None:
+    """What the daemon would do now, without doing it."""
+    import socket
+    import time
+
+    from .planner import plan as plan_cell
+
+    now, host = time.time(), socket.gethostname()
+    found = []
+    for c in [app.cell(ref)] if ref else app.root.cells():
+        view = c.view
+        found.extend((view, action) for action in plan_cell(view, app.config, now, host))
+    if app.json:
+        click.echo(json.dumps([{"cell": v.id, "cell_name": v.name, **msgspec.to_builtins(a)} for v, a in found]))
+    elif not found:
+        click.echo("nothing to do")
+    else:
+        for view, action in found:
+            click.echo(f"{view.name}/{action.agent}: {_describe_action(action)}")
+
+
+def _pending(app: App) -> list[tuple[Cell, Any]]:
+    out = []
+    for c in app.root.cells():
+        try:
+            view = c.view
+        except LazarusError:
+            continue
+        out.extend((c, a) for a in view.approvals.values() if a.decision is None)
+    return sorted(out, key=lambda pair: pair[1].requested_at)
+
+
+@cli.command()
+@common
+@pass_app
+def approvals(app: App) -> None:
+    """Pending approval requests, oldest first."""
+    rows = [{"key": a.key, "cell": c.id, "cell_name": c.name, "agent": a.agent, "requested_at": a.requested_at,
+             "message": a.message, "substitute": a.substitute, "channels": a.channels} for c, a in _pending(app)]
+    if app.json:
+        click.echo(json.dumps(rows))
+    elif not rows:
+        click.echo("no pending approvals")
+    else:
+        for r in rows:
+            click.echo(f"{r['key']}  {r['cell_name']}/{r['agent']}  {r['message']}")
+
+
+def _decide(app: App, key: str, note: str, cls: type[ev.Event]) -> None:
+    from .names import check_ref_id
+
+    check_ref_id("approval key", key)
+    for c in app.root.cells():
+        try:
+            view = c.view
+        except LazarusError:
+            continue
+        if key in view.approvals:
+            _appended(app, c.append(cls(by="operator", key=key, note=note)))  # type: ignore[call-arg]
+            return
+    raise NotFound(f"no approval request {key} under {app.root.path}")
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--note", default="")
+@common
+@pass_app
+def approve(app: App, key: str, note: str) -> None:
+    """Approve a revival; the daemon carries it out."""
+    _decide(app, key, note, ev.RevivalApproved)
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--note", default="")
+@common
+@pass_app
+def deny(app: App, key: str, note: str) -> None:
+    """Deny a revival; the agent stays down."""
+    _decide(app, key, note, ev.RevivalDenied)
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@common
+@pass_app
+def revive(app: App, ref: str, name: str) -> None:
+    """Revive a dead agent by hand: resets the attempt window, even after an escalation."""
+    import time
+
+    from .planner import manual_revival
+
+    c = app.cell(ref)
+    _appended(app, c.append_many(manual_revival(c.view, app.config, name, time.time())))
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One pass: adopt, plan, act, then exit.")
+@click.option("--http", "http", default=None, metavar="HOST:PORT", help="Gateway address (default from config).")
+@click.option("--no-http", is_flag=True, help="No HTTP gateway.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every action.")
+@common
+@pass_app
+def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool) -> None:
+    """The daemon: watch, fold, plan, act, serve."""
+    import asyncio
+    import logging
+
+    from .daemon import Daemon
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    daemon = Daemon(app.root, http="" if no_http else http)
+    if not once:
+        click.echo(f"lazarus up: root {app.root.path}, pid {os.getpid()}"
+                   + (f", http {daemon.http}" if daemon.http else ""), err=True)
+    asyncio.run(daemon.run(once=once))
+
+
+@cli.command()
+@click.option("--dir", "keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to put the demo's root (default: a new temporary directory).")
+@common
+@pass_app
+def demo(app: App, keep: Path | None) -> None:
+    """A first run: one cell, three agents, one killed and revived from its checkpoint."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(keep))
+
+
+# -- mission bus --------------------------------------------------------------------------
+
+
+@cli.group()
+def bus() -> None:
+    """Messages, checkpoints, handoffs and tasks between agents."""
+
+
+@bus.command("publish")
+@click.argument("ref", metavar="CELL")
+@click.argument("topic")
+@click.option("--by", required=True)
+@click.option("--data", default=None, help="The payload: JSON, @FILE or -.")
+@click.option("--to", default=None, help="A recipient agent (default: everyone).")
+@common
+@pass_app
+def bus_publish(app: App, ref: str, topic: str, by: str, data: str | None, to: str | None) -> None:
+    """Publish a message on a topic."""
+    payload: dict[str, Any] = {"type": "bus.message", "topic": topic, "payload": read_data(data)}
+    if to:
+        payload["to"] = to
+    _appended(app, _emit(app, app.cell(ref), payload, by=by))
+
+
+@bus.command("checkpoint")
+@click.argument("ref", metavar="CELL")
+@click.option("--by", required=True)
+@click.option("--summary", default="")
+@click.option("--state", default=None, help="Any JSON: inline, @FILE or -.")
+@click.option("--path", "paths", multiple=True, help="A workspace path to archive, repeatable.")
+@click.option("--id", "checkpoint_id", default=None, help="The checkpoint id (default: a new UUID).")
+@common
+@pass_app
+def bus_checkpoint(app: App, ref: str, by: str, summary: str, state: str | None, paths: tuple[str, ...],
+                   checkpoint_id: str | None) -> None:
+    """Record a checkpoint; prints its seq and id."""
+    from .bus import checkpoint
+    from .names import check_by
+
+    a = checkpoint(app.cell(ref), check_by(by), summary=summary, state=read_data(state), paths=list(paths),
+                   checkpoint_id=checkpoint_id)
+    _appended(app, [a], {"checkpoint_id": a.event.checkpoint_id})  # type: ignore[attr-defined]
+
+
+@bus.command("restore")
+@click.argument("ref", metavar="CELL")
+@click.argument("checkpoint_id")
+@click.option("--by", default="operator", show_default=True)
+@common
+@pass_app
+def bus_restore(app: App, ref: str, checkpoint_id: str, by: str) -> None:
+    """Unpack a checkpoint's archive into the workspace after checking its hash."""
+    from .bus import restore
+    from .names import check_by
+
+    a = restore(app.cell(ref), checkpoint_id, check_by(by))
+    _appended(app, [a], {"paths": " ".join(a.event.paths)})  # type: ignore[attr-defined]
+
+
+@bus.command("handoff")
+@click.argument("ref", metavar="CELL")
+@click.option("--by", required=True)
+@click.option("--to", "to", required=True, help="The recipient agent.")
+@click.option("--checkpoint", "checkpoint_id", required=True, help="The checkpoint it resumes from.")
+@click.option("--note", default="")
+@click.option("--id", "handoff_id", default=None)
+@common
+@pass_app
+def bus_handoff(app: App, ref: str, by: str, to: str, checkpoint_id: str, note: str, handoff_id: str | None) -> None:
+    """Hand work to another agent; prints its seq and id."""
+    from .bus import handoff
+    from .names import check_agent, check_by
+
+    a = handoff(app.cell(ref), check_by(by), check_agent(to), checkpoint_id, note, handoff_id)
+    _appended(app, [a], {"handoff_id": a.event.handoff_id})  # type: ignore[attr-defined]
+
+
+@bus.command("resume")
+@click.argument("ref", metavar="CELL")
+@click.argument("handoff_id")
+@click.option("--accept", is_flag=True, help="Append handoff.accepted (as --by, the recipient).")
+@click.option("--by", default=None)
+@common
+@pass_app
+def bus_resume(app: App, ref: str, handoff_id: str, accept: bool, by: str | None) -> None:
+    """Print the resume packet of a handoff as JSON."""
+    from .bus import resume_packet
+
+    c = app.cell(ref)
+    if accept:
+        if not by:
+            raise MalformedInput("--accept needs --by (the recipient)")
+        resume_packet(c.view, handoff_id)  # not found before anything is written
+        _emit(app, c, {"type": "handoff.accepted", "handoff_id": handoff_id}, by=by)
+    click.echo(json.dumps(resume_packet(c.view, handoff_id), indent=None if app.json else 2))
+
+
+@bus.command("task")
+@click.argument("ref", metavar="CELL")
+@click.argument("title")
+@click.option("--by", required=True)
+@click.option("--assignee", default=None)
+@click.option("--depends-on", "depends_on", multiple=True, help="A task id it waits on, repeatable.")
+@click.option("--priority", type=click.Choice(["high", "medium", "low"]), default="medium")
+@click.option("--id", "task_id", default=None)
+@common
+@pass_app
+def bus_task(app: App, ref: str, title: str, by: str, assignee: str | None, depends_on: tuple[str, ...],
+             priority: str, task_id: str | None) -> None:
+    """Create a task; prints its seq and id."""
+    from .names import new_id
+
+    payload = {"type": "task.created", "task_id": task_id or new_id(), "title": title, "assignee": assignee,
+               "depends_on": list(depends_on), "priority": priority}
+    written = _emit(app, app.cell(ref), payload, by=by)
+    _appended(app, written, {"task_id": payload["task_id"]})
+
+
+@bus.command("task-update")
+@click.argument("ref", metavar="CELL")
+@click.argument("task_id")
+@click.argument("status", type=click.Choice(["pending", "in_progress", "done", "failed"]))
+@click.option("--by", required=True)
+@click.option("--assignee", default=None)
+@common
+@pass_app
+def bus_task_update(app: App, ref: str, task_id: str, status: str, by: str, assignee: str | None) -> None:
+    """Move a task to a new status."""
+    payload = {"type": "task.updated", "task_id": task_id, "status": status, "assignee": assignee}
+    _appended(app, _emit(app, app.cell(ref), payload, by=by))
+
+
+@bus.command("tasks")
+@click.argument("ref", metavar="CELL")
+@common
+@pass_app
+def bus_tasks(app: App, ref: str) -> None:
+    """Tasks with status and dependencies."""
+    view = app.cell(ref).view
+    rows = [msgspec.to_builtins(t) for t in sorted(view.tasks.values(), key=lambda t: t.seq)]
+    if app.json:
+        click.echo(json.dumps(rows))
+    else:
+        from .render import tasks_table
+
+        tasks_table(rows)
 
 
 @cli.group()

@@ -24,10 +24,10 @@ __all__ = [
     "PROJECTION_VERSION",
 ]
 
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2
 INTERVALS_KEPT = 32
 
-Phase = Literal["invited", "running", "exited", "dead", "left"]
+Phase = Literal["invited", "running", "exited", "dead", "stopped", "left"]
 
 
 class AgentView(Struct, frozen=True, kw_only=True):
@@ -67,6 +67,8 @@ class AgentView(Struct, frozen=True, kw_only=True):
     revival_at: float = 0.0
     revival_delay: float = 0.0
     revival_seq: int = 0
+    revival_attempt: int = 0
+    revival_substitute: str | None = None
     approval: str | None = None
     left_reason: str = ""
     substitute_for: str | None = None
@@ -255,8 +257,13 @@ def _exited(view: CellView, e: ev.AgentExited) -> CellView:
     a = view.agents[e.agent]
     if e.pid and a.pid and e.pid != a.pid:
         return view  # an older incarnation's exit, reported late
-    return _agent(view, e.agent, phase="exited" if a.phase != "left" else "left",
-                  returncode=e.returncode, signal=e.signal, exited_at=e.ts)
+    if a.phase in ("left", "dead"):
+        phase = a.phase  # a stop the log already explains
+    elif view.state in ("frozen", "archived") and e.returncode != 0:
+        phase = "stopped"  # stopped on purpose with its cell; started again on thaw
+    else:
+        phase = "exited"
+    return _agent(view, e.agent, phase=phase, returncode=e.returncode, signal=e.signal, exited_at=e.ts)
 
 
 def _declared_dead(view: CellView, e: ev.AgentDeclaredDead) -> CellView:
@@ -289,7 +296,7 @@ def _planned(view: CellView, e: ev.RevivalPlanned) -> CellView:
     if e.action in ("restart", "substitute"):
         restarts = () if e.by == "operator" else (*restarts, e.ts)
     return _agent(view, e.agent, revival=e.action, revival_at=e.ts, revival_delay=e.delay,
-                  revival_seq=e.seq, restarts=restarts)
+                  revival_seq=e.seq, revival_attempt=e.attempt, revival_substitute=e.substitute, restarts=restarts)
 
 
 def _approval_requested(view: CellView, e: ev.RevivalApprovalRequested) -> CellView:

@@ -64,6 +64,8 @@ def judge(view: CellView, a: AgentView, p: Effective, now: float) -> Verdict:
         return Verdict(health="left", age=age, reason=a.left_reason or None)
     if view.state in ("frozen", "archived", "destroyed"):
         return Verdict(health="stopped", age=age)
+    if a.phase == "stopped":
+        return Verdict(health="stopped", age=age)
     if a.phase == "dead":
         return Verdict(health="dead", age=age, reason=a.dead_reason)
     if a.phase == "exited":

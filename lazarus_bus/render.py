@@ -15,7 +15,7 @@ from .replay import replay_log
 if TYPE_CHECKING:
     from .cells import Cell
 
-__all__ = ["cells_table", "replay_with_progress", "status_table", "view_summary"]
+__all__ = ["cells_table", "replay_with_progress", "status_table", "tasks_table", "view_summary"]
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -61,6 +61,18 @@ def status_table(cells: list[dict[str, Any]]) -> None:
             style = HEALTH_STYLE.get(r["health"], "")
             table.add_row(c["name"], c["state"], r["agent"], r["role"], f"[{style}]{r['health']}[/]",
                           _age(r["heartbeat_age"]), str(r["pid"] or "-"), r["reason"] or "")
+    console.print(table)
+
+
+def tasks_table(rows: list[dict[str, Any]]) -> None:
+    """`bus tasks`."""
+    if not rows:
+        console.print("no tasks")
+        return
+    table = Table("TASK", "STATUS", "PRIORITY", "ASSIGNEE", "DEPENDS ON", "TITLE", box=None, pad_edge=False)
+    for t in rows:
+        table.add_row(t["task_id"], t["status"], t["priority"], t["assignee"] or "-",
+                      ", ".join(t["depends_on"]) or "-", t["title"])
     console.print(table)
 
 

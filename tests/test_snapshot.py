@@ -10,6 +10,7 @@ import pytest
 
 from lazarus_bus import Cell, Root
 from lazarus_bus import events as ev
+from lazarus_bus.fold import PROJECTION_VERSION
 from lazarus_bus.snapshot import load_snapshot, save_snapshot
 from tests.conftest import Cli
 
@@ -40,8 +41,8 @@ def test_snapshot_round_trip_and_tail(root: Root, cell: Cell) -> None:
     [
         lambda raw, cell: b"{not json",
         lambda raw, cell: raw[: len(raw) // 2],
-        lambda raw, cell: raw.replace(b'"version":1', b'"version":0'),
-        lambda raw, cell: raw.replace(b'"version":1', b'"version":99'),
+        lambda raw, cell: raw.replace(b'"version":%d' % PROJECTION_VERSION, b'"version":1'),
+        lambda raw, cell: raw.replace(b'"version":%d' % PROJECTION_VERSION, b'"version":99'),
     ],
     ids=["garbage", "truncated", "older-schema", "newer-schema"],
 )
@@ -69,7 +70,7 @@ def test_snapshot_ahead_of_its_log_is_ignored(root: Root, cell: Cell, root_dir: 
     _snap(cell).write_bytes(_snap(other).read_bytes())
     assert load_snapshot(Cell(root, cell.id)) is None
     body = msgspec.json.decode(msgspec.json.encode(msgspec.structs.asdict(cell.view)))
-    snap = {"version": 1, "seq": cell.view.seq, "last_id": "0" * 8, "view": {**body, "last_id": "0" * 8}}
+    snap = {"version": PROJECTION_VERSION, "seq": cell.view.seq, "last_id": "0" * 8, "view": {**body, "last_id": "0" * 8}}
     _snap(cell).write_bytes(json.dumps(snap).encode())
     assert load_snapshot(Cell(root, cell.id)) is None
     assert Cell(root, cell.id).view == cell.replay()

@@ -1,0 +1,166 @@
+"""The agent's side: a few lines to join a cell, heartbeat in the background, checkpoint and hand off."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from . import events as ev
+from .bus import checkpoint, handoff, restore, resume_packet
+from .cells import Cell, Root
+from .config import resolve
+from .errors import LazarusError, MalformedInput
+from .names import check_agent
+
+__all__ = ["Agent", "connect"]
+
+
+def connect(cell: str | None = None, agent: str | None = None, *, root: str | os.PathLike[str] | None = None,
+            heartbeat: float | None = None) -> Agent:
+    """An agent of a cell, from arguments or the LAZARUS_* environment the daemon sets."""
+    cell = cell or os.environ.get("LAZARUS_CELL")
+    agent = agent or os.environ.get("LAZARUS_AGENT")
+    if not cell or not agent:
+        raise MalformedInput("connect() needs a cell and an agent (or LAZARUS_CELL and LAZARUS_AGENT)")
+    path, config = resolve(str(root) if root is not None else os.environ.get("LAZARUS_ROOT"), None)
+    return Agent(Root(path, config).open(cell), check_agent(agent), heartbeat=heartbeat)
+
+
+class Agent:
+    """One agent's handle on its cell; as a context manager it joins, heartbeats and stops cleanly."""
+
+    def __init__(self, cell: Cell, name: str, *, heartbeat: float | None = None) -> None:
+        self.cell = cell
+        self.name = name
+        self.cycle = 0
+        self.status = ""
+        invited = cell.view.agents.get(name)
+        self.interval = heartbeat or (invited.heartbeat_interval if invited else 0) or 5.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one append at a time from this process's threads
+        self._old_term: Any = None
+        self.errors = 0
+
+    # -- presence -----------------------------------------------------------------------
+
+    def join(self) -> int:
+        return self._append(ev.AgentJoined(by=self.name, agent=self.name, pid=os.getpid(), host=socket.gethostname()))
+
+    def leave(self, reason: str = "") -> int:
+        return self._append(ev.AgentLeft(by=self.name, agent=self.name, reason=reason))
+
+    def heartbeat(self, status: str | None = None, cycle: int | None = None) -> int:
+        """One heartbeat now; `cycle` is progress, so advance it when work moves."""
+        if status is not None:
+            self.status = status
+        if cycle is not None:
+            self.cycle = cycle
+        return self._append(ev.AgentHeartbeat(by=self.name, agent=self.name, pid=os.getpid(), cycle=self.cycle,
+                                              status=self.status))
+
+    def progress(self, status: str | None = None) -> int:
+        """Count one unit of work done (the background heartbeat reports it)."""
+        self.cycle += 1
+        if status is not None:
+            self.status = status
+        return self.cycle
+
+    def start_heartbeat(self) -> None:
+        """Heartbeat every `interval` seconds from a daemon thread until `stop_heartbeat`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name=f"lazarus-heartbeat-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.heartbeat()
+            except (LazarusError, OSError):
+                self.errors += 1  # keep trying: a late heartbeat is better than a dead thread
+
+    # -- the bus ------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: Any = None, to: str | None = None) -> int:
+        return self._append(ev.BusMessage(by=self.name, topic=topic, payload=payload, to=to))
+
+    def checkpoint(self, summary: str = "", state: Any = None, paths: list[str] | None = None) -> str:
+        """Record where the work stands (archiving workspace paths); returns the checkpoint id."""
+        with self._lock:
+            a = checkpoint(self.cell, self.name, summary=summary, state=state, paths=paths)
+        return a.event.checkpoint_id  # type: ignore[attr-defined, no-any-return]
+
+    def restore(self, checkpoint_id: str) -> list[str]:
+        """Put the checkpoint's archived workspace paths back as they were; returns what was unpacked."""
+        with self._lock:
+            a = restore(self.cell, checkpoint_id, self.name)
+        return a.event.paths  # type: ignore[attr-defined, no-any-return]
+
+    def handoff(self, to: str, checkpoint_id: str, note: str = "") -> str:
+        with self._lock:
+            a = handoff(self.cell, self.name, to, checkpoint_id, note)
+        return a.event.handoff_id  # type: ignore[attr-defined, no-any-return]
+
+    def accept(self, handoff_id: str) -> dict[str, Any]:
+        """Take up a handoff addressed to this agent; returns its resume packet."""
+        if not self.cell.view.handoffs[handoff_id].accepted:
+            self._append(ev.HandoffAccepted(by=self.name, handoff_id=handoff_id))
+        return resume_packet(self.cell.view, handoff_id)
+
+    def resume(self) -> dict[str, Any] | None:
+        """What `LAZARUS_RESUME` points at: a resume packet, a checkpoint, or None for a fresh start."""
+        pointer = os.environ.get("LAZARUS_RESUME", "")
+        kind, _, ref = pointer.partition(":")
+        view = self.cell.view
+        if kind == "handoff" and ref in view.handoffs:
+            return self.accept(ref)
+        if kind == "checkpoint" and ref in view.checkpoints:
+            cp = view.checkpoints[ref]
+            return {"checkpoint": {"checkpoint_id": cp.checkpoint_id, "by": cp.by, "summary": cp.summary,
+                                   "state": cp.state, "artifacts": cp.artifacts, "archive": cp.archive,
+                                   "sha256": cp.sha256, "seq": cp.seq}}
+        return None
+
+    @property
+    def workspace(self) -> Path:
+        return self.cell.workspace
+
+    def _append(self, draft: ev.Event) -> int:
+        with self._lock:
+            return self.cell.append(draft)[0].seq
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def __enter__(self) -> Agent:
+        self.join()
+        self.start_heartbeat()
+        if threading.current_thread() is threading.main_thread():
+            self._old_term = signal.signal(signal.SIGTERM, self._on_term)
+        return self
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)  # unwinds through __exit__, so the heartbeat stops
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop_heartbeat()
+        invited = self.cell.view.agents.get(self.name)
+        if kind is None and invited is not None and not invited.command and invited.phase != "left":
+            with contextlib.suppress(LazarusError):
+                self.leave("completed")  # unsupervised and done: not a death (the daemon says so for the others)
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
+        self.cell.close()

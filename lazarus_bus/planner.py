@@ -1,0 +1,252 @@
+"""The resurrection planner: a pure function of projection, policy and time that returns actions."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from msgspec import Struct
+
+from . import events as ev
+from .bus import resume_pointer
+from .config import Config
+from .fold import AgentView, CellView
+from .health import judge
+from .policy import Effective, effective
+
+__all__ = ["Action", "Append", "Start", "Stop", "attempts_in_window", "backoff", "channels_of", "manual_revival", "plan"]
+
+RUNNABLE = ("provisioned", "active")
+
+
+class Action(Struct, frozen=True, kw_only=True, tag_field="do"):
+    """Something the executor does for one agent of one cell."""
+
+    cell: str
+    agent: str
+    why: str = ""
+
+
+class Append(Action, frozen=True, kw_only=True, tag="append"):
+    """Events to append together, valid only against the projection at `at_seq`."""
+
+    events: list[ev.AnyEvent]
+    at_seq: int = 0
+
+
+class Start(Action, frozen=True, kw_only=True, tag="start"):
+    """Spawn a supervised agent; `revived` > 0 also appends `agent.revived` with that restart number."""
+
+    attempt: int = 1
+    revived: int = 0
+    resume: str = ""
+
+
+class Stop(Action, frozen=True, kw_only=True, tag="stop"):
+    """Stop a supervised agent's process (SIGTERM, grace, SIGKILL)."""
+
+
+AnyAction = Append | Start | Stop
+
+
+def backoff(p: Effective, k: int) -> float:
+    """Delay before restart number k+1 in the window: none for the first, then exponential."""
+    if k <= 0:
+        return 0.0
+    return min(p.backoff_max, p.backoff_initial * p.backoff_factor ** (k - 1))
+
+
+def attempts_in_window(a: AgentView, p: Effective, now: float) -> int:
+    """Restarts already spent in the window; a run that lasted `stable_after` resets the count."""
+    since = now - p.attempt_window
+    died = a.dead_at or a.exited_at or now
+    if a.spawned_at and died - a.spawned_at >= p.stable_after:
+        since = max(since, a.spawned_at)
+    return sum(1 for t in a.restarts if t > since)
+
+
+def channels_of(config: Config) -> list[str]:
+    """The channels named in an approval request: the configured ones, then webhook and command."""
+    out = [f"{name}:{where}" for name, where in config.notify.channels.items()]
+    if config.notify.webhook:
+        out.append("webhook")
+    if config.notify.command:
+        out.append("command")
+    return out
+
+
+def _key(view: CellView, agent: str, what: str) -> str:
+    """A deterministic id, unique under the root: the cell, the agent and the seq it was decided at."""
+    return hashlib.sha256(f"{view.id}:{agent}:{view.seq}:{what}".encode()).hexdigest()[:12]
+
+
+def _own_host(a: AgentView, host: str) -> bool:
+    return not a.host or a.host == host
+
+
+def _candidate(view: CellView, config: Config, dead: AgentView, p: Effective, now: float,
+               prefer: str | None = None) -> AgentView | None:
+    """The first healthy substitute: the suggested one, the policy's list, then the agent's own."""
+    names = [n for n in [prefer, *p.substitutes, *dead.substitutes] if n]
+    for name in dict.fromkeys(names):
+        c = view.agents.get(name)
+        if c is None or name == dead.name:
+            continue
+        if judge(view, c, effective(config, view, name), now).health == "healthy":
+            return c
+    return None
+
+
+def _planned(a: AgentView, action: str, **kw: Any) -> ev.RevivalPlanned:
+    return ev.RevivalPlanned(by="lazarus", agent=a.name, action=action, **kw)  # type: ignore[arg-type]
+
+
+def _revive_now(view: CellView, config: Config, a: AgentView, p: Effective, now: float, host: str, *,
+                k: int, delay: float, prefer: str | None = None) -> tuple[list[ev.Event], list[AnyAction]]:
+    """Mode `yes`: restart when supervised here, else a healthy substitute, else unrecoverable."""
+    if a.command and _own_host(a, host):
+        events: list[ev.Event] = [_planned(a, "restart", attempt=k + 1, delay=delay)]
+        later: list[AnyAction] = []
+        if delay <= 0:
+            later.append(Start(cell=view.id, agent=a.name, attempt=k + 2, revived=k + 1,
+                               resume=resume_pointer(view, a.name), why="restart"))
+        return events, later
+    sub = _candidate(view, config, a, p, now, prefer)
+    if sub is None:
+        return [_planned(a, "unrecoverable", attempt=k + 1)], []
+    return _substitute(view, a, sub, k + 1, "lazarus"), []
+
+
+def _substitute(view: CellView, a: AgentView, sub: AgentView, attempt: int, by: str) -> list[ev.Event]:
+    """The substitute takes over: a handoff from the dead agent's newest checkpoint, then its revival."""
+    events: list[ev.Event] = [ev.RevivalPlanned(by=by, agent=a.name, action="substitute", substitute=sub.name,
+                                                attempt=attempt)]
+    if a.last_checkpoint:
+        events.append(ev.HandoffCreated(by="lazarus", handoff_id=f"takeover-{_key(view, a.name, 'handoff')}",
+                                        to=sub.name, checkpoint_id=a.last_checkpoint,
+                                        note=f"taking over from {a.name}"))
+    events.append(ev.AgentRevived(by="lazarus", agent=sub.name, pid=sub.pid, attempt=attempt, substitute_for=a.name))
+    return events
+
+
+def _decide(view: CellView, config: Config, a: AgentView, p: Effective, now: float, host: str,
+            reason: str, detail: dict[str, Any]) -> tuple[list[ev.Event], list[AnyAction]]:
+    """What the policy does with a death: the revival.planned and what follows it."""
+    if p.mode == "no":
+        return [_planned(a, "suppressed")], []
+    if p.mode == "ask":
+        sub = None if a.command else _candidate(view, config, a, p, now)
+        key = _key(view, a.name, "ask")
+        why = detail.get("returncode", detail.get("age", ""))
+        message = (f"agent {a.name} of mission {p.mission} (cell {view.name}) is dead: {reason}"
+                   f"{f' ({why})' if why != '' else ''}; "
+                   + (f"suggested substitute: {sub.name}" if sub else
+                      "it will be restarted" if a.command else "no healthy substitute")
+                   + f"; run `lazarus approve {key}` or `lazarus deny {key}`")
+        return [_planned(a, "ask", substitute=sub.name if sub else None),
+                ev.RevivalApprovalRequested(by="lazarus", key=key, agent=a.name, message=message,
+                                            substitute=sub.name if sub else None,
+                                            channels=channels_of(config))], []
+    k = attempts_in_window(a, p, now)
+    if k >= p.max_attempts:
+        return [_planned(a, "escalated", attempt=k)], []
+    return _revive_now(view, config, a, p, now, host, k=k, delay=backoff(p, k))
+
+
+def _declare(a: AgentView, reason: str, detail: dict[str, Any]) -> ev.AgentDeclaredDead:
+    return ev.AgentDeclaredDead(by="lazarus", agent=a.name, reason=reason,  # type: ignore[arg-type]
+                                last_seen=a.last_seen, detail=detail)
+
+
+def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: str) -> list[AnyAction]:
+    """The actions one agent needs now (usually none)."""
+    cid, name, supervised = view.id, a.name, bool(a.command)
+    p = effective(config, view, name)
+    running_per_log = supervised and a.spawned_at > a.exited_at and a.pid > 0
+    if supervised and not _own_host(a, host):
+        return []  # another host's daemon supervises it
+    if view.state not in RUNNABLE:
+        if running_per_log and a.phase not in ("dead",):
+            return [Stop(cell=cid, agent=name, why=f"cell is {view.state}")]
+        return []
+    if a.phase == "left":
+        return [Stop(cell=cid, agent=name, why="agent left")] if running_per_log else []
+    if a.phase in ("invited", "stopped") and supervised:
+        return [Start(cell=cid, agent=name, attempt=1, resume=resume_pointer(view, name),
+                      why="first start" if a.phase == "invited" else "cell thawed")]
+    if a.phase == "exited":
+        if a.returncode == 0 and p.restart_on == "failure":
+            return [Append(cell=cid, agent=name, at_seq=view.seq, why="completed",
+                           events=[ev.AgentLeft(by="lazarus", agent=name, reason="completed")])]
+        detail = {"returncode": a.returncode, "signal": a.signal, "pid": a.pid}
+        events, later = _decide(view, config, a, p, now, host, "exited", detail)
+        return [Append(cell=cid, agent=name, at_seq=view.seq, why="exited",
+                       events=[_declare(a, "exited", detail), *events]), *later]
+    if a.phase in ("running", "invited"):
+        verdict = judge(view, a, p, now)
+        if verdict.health != "dead" or verdict.reason is None:
+            return []
+        events, later = _decide(view, config, a, p, now, host, verdict.reason, verdict.detail)
+        stop: list[AnyAction] = [Stop(cell=cid, agent=name, why="hung")] if running_per_log else []
+        return [*stop, Append(cell=cid, agent=name, at_seq=view.seq, why=verdict.reason,
+                              events=[_declare(a, verdict.reason, verdict.detail), *events]), *later]
+    if a.phase != "dead":
+        return []
+    # dead, declared: carry on with whatever was decided
+    if a.revival is None:
+        events, later = _decide(view, config, a, p, now, host, a.dead_reason or "unknown", {})
+        return [Append(cell=cid, agent=name, at_seq=view.seq, why="dead, undecided", events=events), *later]
+    if a.revival == "restart" and supervised:
+        if now < a.revival_at + a.revival_delay:
+            return []
+        k = a.revival_attempt
+        return [Start(cell=cid, agent=name, attempt=k + 1, revived=k, resume=resume_pointer(view, name),
+                      why="restart due")]
+    if a.revival == "ask" and a.approval:
+        request = view.approvals.get(a.approval)
+        if request is None:
+            return []
+        if request.decision is None:
+            t = config.approvals
+            if t.timeout > 0 and now - request.requested_at >= t.timeout:
+                cls = ev.RevivalApproved if t.on_timeout == "approve" else ev.RevivalDenied
+                return [Append(cell=cid, agent=name, at_seq=view.seq, why="approval timed out",
+                               events=[cls(by="lazarus", key=request.key, note="timeout")])]
+            return []
+        if request.decision == "approved":
+            k = attempts_in_window(a, p, now)
+            events, later = _revive_now(view, config, a, p, now, host, k=k, delay=0.0, prefer=request.substitute)
+            return [Append(cell=cid, agent=name, at_seq=view.seq, why="approved", events=events), *later]
+    return []
+
+
+def plan(view: CellView, config: Config, now: float, host: str) -> list[AnyAction]:
+    """Every action a cell needs now, agent by agent."""
+    out: list[AnyAction] = []
+    for a in view.agents.values():
+        out.extend(plan_agent(view, config, a, now, host))
+    return out
+
+
+def manual_revival(view: CellView, config: Config, agent: str, now: float) -> list[ev.Event]:
+    """`lazarus revive`: the operator's restart (or substitute), which resets the attempt window."""
+    from .errors import NotFound, Refused
+
+    a = view.agents.get(agent)
+    if a is None:
+        raise NotFound(f"agent {agent!r} is not invited in cell {view.name}")
+    if a.phase not in ("dead", "exited"):
+        raise Refused(f"agent {agent} is {a.phase}, not dead: nothing to revive")
+    if view.state not in RUNNABLE:
+        raise Refused(f"cell {view.name} is {view.state}: thaw it first")
+    out: list[ev.Event] = []
+    if a.phase == "exited":
+        out.append(ev.AgentDeclaredDead(by="operator", agent=agent, reason="exited", last_seen=a.last_seen,
+                                        detail={"returncode": a.returncode, "signal": a.signal}))
+    if a.command:
+        return [*out, ev.RevivalPlanned(by="operator", agent=agent, action="restart", attempt=1)]
+    p = effective(config, view, agent)
+    sub = _candidate(view, config, a, p, now)
+    if sub is None:
+        raise Refused(f"agent {agent} is not supervised and has no healthy substitute")
+    return [*out, *_substitute(view, a, sub, 1, "operator")]

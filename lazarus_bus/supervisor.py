@@ -1,0 +1,269 @@
+"""The process backend: a forked shim per agent that outlives the daemon and records the exit status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from msgspec import Struct
+
+from .cells import Cell, atomic_write
+from .errors import LazarusError
+from .fold import AgentView
+
+__all__ = ["Exit", "Proc", "ProcessBackend", "alive", "start_time_of"]
+
+GO = b"g"
+RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD)
+
+
+class Proc(Struct, frozen=True, kw_only=True):
+    """A supervised agent process and its shim, identified by pid plus start time."""
+
+    cell: str
+    agent: str
+    pid: int
+    start_time: float
+    shim_pid: int
+    shim_start: float
+    attempt: int = 1
+
+
+class Exit(Struct, frozen=True, kw_only=True):
+    """How an agent process ended, as its shim saw it (both None when nobody saw it)."""
+
+    pid: int
+    returncode: int | None = None
+    signal: int | None = None
+
+
+_BOOT: float | None = None
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _boot_time() -> float:
+    global _BOOT
+    if _BOOT is None:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    _BOOT = float(line.split()[1])
+                    break
+            else:  # pragma: no cover - every Linux has btime
+                _BOOT = 0.0
+    return _BOOT
+
+
+def start_time_of(pid: int) -> float | None:
+    """A process's start time (epoch seconds) from /proc: with the pid, it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None  # a zombie has finished
+    return round(_boot_time() + int(fields[19]) / _TICKS, 2)
+
+
+def alive(pid: int, start_time: float) -> bool:
+    """The very process that was started then, not another that reuses its pid."""
+    now = start_time_of(pid) if pid > 0 else None
+    return now is not None and abs(now - start_time) < 0.015
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    top = os.sysconf("SC_OPEN_MAX")
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, top if top > 0 else 65536)
+
+
+def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, go_r: int) -> None:
+    """In the agent's own process: wait for the word that its start is durable, then exec."""
+    try:
+        os.setpgid(0, 0)
+        for sig in RESET_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        if os.read(go_r, 1) != GO:
+            os._exit(127)  # the daemon died before the start was recorded: never run unrecorded
+        os.close(go_r)
+        out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.closerange(3, 65536)
+        os.chdir(cwd)
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(2, f"lazarus: cannot start {argv[0]}: {exc.strerror}\n".encode())
+    finally:
+        os._exit(127)
+
+
+def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_dir: str, agent: str,
+          go_r: int, info_w: int) -> None:
+    """The agent's parent: its own session, deaf to the signals meant for the agent, records the exit."""
+    try:
+        os.setsid()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _close_fds_except({go_r, info_w})
+        pid = os.fork()
+        if pid == 0:
+            os.close(info_w)
+            _agent_child(argv, env, cwd, log_path, go_r)
+        os.close(go_r)
+        os.write(info_w, pid.to_bytes(4, "little"))
+        os.close(info_w)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+        code = os.waitstatus_to_exitcode(status)
+        body = {"pid": pid, "returncode": code if code >= 0 else None, "signal": -code if code < 0 else None,
+                "ts": time.time()}
+        path = os.path.join(exit_dir, f"{agent}.{pid}.exit")
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, json.dumps(body).encode())
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp, path)
+    finally:
+        os._exit(0)
+
+
+class ProcessBackend:
+    """Isolation level 1: cwd, environment, own process group, output captured in the cell's logs."""
+
+    def __init__(self, host: str, grace: float = 5.0) -> None:
+        self.host = host
+        self.grace = grace
+
+    @staticmethod
+    def state_dir(cell: Cell) -> Path:
+        return cell.state_dir / "agents"
+
+    def environment(self, cell: Cell, a: AgentView, resume: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAZARUS_")}
+        env.update({
+            "LAZARUS_CELL": cell.id, "LAZARUS_CELL_DIR": str(cell.dir), "LAZARUS_ROOT": str(cell.root.path),
+            "LAZARUS_AGENT": a.name, "LAZARUS_ROLE": a.role, "LAZARUS_RESUME": resume,
+        })
+        env.update(a.env)
+        return env
+
+    def spawn(self, cell: Cell, a: AgentView, *, attempt: int, resume: str,
+              record: Callable[[int, float], None]) -> Proc:
+        """Fork the shim and the agent; `record` makes the start durable before the agent may exec."""
+        if not a.command:
+            raise LazarusError(f"agent {a.name} has no command to run")
+        sdir = self.state_dir(cell)
+        sdir.mkdir(parents=True, exist_ok=True)
+        cell.agent_logs.mkdir(parents=True, exist_ok=True)
+        log_path = str(cell.agent_logs / f"{a.name}.log")
+        env = self.environment(cell, a, resume)
+        go_r, go_w = os.pipe()
+        info_r, info_w = os.pipe()
+        shim = os.fork()
+        if shim == 0:
+            os.close(go_w)
+            os.close(info_r)
+            _shim(list(a.command), env, str(cell.workspace), log_path, str(sdir), a.name, go_r, info_w)
+        os.close(go_r)
+        os.close(info_w)
+        try:
+            raw = os.read(info_r, 4)
+        finally:
+            os.close(info_r)
+        if len(raw) != 4:
+            os.close(go_w)
+            raise LazarusError(f"could not start agent {a.name}: its shim failed")
+        pid = int.from_bytes(raw, "little")
+        started = start_time_of(pid) or time.time()
+        shim_start = start_time_of(shim) or 0.0
+        proc = Proc(cell=cell.id, agent=a.name, pid=pid, start_time=started, shim_pid=shim,
+                    shim_start=shim_start, attempt=attempt)
+        self.forget(cell, a.name, pid)  # an older process's record under a reused pid is not this one's
+        try:
+            record(pid, started)
+            atomic_write(sdir / f"{a.name}.json", json.dumps(
+                {"pid": pid, "start_time": started, "shim_pid": shim, "shim_start": shim_start,
+                 "attempt": attempt}).encode())
+            os.write(go_w, GO)
+        except BaseException:
+            os.close(go_w)  # without GO the agent exits 127 and never runs
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(shim, 0)
+            self.forget(cell, a.name, pid)
+            raise
+        os.close(go_w)
+        return proc
+
+    def adopt(self, cell: Cell, a: AgentView) -> Proc | Exit:
+        """After a daemon restart: the live agent it spawned earlier, or how it ended meanwhile."""
+        seen = self.read_exit(cell, a.name, a.pid)
+        if seen is not None:
+            return seen
+        if not alive(a.pid, a.start_time):
+            return Exit(pid=a.pid)
+        try:
+            rec = json.loads((self.state_dir(cell) / f"{a.name}.json").read_bytes())
+        except (OSError, ValueError):
+            rec = {}
+        shim, shim_start = (rec.get("shim_pid", 0), rec.get("shim_start", 0.0)) if rec.get("pid") == a.pid else (0, 0.0)
+        return Proc(cell=cell.id, agent=a.name, pid=a.pid, start_time=a.start_time, shim_pid=shim,
+                    shim_start=shim_start, attempt=a.attempt)
+
+    def read_exit(self, cell: Cell, agent: str, pid: int) -> Exit | None:
+        """The exit status the shim recorded for this pid, if any."""
+        try:
+            body = json.loads((self.state_dir(cell) / f"{agent}.{pid}.exit").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return Exit(pid=pid, returncode=body.get("returncode"), signal=body.get("signal"))
+
+    def forget(self, cell: Cell, agent: str, pid: int) -> None:
+        """Drop an exit record once the log holds it."""
+        with contextlib.suppress(OSError):
+            (self.state_dir(cell) / f"{agent}.{pid}.exit").unlink()
+
+    def watch_fd(self, proc: Proc) -> int | None:
+        """A pidfd that becomes readable when the shim (else the agent) is gone."""
+        for pid, start in ((proc.shim_pid, proc.shim_start), (proc.pid, proc.start_time)):
+            if pid and alive(pid, start):
+                try:
+                    return os.pidfd_open(pid)
+                except OSError:
+                    continue
+        return None
+
+    def reap(self, proc: Proc) -> None:
+        """Collect the shim if it is our child, so no zombie stays behind."""
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(proc.shim_pid, os.WNOHANG)
+
+    def signal(self, proc: Proc, sig: int) -> bool:
+        """Signal the agent's process group, if it is still the process we started."""
+        if not alive(proc.pid, proc.start_time):
+            return False
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
