@@ -65,6 +65,8 @@ def _check_author(view: CellView, e: ev.Event) -> None:
         h = view.handoffs.get(e.handoff_id)
         if h is not None and h.to == e.by:
             return  # the recipient may always accept a handoff addressed to it
+        if h is not None:
+            raise Forbidden(f"agent {e.by} may not accept handoff {e.handoff_id}: only its recipient {h.to} may")
     if isinstance(e, ev.TaskUpdated) and agent.role == "write":
         t = view.tasks.get(e.task_id)
         if t is not None and t.assignee == e.by and e.assignee in (None, e.by):
@@ -171,8 +173,8 @@ def admit(view: CellView | None, e: ev.Event) -> list[ev.Event]:
         return [e]
     if not e.by:
         raise MalformedInput(f"{e.type}: 'by' is required")
-    _check_state(view, e)
     _check_author(view, e)
+    _check_state(view, e)
     _check_refs(view, e)
     if view.state == "provisioned" and e.type in ACTIVATES:
         who = getattr(e, "agent", e.by)

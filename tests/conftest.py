@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lazarus_bus import Config, Root
+from lazarus_bus.supervisor import alive
 
 HELPERS = Path(__file__).parent / "helpers"
 
@@ -60,12 +63,26 @@ def procs() -> Iterator[Procs]:
     p.cleanup()
 
 
+def kill_supervised(root: Path) -> None:
+    """Agents a daemon started live in their own sessions: end them (and their shims) by their records."""
+    for rec in root.glob("*/state/agents/*.json"):
+        try:
+            body = json.loads(rec.read_bytes())
+        except (OSError, ValueError):
+            continue
+        for pid, start in ((body.get("pid"), body.get("start_time")), (body.get("shim_pid"), body.get("shim_start"))):
+            if pid and start and alive(pid, start):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL) if pid == body.get("pid") else os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
-def root_dir(tmp_path: Path) -> Path:
+def root_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "missions"
     d.mkdir()
     (d / "lazarus.toml").write_text('fsync = "never"\n')
-    return d
+    yield d
+    kill_supervised(d)
 
 
 @pytest.fixture
