@@ -15,6 +15,8 @@ from collections.abc import Callable
 from importlib.metadata import version as _pkg_version
 from typing import Any
 
+import msgspec
+
 from . import events as ev
 from .cells import Cell, Root, atomic_write
 from .errors import Conflict, LazarusError, Refused
@@ -29,6 +31,8 @@ __all__ = ["Daemon", "daemon_status"]
 
 log = logging.getLogger(__name__)
 VERSION = _pkg_version("lazarus-pit")
+LOG_TAIL_BYTES = 2048
+LOG_TAIL_LINES = 10
 
 
 def daemon_status(root: Root) -> dict[str, Any] | None:
@@ -162,7 +166,8 @@ class Daemon:
         """Carry out one action; True when the log changed."""
         try:
             if isinstance(action, Append):
-                written = cell.append_many(action.events, expected_seq=action.at_seq)
+                written = cell.append_many([self._with_log_tail(cell, e) for e in action.events],
+                                           expected_seq=action.at_seq)
                 self._on_events(cell, [w.event for w in written])
                 for w in written:
                     if w.event.type == "revival.planned":
@@ -182,6 +187,20 @@ class Daemon:
         except OSError as exc:
             log.error("cell %s, agent %s: %s", cell.id, action.agent, exc)
         return False
+
+    @staticmethod
+    def _with_log_tail(cell: Cell, e: Event) -> Event:
+        """A death of a supervised process carries the end of its output: why it died, at a glance."""
+        if not isinstance(e, ev.AgentDeclaredDead) or e.reason != "exited":
+            return e
+        try:
+            with open(cell.agent_logs / f"{e.agent}.log", "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+                tail = f.read().decode(errors="replace")
+        except OSError:
+            return e
+        lines = tail.splitlines()[-LOG_TAIL_LINES:]
+        return msgspec.structs.replace(e, detail={**e.detail, "log_tail": "\n".join(lines)})
 
     def _start(self, cell: Cell, action: Start) -> bool:
         key = (cell.id, action.agent)
@@ -353,6 +372,7 @@ class Daemon:
             if self.gateway is not None:
                 await self.gateway.stop()
             await self.notifier.close()
+            self._stop.set()
             self.watcher.snapshot_all()
             self.write_status()
             self._lock.release()

@@ -59,7 +59,8 @@ def backoff(p: Effective, k: int) -> float:
 def attempts_in_window(a: AgentView, p: Effective, now: float) -> int:
     """Restarts already spent in the window; a run that lasted `stable_after` resets the count."""
     since = now - p.attempt_window
-    died = a.dead_at or a.exited_at or now
+    ended = max(a.dead_at, a.exited_at)
+    died = ended if ended >= a.spawned_at and ended else now  # the end of the latest run
     if a.spawned_at and died - a.spawned_at >= p.stable_after:
         since = max(since, a.spawned_at)
     return sum(1 for t in a.restarts if t > since)

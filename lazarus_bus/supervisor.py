@@ -121,6 +121,10 @@ def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_di
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _close_fds_except({go_r, info_w})
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)  # the daemon's terminal or pipes are not the shim's to hold open
+        os.close(null)
         pid = os.fork()
         if pid == 0:
             os.close(info_w)
