@@ -23,6 +23,7 @@ bench: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/lazarus schema export --out schemas
+	$(BIN)/lazarus schema catalogue > docs/events.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

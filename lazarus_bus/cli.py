@@ -738,6 +738,16 @@ def schema_export(app: App, out: str) -> None:
     _out(app, [str(p) for p in paths], f"wrote {len(paths)} schemas to {out}")
 
 
+@schema.command("catalogue")
+@common
+@pass_app
+def schema_catalogue(app: App) -> None:
+    """Print the event catalogue as Markdown (docs/events.md)."""
+    from .schema import catalogue
+
+    click.echo(catalogue(), nl=False)
+
+
 # -- entry point --------------------------------------------------------------------------
 
 

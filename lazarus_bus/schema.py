@@ -9,9 +9,10 @@ from typing import Any
 import msgspec
 
 from .config import Config
-from .events import EVENT_TYPES, AnyEvent
+from .events import ENVELOPE, EVENT_TYPES, AnyEvent, Event
+from .rules import CAPABILITIES
 
-__all__ = ["schemas", "export"]
+__all__ = ["catalogue", "export", "schemas"]
 
 
 def _dump(obj: Any) -> str:
@@ -38,3 +39,69 @@ def export(out: Path) -> list[Path]:
         path.write_text(text)
         written.append(path)
     return written
+
+
+def _type_name(t: msgspec.inspect.Type) -> str:
+    i = msgspec.inspect
+    if isinstance(t, i.Metadata):
+        return _type_name(t.type)
+    if isinstance(t, i.UnionType):
+        return " \\| ".join(_type_name(x) for x in t.types)
+    if isinstance(t, i.LiteralType):
+        return " \\| ".join(json.dumps(v) for v in t.values)
+    if isinstance(t, i.ListType):
+        return f"list[{_type_name(t.item_type)}]"
+    if isinstance(t, i.DictType):
+        return f"map[{_type_name(t.key_type)}, {_type_name(t.value_type)}]"
+    if isinstance(t, i.StructType):
+        return t.cls.__name__
+    names = {i.StrType: "string", i.IntType: "int", i.FloatType: "float", i.BoolType: "bool", i.NoneType: "null",
+             i.AnyType: "any JSON"}
+    return names.get(type(t), type(t).__name__.removesuffix("Type").lower())
+
+
+def catalogue() -> str:
+    """`docs/events.md`, generated from the event types so it cannot drift from the code."""
+    lines = [
+        "# Event catalogue",
+        "",
+        "Generated from `lazarus_bus/events.py` by `lazarus schema catalogue` (a test fails when it is stale).",
+        "Every event is one JSON line with the envelope fields beside its payload fields, flat.",
+        "",
+        "## Envelope",
+        "",
+        "| field | type | meaning |",
+        "|---|---|---|",
+    ]
+    meaning = {"seq": "1, 2, 3, ... per cell, no gaps, no repeats (assigned by the log)",
+               "id": "unique event id (UUID); supply it for idempotent retries",
+               "ts": "wall-clock seconds since the epoch, UTC (assigned by the log)",
+               "cell": "the cell id (assigned by the log)", "type": "the event type, the union's tag",
+               "by": "an agent name, `operator` or `lazarus`",
+               "prev": "SHA-256 hex of the previous line's bytes; 64 zeros for seq 1 (assigned by the log)"}
+    env = {f.name: f for f in msgspec.inspect.type_info(Event).fields}  # type: ignore[union-attr]
+    for name in ENVELOPE:
+        kind = "string" if name == "type" else _type_name(env[name].type)
+        lines.append(f"| `{name}` | {kind} | {meaning[name]} |")
+    lines += ["", "## Roles", "", "| capability | roles |", "|---|---|"]
+    lines += [f"| {cap} | {', '.join(roles)} |" for cap, roles in CAPABILITIES.items()]
+    lines += ["", "Presence is `agent.joined`, `agent.heartbeat` and `agent.left`, for the agent itself; a `write`",
+              "agent may update the tasks assigned to it; the recipient of a handoff may always accept it.",
+              "`operator` and `lazarus` may append every type; the types not listed are theirs alone.", ""]
+    section = ""
+    for name, cls in EVENT_TYPES.items():
+        head = name.split(".")[0]
+        if head != section:
+            section = head
+            lines += [f"## {head}.*", ""]
+        lines += [f"### `{name}`", "", (cls.__doc__ or "").strip(), "", "| field | type | required | default |",
+                  "|---|---|---|---|"]
+        info = msgspec.inspect.type_info(cls)
+        for f in info.fields:  # type: ignore[union-attr]
+            if f.name in ENVELOPE:
+                continue
+            default = "" if f.required else json.dumps(msgspec.to_builtins(
+                f.default if f.default is not msgspec.NODEFAULT else f.default_factory()))
+            lines.append(f"| `{f.name}` | {_type_name(f.type)} | {'yes' if f.required else 'no'} | {default} |")
+        lines.append("")
+    return "\n".join(lines)

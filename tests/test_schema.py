@@ -22,3 +22,13 @@ def test_every_event_schema_requires_its_identifying_fields() -> None:
     body = hb["$defs"]["AgentHeartbeat"]
     assert body["required"] == ["type", "agent"]
     assert body["properties"]["type"]["enum"] == ["agent.heartbeat"]
+
+
+def test_event_catalogue_in_docs_is_generated_from_the_code() -> None:
+    from lazarus_bus.events import EVENT_TYPES
+    from lazarus_bus.schema import catalogue
+
+    doc = (Path(__file__).parent.parent / "docs" / "events.md").read_text()
+    assert doc == catalogue(), "run `make schemas` (lazarus schema catalogue > docs/events.md)"
+    for name in EVENT_TYPES:
+        assert f"### `{name}`" in doc
