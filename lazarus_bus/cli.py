@@ -554,10 +554,7 @@ def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool) -> 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    daemon = Daemon(app.root, http="" if no_http else http)
-    if not once:
-        click.echo(f"lazarus up: root {app.root.path}, pid {os.getpid()}"
-                   + (f", http {daemon.http}" if daemon.http else ""), err=True)
+    daemon = Daemon(app.root, http="" if no_http else http, announce=lambda msg: click.echo(msg, err=True))
     asyncio.run(daemon.run(once=once))
 
 

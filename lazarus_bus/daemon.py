@@ -75,7 +75,8 @@ class Daemon:
     """Watch every cell, plan on every change and every tick, act through the process backend."""
 
     def __init__(self, root: Root, *, host: str | None = None, http: str | None = None,
-                 on_event: Callable[[Cell, Event], None] | None = None) -> None:
+                 on_event: Callable[[Cell, Event], None] | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.root = root
         self.config = root.config
         self.host = host or socket.gethostname()
@@ -84,6 +85,7 @@ class Daemon:
         self.notifier = Notifier(self.config.notify)
         self.watcher = Watcher(root, self._on_events)
         self.on_event = on_event
+        self.announce = announce
         self.procs: dict[tuple[str, str], Proc] = {}
         self.started_at = time.time()
         self.last_tick = 0.0
@@ -322,7 +324,8 @@ class Daemon:
         return {
             "pid": os.getpid(), "host": self.host, "version": VERSION, "started_at": self.started_at,
             "last_tick": self.last_tick, "ticks": self.ticks, "uptime": round(now - self.started_at, 3),
-            "http": self.http or None, "watcher_lag": round(self.watcher.lag, 6), "cells": cells,
+            "http": (self.gateway.address or self.http) if self.gateway is not None else None,
+            "watcher_lag": round(self.watcher.lag, 6), "cells": cells,
             "agents_by_health": health, "supervised": len(self.procs), "errors": dict(self.watcher.errors),
             "running": not self._stop.is_set(),
         }
@@ -339,6 +342,11 @@ class Daemon:
 
     async def run(self, once: bool = False) -> None:
         """Until SIGTERM or SIGINT (or one pass with `once`); agents keep running when it stops."""
+        if self.http and not once:
+            from .gateway import Gateway
+
+            self.gateway = Gateway(self)
+            self.gateway.check_listen(self.http)  # a refusal comes before anything starts
         self.root.path.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         loop = asyncio.get_running_loop()
@@ -353,11 +361,13 @@ class Daemon:
             self.write_status()
             if once:
                 return
-            if self.http:
-                from .gateway import Gateway
-
-                self.gateway = Gateway(self)
+            if self.gateway is not None:
                 await self.gateway.start(self.http)
+                self.write_status()
+            if self.announce is not None:
+                self.announce(f"lazarus up: root {self.root.path}, pid {os.getpid()}, "
+                              f"{len(self.watcher.cells)} cells, {len(self.procs)} agents supervised"
+                              + (f", http {self.gateway.address}" if self.gateway is not None else ", no http"))
             watch = asyncio.create_task(self.watcher.run(self._stop, tick=self.config.daemon.tick))
             try:
                 await self._loop()
@@ -369,7 +379,7 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             for _, handle in self._timers.values():
                 handle.cancel()
-            if self.gateway is not None:
+            if self.gateway is not None and self.gateway.runner is not None:
                 await self.gateway.stop()
             await self.notifier.close()
             self._stop.set()

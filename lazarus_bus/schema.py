@@ -12,7 +12,7 @@ from .config import Config
 from .events import ENVELOPE, EVENT_TYPES, AnyEvent, Event
 from .rules import CAPABILITIES
 
-__all__ = ["catalogue", "export", "schemas"]
+__all__ = ["catalogue", "export", "openapi", "schemas"]
 
 
 def _dump(obj: Any) -> str:
@@ -24,6 +24,7 @@ def schemas() -> dict[str, str]:
     out = {
         "events.schema.json": _dump(msgspec.json.schema(AnyEvent)),
         "config.schema.json": _dump(msgspec.json.schema(Config)),
+        "openapi.json": _dump(openapi()),
     }
     for name, cls in sorted(EVENT_TYPES.items()):
         out[f"events/{name}.schema.json"] = _dump(msgspec.json.schema(cls))
@@ -105,3 +106,70 @@ def catalogue() -> str:
             lines.append(f"| `{f.name}` | {_type_name(f.type)} | {'yes' if f.required else 'no'} | {default} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def openapi() -> dict[str, Any]:
+    """The gateway's API as OpenAPI 3.1, with the event types as its components."""
+    from importlib.metadata import version
+
+    (union,), components = msgspec.json.schema_components([AnyEvent], ref_template="#/components/schemas/{name}")
+    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    components["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    components["Appended"] = {"type": "object", "properties": {
+        "seq": {"type": "integer"}, "id": {"type": "string"}, "type": {"type": "string"},
+        "duplicate": {"type": "boolean"}}}
+    components["AnyEvent"] = union
+    json_ok = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
+    appended = {"description": "appended (200 for an idempotent repeat)",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Appended"}}}}
+    cell = {"name": "cell", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "cell id or unique name"}
+    agent = {"name": "agent", "in": "path", "required": True, "schema": {"type": "string"}}
+    errors = {str(code): err for code in (400, 401, 403, 404, 409, 413, 422)}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Lazarus Pit gateway", "version": version("lazarus-pit"),
+                 "description": "Served by `lazarus up` (default 127.0.0.1:8766). See docs/http.md."},
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/health": {"get": {"summary": "daemon status, uptime, cells by state, agents by health, watcher lag",
+                                "security": [], "responses": {"200": json_ok}}},
+            "/metrics": {"get": {"summary": "Prometheus text format", "security": [],
+                                 "responses": {"200": {"description": "metrics",
+                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/cells": {"get": {"summary": "every cell with its agents' health",
+                               "responses": {"200": json_ok, **errors}}},
+            "/cells/{cell}": {"get": {"summary": "a cell's manifest and agents", "parameters": [cell],
+                                      "responses": {"200": json_ok, **errors}}},
+            "/cells/{cell}/agents/{agent}": {"get": {
+                "summary": "one agent's projection and health", "parameters": [cell, agent],
+                "responses": {"200": json_ok, **errors}}},
+            "/cells/{cell}/agents/{agent}/heartbeat": {"post": {
+                "summary": "append agent.heartbeat for the agent", "parameters": [cell, agent],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"pid": {"type": "integer"}, "cycle": {"type": "integer"},
+                                                     "status": {"type": "string"}, "model": {"type": "string"},
+                                                     "id": {"type": "string"},
+                                                     "expected_seq": {"type": "integer"}}}}}},
+                "responses": {"201": appended, "200": appended, **errors}}},
+            "/cells/{cell}/events": {
+                "post": {"summary": "append one event (type, by and payload fields, flat; id and expected_seq "
+                                    "optional)", "parameters": [cell],
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/AnyEvent"}}}},
+                         "responses": {"201": appended, "200": appended, **errors}},
+                "get": {"summary": "the events after `since`: a JSON list, or a live SSE stream with "
+                                   "Accept: text/event-stream (each SSE id is the seq; Last-Event-ID resumes)",
+                        "parameters": [cell,
+                                       {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                                       {"name": "type", "in": "query", "schema": {"type": "string"},
+                                        "description": "a type or glob, repeatable"},
+                                       {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "events", "content": {
+                            "application/json": {"schema": {"type": "array",
+                                                            "items": {"$ref": "#/components/schemas/AnyEvent"}}},
+                            "text/event-stream": {"schema": {"type": "string"}}}}, **errors}},
+            },
+        },
+    }

@@ -125,3 +125,12 @@ class Cli:
 @pytest.fixture
 def cli(root_dir: Path, procs: Procs) -> Cli:
     return Cli(root_dir, procs)
+
+
+@pytest.fixture
+def up(root_dir: Path, cli: Cli, procs: Procs) -> Iterator[object]:
+    from tests.support import Up
+
+    u = Up(root_dir, cli, procs)
+    yield u
+    u.stop()

@@ -5,72 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from lazarus_bus import Cell, Config, Root, load_config
+from lazarus_bus import Cell
 from lazarus_bus.fold import CellView
 from lazarus_bus.supervisor import alive
 from tests.conftest import Cli, Procs
-
-BASE = """
-fsync = "never"
-[daemon]
-tick = 0.1
-grace = 0.5
-[health]
-stale_after = 0.5
-dead_after = 1.5
-"""
-
-
-class Up:
-    """A real daemon on the test's root."""
-
-    def __init__(self, root_dir: Path, cli: Cli, procs: Procs) -> None:
-        self.root_dir, self.cli, self.procs = root_dir, cli, procs
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def config(self, extra: str = "") -> None:
-        (self.root_dir / "lazarus.toml").write_text(BASE + extra)
-
-    def start(self) -> subprocess.Popen[bytes]:
-        status = self.root_dir / ".lazarus" / "daemon.json"
-        self.proc = self.procs.start(self.cli.argv("up", "--no-http", "-v"), env=self.cli.env(),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        pid = self.proc.pid
-        wait(lambda: status.exists() and json.loads(status.read_bytes()).get("pid") == pid and
-             json.loads(status.read_bytes()).get("running"), "daemon.json", proc=self.proc)
-        return self.proc
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-    def cell(self, name: str = "forge") -> Cell:
-        root = Root(self.root_dir, load_config(self.root_dir / "lazarus.toml"))
-        return root.open(name)
-
-
-def wait(check: Callable[[], Any], what: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> Any:
-    """Until the condition holds: the log (or a file) is awaited, never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"daemon exited {proc.returncode} waiting for {what}: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
+from tests.support import BASE, Up, wait
 
 def view_of(cell: Cell) -> CellView:
     return cell.view
@@ -78,13 +20,6 @@ def view_of(cell: Cell) -> CellView:
 
 def types_after(cell: Cell, seq: int, agent: str) -> list[str]:
     return [e.type for e in cell.log.read(seq) if getattr(e, "agent", None) == agent and e.type != "agent.heartbeat"]
-
-
-@pytest.fixture
-def up(root_dir: Path, cli: Cli, procs: Procs) -> Iterator[Up]:
-    u = Up(root_dir, cli, procs)
-    yield u
-    u.stop()
 
 
 def test_sigkill_of_a_supervised_agent_gives_the_whole_sequence_and_a_new_pid(up: Up, cli: Cli) -> None:

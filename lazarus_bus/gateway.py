@@ -1,0 +1,427 @@
+"""The HTTP gateway: the daemon's projections and the one write path, over aiohttp, JSON everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import events as ev
+from .cells import Cell
+from .errors import Forbidden, LazarusError, MalformedInput, NotFound, Refused
+from .fold import manifest
+from .health import agent_rows, judge
+from .names import check_agent
+from .policy import effective
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+__all__ = ["Gateway", "Identity", "load_tokens", "parse_listen"]
+
+log = logging.getLogger(__name__)
+KEEPALIVE = 15.0
+SSE_QUEUE = 10_000
+
+
+class Token(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One `[[token]]` entry: the SHA-256 of a bearer token and whom it speaks for."""
+
+    sha256: str
+    identity: Literal["operator", "auditor", "agent"]
+    cell: str = ""
+    agent: str = ""
+
+
+class TokensFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    token: list[Token] = []
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is asking: `operator`, `auditor` (read-only), or one agent of one cell; None without tokens."""
+
+    kind: Literal["operator", "auditor", "agent", "anyone"]
+    cell: str = ""
+    agent: str = ""
+
+
+ANYONE = Identity(kind="anyone")
+
+
+def load_tokens(path: Path) -> dict[str, Identity]:
+    """sha256 -> identity; every problem names the file and the entry."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MalformedInput(f"tokens_file {path}: {exc.strerror}") from None
+    try:
+        tokens = msgspec.toml.decode(raw, type=TokensFile).token
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedInput(f"tokens_file {path}: {exc}") from None
+    out = {}
+    for n, t in enumerate(tokens, start=1):
+        digest = t.sha256.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise MalformedInput(f"tokens_file {path}: token {n}: sha256 must be 64 hex digits")
+        if t.identity == "agent":
+            if not t.cell or not t.agent:
+                raise MalformedInput(f"tokens_file {path}: token {n}: an agent token needs cell and agent")
+            check_agent(t.agent)
+        out[digest] = Identity(kind=t.identity, cell=t.cell, agent=t.agent)
+    return out
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise MalformedInput(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
+
+
+class _Metrics(Collector):
+    """Read from the daemon at scrape time: nothing to keep in step."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.g = gateway
+
+    def collect(self) -> Any:
+        d = self.g.daemon
+        appended = CounterMetricFamily("lazarus_events_appended", "Events appended, by type", labels=["type"])
+        for t, n in sorted(d.appended.items()):
+            appended.add_metric([t], n)
+        revivals = CounterMetricFamily("lazarus_revivals", "Revival actions planned, by action", labels=["action"])
+        for a, n in sorted(d.revivals.items()):
+            revivals.add_metric([a], n)
+        agents = GaugeMetricFamily("lazarus_agents", "Agents by health", labels=["health"])
+        for h, n in sorted(self.g.health_counts().items()):
+            agents.add_metric([h], n)
+        lag = GaugeMetricFamily("lazarus_watcher_lag_seconds", "From an event's ts to its fold")
+        lag.add_metric([], d.watcher.lag)
+        requests = CounterMetricFamily("lazarus_http_requests", "HTTP requests, by status", labels=["status"])
+        for s, n in sorted(self.g.requests.items()):
+            requests.add_metric([str(s)], n)
+        yield from (appended, revivals, agents, lag, requests)
+
+
+class Gateway:
+    """Serves the daemon's projections and appends through the same cells the daemon folds."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.config = daemon.config
+        self.tokens: dict[str, Identity] | None = None
+        if self.config.http.tokens_file:
+            self.tokens = load_tokens(Path(self.config.http.tokens_file))
+        self.requests: dict[int, int] = {}
+        self.subscribers: dict[str, set[asyncio.Queue[ev.Event | None]]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Metrics(self))
+        self.runner: web.AppRunner | None = None
+        self.address = ""
+        self.app = web.Application(middlewares=[self._errors, self._auth],
+                                   client_max_size=self.config.max_event_bytes)
+        r = self.app.router
+        r.add_get("/health", self.health)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/cells", self.cells)
+        r.add_get("/cells/{cell}", self.cell)
+        r.add_get("/cells/{cell}/agents/{agent}", self.agent)
+        r.add_post("/cells/{cell}/agents/{agent}/heartbeat", self.heartbeat)
+        r.add_post("/cells/{cell}/events", self.append)
+        r.add_get("/cells/{cell}/events", self.events)
+
+    def check_listen(self, listen: str) -> tuple[str, int]:
+        """Refuse a non-loopback address without a tokens file, before anything starts."""
+        host, port = parse_listen(listen)
+        if not _loopback(host) and self.tokens is None:
+            raise Refused(f"refusing to serve HTTP on {listen} without [http] tokens_file: "
+                          "bind to 127.0.0.1 or configure tokens")
+        return host, port
+
+    async def start(self, listen: str) -> None:
+        host, port = self.check_listen(listen)
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            raise LazarusError(f"cannot serve HTTP on {listen}: {exc.strerror}") from None
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        bound = sockets[0].getsockname() if sockets else (host, port)
+        self.address = f"{bound[0]}:{bound[1]}"
+
+    async def stop(self) -> None:
+        for queues in self.subscribers.values():
+            for q in queues:
+                q.put_nowait(None)
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def publish(self, cell: Cell, events: list[ev.Event]) -> None:
+        """New events of a cell, to every live stream of it."""
+        for q in self.subscribers.get(cell.id, ()):
+            for e in events:
+                if q.full():
+                    q.put_nowait(None)  # too slow a reader: it reconnects with Last-Event-ID, losing nothing
+                    break
+                q.put_nowait(e)
+
+    # -- middleware -----------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except LazarusError as exc:
+            resp = _error(exc.http_status, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            resp = _error(413, f"request body over max_event_bytes ({self.config.max_event_bytes})")
+        except web.HTTPException as exc:
+            resp = _error(exc.status, exc.reason)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - JSON, never a traceback page
+            log.exception("HTTP %s %s", request.method, request.path)
+            resp = _error(500, f"internal error: {type(exc).__name__}")
+        self.requests[resp.status] = self.requests.get(resp.status, 0) + 1
+        return resp
+
+    @web.middleware
+    async def _auth(self, request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if self.tokens is None or request.path in ("/health", "/metrics"):
+            request["identity"] = ANYONE
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(401, "missing bearer token (Authorization: Bearer ...)")
+        identity = self.tokens.get(hashlib.sha256(token.strip().encode()).hexdigest())
+        if identity is None:
+            return _error(401, "unknown token")
+        request["identity"] = identity
+        return await handler(request)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _cell(self, request: web.Request) -> Cell:
+        """The cell named in the path, as the daemon folds it; an agent token sees its own cell only."""
+        ref = request.match_info["cell"]
+        cell = self.daemon.watcher.cells.get(ref)
+        if cell is None:
+            cell = self.daemon.watcher.cells.get(self.daemon.root.open(ref).id)
+        if cell is None:
+            raise NotFound(f"no cell {ref!r}")
+        ident: Identity = request["identity"]
+        if ident.kind == "agent" and ident.cell not in (cell.id, cell.view.name):
+            raise Forbidden(f"token of agent {ident.agent} is for cell {ident.cell}, not {ref}")
+        return cell
+
+    @staticmethod
+    def _author(request: web.Request, claimed: str | None) -> str | None:
+        """The token's identity is the author; a body claiming another is refused."""
+        ident: Identity = request["identity"]
+        if ident.kind == "anyone":
+            return claimed
+        if ident.kind == "auditor":
+            raise Forbidden("auditor tokens are read-only")
+        who = "operator" if ident.kind == "operator" else ident.agent
+        if claimed not in (None, "", who):
+            raise Forbidden(f"this token speaks for {who}, not {claimed}")
+        return who
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        limit = self.config.max_event_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise web.HTTPBadRequest(reason=f"malformed JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise MalformedInput("the body must be a JSON object")
+        return body
+
+    def _written(self, cell: Cell, draft: ev.Event, expected: Any) -> web.Response:
+        if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool) or expected < 0):
+            raise MalformedInput("expected_seq must be a non-negative integer")
+        written = cell.append(draft, expected_seq=expected)
+        self.daemon._on_events(cell, [w.event for w in written])
+        first = written[0]
+        return _json({"seq": first.seq, "id": first.event.id, "type": first.event.type,
+                      "duplicate": first.duplicate}, status=200 if first.duplicate else 201)
+
+    def health_counts(self) -> dict[str, int]:
+        now, out = time.time(), {}
+        for view in self.daemon.watcher.views().values():
+            for r in agent_rows(view, self.config, now):
+                out[r["health"]] = out.get(r["health"], 0) + 1
+        return out
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        d = self.daemon
+        states: dict[str, int] = {}
+        for view in d.watcher.views().values():
+            states[view.state] = states.get(view.state, 0) + 1
+        return _json({"status": "ok", "version": d.status()["version"], "pid": d.status()["pid"],
+                      "uptime": round(time.time() - d.started_at, 3), "cells": states,
+                      "agents": self.health_counts(), "watcher_lag": round(d.watcher.lag, 6),
+                      "errors": len(d.watcher.errors)})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def cells(self, request: web.Request) -> web.Response:
+        ident: Identity = request["identity"]
+        now, out = time.time(), []
+        for cid, view in sorted(self.daemon.watcher.views().items()):
+            if ident.kind == "agent" and ident.cell not in (cid, view.name):
+                continue
+            rows = agent_rows(view, self.config, now)
+            out.append({"id": cid, "name": view.name, "mission": view.mission, "state": view.state,
+                        "seq": view.seq, "agents": {r["agent"]: r["health"] for r in rows}})
+        return _json(out)
+
+    async def cell(self, request: web.Request) -> web.Response:
+        view = self._cell(request).view
+        body = manifest(view)
+        body["seq"] = view.seq
+        body["agents"] = agent_rows(view, self.config, time.time())
+        body["approvals_pending"] = [a.key for a in view.approvals.values() if a.decision is None]
+        return _json(body)
+
+    async def agent(self, request: web.Request) -> web.Response:
+        view = self._cell(request).view
+        name = request.match_info["agent"]
+        a = view.agents.get(check_agent(name))
+        if a is None:
+            raise NotFound(f"agent {name!r} is not invited in cell {view.name}")
+        verdict = judge(view, a, effective(self.config, view, name), time.time())
+        return _json({"cell": view.id, **msgspec.to_builtins(a), "health": verdict.health,
+                      "reason": verdict.reason, "detail": verdict.detail})
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        cell = self._cell(request)
+        agent = check_agent(request.match_info["agent"])
+        body = await self._body(request)
+        expected = body.pop("expected_seq", None)
+        ident: Identity = request["identity"]
+        if ident.kind == "agent" and ident.agent != agent:
+            raise Forbidden(f"this token speaks for {ident.agent}, not {agent}")
+        by = self._author(request, body.pop("by", None) or agent)
+        if "agent" in body and body["agent"] != agent:
+            raise MalformedInput(f"the body names agent {body['agent']!r} but the path {agent!r}")
+        draft = ev.parse_draft({**body, "type": "agent.heartbeat", "agent": agent}, by=by)
+        return self._written(cell, draft, expected)
+
+    async def append(self, request: web.Request) -> web.Response:
+        cell = self._cell(request)
+        body = await self._body(request)
+        expected = body.pop("expected_seq", None)
+        by = self._author(request, body.get("by"))
+        draft = ev.parse_draft(body, by=by)
+        return self._written(cell, draft, expected)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        cell = self._cell(request)
+        since = self._since(request)
+        types = request.query.getall("type", [])
+
+        def wanted(e: ev.Event) -> bool:
+            return not types or any(fnmatch.fnmatchcase(e.type, t) for t in types)
+
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            lines = [line for e, line in cell.log.read_raw(since) if wanted(e)]
+            return web.Response(body=b"[" + b",".join(lines) + b"]", content_type="application/json")
+        return await self._stream(request, cell, since, wanted)
+
+    @staticmethod
+    def _since(request: web.Request) -> int:
+        raw = request.headers.get("Last-Event-ID") or request.query.get("since", "0")
+        try:
+            since = int(raw)
+        except ValueError:
+            raise MalformedInput(f"since must be a seq (an integer), got {raw!r}") from None
+        if since < 0:
+            raise MalformedInput("since must be >= 0")
+        return since
+
+    async def _stream(self, request: web.Request, cell: Cell, since: int,
+                      wanted: Callable[[ev.Event], bool]) -> web.StreamResponse:
+        """Server-Sent Events: the backlog after `since`, then live; each SSE id is the event's seq."""
+        queue: asyncio.Queue[ev.Event | None] = asyncio.Queue(SSE_QUEUE)
+        self.subscribers.setdefault(cell.id, set()).add(queue)  # subscribe first: no gap before the backlog
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        last = since
+        try:
+            for e, line in cell.log.read_raw(since):
+                last = e.seq
+                if wanted(e):
+                    await resp.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (e.seq, e.type.encode(), line))
+            while True:
+                try:
+                    e_or_none = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                except asyncio.TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if e_or_none is None:
+                    break
+                if e_or_none.seq <= last:
+                    continue
+                if e_or_none.seq > last + 1:  # a gap (never expected): fill it from the log
+                    for e, line in cell.log.read_raw(last, e_or_none.seq):
+                        last = e.seq
+                        if wanted(e):
+                            await resp.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (e.seq, e.type.encode(), line))
+                    continue
+                last = e_or_none.seq
+                if wanted(e_or_none):
+                    line = ev.encode_event(e_or_none)
+                    await resp.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (last, e_or_none.type.encode(), line))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.subscribers.get(cell.id, set()).discard(queue)
+        return resp
+
