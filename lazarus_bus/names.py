@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import uuid
 
 from .errors import MalformedInput
@@ -17,6 +19,7 @@ __all__ = [
     "check_cell_name",
     "check_ref_id",
     "new_id",
+    "new_ids",
 ]
 
 AGENT_PATTERN = r"^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -71,16 +74,19 @@ def check_ref_id(kind: str, ref: str) -> str:
     return ref
 
 
+def new_ids(n: int) -> list[str]:
+    """UUIDv7s: unique and sortable by creation time (to the millisecond), made in one batch."""
+    ms = time.time_ns() // 1_000_000
+    head = ((ms & ((1 << 48) - 1)) << 80) | (0x7 << 76) | (0b10 << 62)
+    raw = os.urandom(10 * n)
+    out = []
+    for i in range(0, 10 * n, 10):
+        rand = int.from_bytes(raw[i : i + 10], "big")
+        h = f"{head | (((rand >> 64) & 0xFFF) << 64) | (rand & ((1 << 62) - 1)):032x}"
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
 def new_id() -> str:
     """A UUIDv7: unique and sortable by creation time."""
-    import os
-    import time
-
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 64) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    return new_ids(1)[0]

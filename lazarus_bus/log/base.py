@@ -57,10 +57,12 @@ class IdWindow:
 
     def add(self, event_id: str, seq: int) -> None:
         """Remember one id; the oldest falls out past the window."""
+        if len(self._order) >= self.size:
+            old = self._order.popleft()
+            if self._seqs.get(old, seq) < seq:
+                del self._seqs[old]
         self._seqs[event_id] = seq
         self._order.append(event_id)
-        while len(self._order) > self.size:
-            self._seqs.pop(self._order.popleft(), None)
 
     def get(self, event_id: str) -> int | None:
         """The seq of a recent event with this id."""

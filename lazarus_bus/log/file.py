@@ -18,7 +18,7 @@ import msgspec
 
 from ..errors import Conflict, CorruptLog, LazarusError, NotFound, TooLarge
 from ..events import ZERO_HASH, Event, decode_event, encode_event
-from ..names import new_id
+from ..names import new_ids
 from .base import Admit, Appended, Head, IdWindow, LogBackend, same_payload
 
 __all__ = ["FileLog", "fsync_dir"]
@@ -366,16 +366,18 @@ class FileLog(LogBackend):
         now = time.time()
         out: list[Appended] = []
         lines: list[bytes] = []
+        fresh = iter(new_ids(sum(1 for d in drafts if not d.id)))
+        replace, encode, sha, limit, cell = msgspec.structs.replace, encode_event, hashlib.sha256, self.max_event_bytes, self.cell
         for d in drafts:
             seq += 1
-            event = msgspec.structs.replace(d, seq=seq, id=d.id or new_id(), ts=now, cell=self.cell, prev=prev)
-            line = encode_event(event)
-            if len(line) + 1 > self.max_event_bytes:
+            event = replace(d, seq=seq, id=d.id or next(fresh), ts=now, cell=cell, prev=prev)
+            line = encode(event)
+            if len(line) >= limit:
                 raise TooLarge(
-                    f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes ({self.max_event_bytes}); "
+                    f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes ({limit}); "
                     "put large payloads in artifacts/ and reference them by path and sha256"
                 )
-            prev = _sha(line)
+            prev = sha(line).hexdigest()
             lines.append(line)
             out.append(Appended(seq, event))
         data = b"\n".join(lines) + b"\n"

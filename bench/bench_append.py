@@ -1,0 +1,95 @@
+"""Appends per second: single (fsync never, always), append_many batches, against a raw write loop."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RUNS, median_of, rate, report  # noqa: E402
+
+from lazarus_bus import FileLog  # noqa: E402
+from lazarus_bus import events as ev  # noqa: E402
+
+SINGLE = int(os.environ.get("BENCH_SINGLE", "20000"))
+SYNCED = int(os.environ.get("BENCH_SYNCED", "500"))
+MANY = int(os.environ.get("BENCH_MANY", "200000"))
+BATCH = 1000
+
+
+def draft() -> ev.Event:
+    return ev.AgentHeartbeat(by="ada", agent="ada", cycle=7, pid=4242, status="thinking about the next step")
+
+
+def line_size(tmp: Path) -> int:
+    log = FileLog(tmp / "size.jsonl", "bench", fsync="never", create=True)
+    log.append(draft())
+    log.append(draft())
+    size = len((tmp / "size.jsonl").read_bytes().splitlines()[-1]) + 1
+    log.close()
+    return size
+
+
+def raw_loop(path: Path, n: int, size: int, sync: bool) -> float:
+    line = b"x" * (size - 1) + b"\n"
+
+    def go() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        for _ in range(n):
+            os.write(fd, line)
+            if sync:
+                os.fsync(fd)
+        os.close(fd)
+
+    path.unlink(missing_ok=True)
+    return rate(n, go)
+
+
+def single(path: Path, n: int, fsync: str) -> float:
+    path.unlink(missing_ok=True)
+    log = FileLog(path, "bench", fsync=fsync, create=True)  # type: ignore[arg-type]
+    d = draft()
+    try:
+        return rate(n, lambda: [log.append(d) for _ in range(n)] and None)
+    finally:
+        log.close()
+
+
+def many(path: Path, n: int) -> float:
+    path.unlink(missing_ok=True)
+    log = FileLog(path, "bench", fsync="never", create=True)
+    batch = [draft() for _ in range(BATCH)]
+    try:
+        return rate(n, lambda: [log.append_many(batch) for _ in range(n // BATCH)] and None)
+    finally:
+        log.close()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
+        tmp = Path(d)
+        size = line_size(tmp)
+        raw = median_of(lambda: raw_loop(tmp / "raw", SINGLE, size, False))
+        never = median_of(lambda: single(tmp / "a.jsonl", SINGLE, "never"))
+        batched = median_of(lambda: many(tmp / "c.jsonl", MANY))
+        # fsync costs swing with the disk's other tenants: pair each run with a raw run right beside it
+        pairs = [(single(tmp / "b.jsonl", SYNCED, "always"), raw_loop(tmp / "raws", SYNCED, size, True))
+                 for _ in range(RUNS)]
+        always = statistics.median(p[0] for p in pairs)
+        raw_sync = statistics.median(p[1] for p in pairs)
+        paired = statistics.median(p[0] / p[1] for p in pairs)
+    report("append", {
+        "line_bytes": size,
+        "raw_write_per_s": round(raw), "raw_write_fsync_per_s": round(raw_sync),
+        "single_never_per_s": round(never), "single_never_vs_raw_write": round(never / raw, 3),
+        "single_always_per_s": round(always), "single_always_vs_raw_write_fsync": round(paired, 3),
+        "append_many_never_per_s": round(batched), "append_many_vs_raw_write": round(batched / raw, 3),
+        "targets": {"append_many_never_per_s": 200_000, "single_always_vs_raw_write_fsync": 0.8},
+    }, {"single": SINGLE, "synced": SYNCED, "many": MANY, "batch": BATCH, "backend": "file"})
+
+
+if __name__ == "__main__":
+    main()
