@@ -211,9 +211,9 @@ def _heartbeat(view: CellView, e: ev.AgentHeartbeat) -> CellView:
     if a.last_heartbeat:
         intervals = (*intervals[-(INTERVALS_KEPT - 1) :], e.ts - a.last_heartbeat)
     moved = e.cycle != a.cycle or not a.heartbeats
-    return _agent(
-        view,
-        e.agent,
+    agents = dict(view.agents)
+    agents[e.agent] = replace(
+        a,
         phase="running" if a.phase in ("invited", "running") or not a.command else a.phase,
         pid=e.pid or a.pid,
         last_seen=e.ts,
@@ -225,6 +225,8 @@ def _heartbeat(view: CellView, e: ev.AgentHeartbeat) -> CellView:
         status=e.status,
         model=e.model or a.model,
     )
+    # the hot path of every log: the envelope's fields in the same replace (fold skips its own)
+    return replace(view, agents=agents, seq=e.seq, last_id=e.id, updated_at=e.ts)
 
 
 def _left(view: CellView, e: ev.AgentLeft) -> CellView:
@@ -402,6 +404,8 @@ assert _HANDLERS.keys() == ev.EVENT_TYPES.keys(), "every event type needs a fold
 def fold(view: CellView | None, event: ev.Event) -> CellView:
     """One event onto the projection; the log's admission rules guarantee references exist."""
     new = _HANDLERS[event.type](view, event)
+    if new.last_id == event.id and new.seq == event.seq:
+        return new
     return replace(new, seq=event.seq, last_id=event.id, updated_at=event.ts)
 
 

@@ -190,33 +190,39 @@ class FileLog(LogBackend):
             prev_seq, prev_hash = None, None
         else:
             start, prev_seq, prev_hash = 0, 0, ZERO_HASH
-        for offset, line in self._lines(start):
-            try:
-                event = decode_event(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                where = (prev_seq + 1) if prev_seq is not None else "?"
-                raise CorruptLog(
-                    f"{self.path}:{where}: corrupt log at seq {where} (byte {offset}): {exc}"
-                ) from None
-            if prev_seq is None:  # first line of a read from the middle: the chain's anchor
-                if event.seq != since:
-                    raise CorruptLog(f"{self.path}: seq {since} not found (found {event.seq} at byte {offset})")
-                prev_seq, prev_hash = event.seq, _sha(line)
-                continue
-            if event.seq != prev_seq + 1:
-                raise CorruptLog(
-                    f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: expected seq {prev_seq + 1}"
-                )
-            if event.prev != prev_hash:
-                raise CorruptLog(
-                    f"{self.path}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken "
-                    f"(line {event.seq} records another hash for line {prev_seq}; one of the two was altered)"
-                )
-            if until is not None and event.seq > until:
-                return
-            prev_seq, prev_hash = event.seq, _sha(line)
-            self._mark = (prev_seq, offset + len(line) + 1, prev_hash)
-            yield event, line
+        decode, sha = decode_event, hashlib.sha256
+        mark = None
+        try:
+            for offset, line in self._lines(start):
+                try:
+                    event = decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    where = (prev_seq + 1) if prev_seq is not None else "?"
+                    raise CorruptLog(
+                        f"{self.path}:{where}: corrupt log at seq {where} (byte {offset}): {exc}"
+                    ) from None
+                if prev_seq is None:  # first line of a read from the middle: the chain's anchor
+                    if event.seq != since:
+                        raise CorruptLog(f"{self.path}: seq {since} not found (found {event.seq} at byte {offset})")
+                    prev_seq, prev_hash = event.seq, sha(line).hexdigest()
+                    continue
+                if event.seq != prev_seq + 1:
+                    raise CorruptLog(
+                        f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: expected seq {prev_seq + 1}"
+                    )
+                if event.prev != prev_hash:
+                    raise CorruptLog(
+                        f"{self.path}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken "
+                        f"(line {event.seq} records another hash for line {prev_seq}; one of the two was altered)"
+                    )
+                if until is not None and event.seq > until:
+                    return
+                prev_seq, prev_hash = event.seq, sha(line).hexdigest()
+                mark = (prev_seq, offset + len(line) + 1, prev_hash)
+                yield event, line
+        finally:
+            if mark is not None:
+                self._mark = mark  # where the next read from this seq starts, without a search
 
     def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
         for event, _ in self.read_raw(since, until):
