@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -41,6 +42,14 @@ def daemon_status(root: Root) -> dict[str, Any] | None:
         return json.loads((root.meta / "daemon.json").read_bytes())  # type: ignore[no-any-return]
     except (OSError, ValueError):
         return None
+
+
+def _raise_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 class PidLock:
@@ -348,6 +357,7 @@ class Daemon:
             self.gateway = Gateway(self)
             self.gateway.check_listen(self.http)  # a refusal comes before anything starts
         self.root.path.mkdir(parents=True, exist_ok=True)
+        _raise_open_files()  # one open log per cell watched
         self._lock.acquire()
         loop = asyncio.get_running_loop()
         try:

@@ -1,0 +1,129 @@
+"""Scale: one daemon watching many cells of heartbeating agents: CPU share, peak RSS, detection delay."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import report  # noqa: E402
+
+from lazarus_bus import Config, Root  # noqa: E402
+from lazarus_bus import events as ev  # noqa: E402
+
+CELLS = int(os.environ.get("BENCH_CELLS", "1000"))
+AGENTS = int(os.environ.get("BENCH_AGENTS", "5"))
+EVERY = float(os.environ.get("BENCH_EVERY", "5"))
+DURATION = float(os.environ.get("BENCH_DURATION", "60"))
+LOADERS = 2
+DEAD_AFTER = 15.0
+CONFIG = f"""
+fsync = "never"
+[health]
+stale_after = 10
+dead_after = {DEAD_AFTER}
+[resurrection]
+mode = "no"
+"""
+
+LOADER = """
+import sys, time, resource
+from pathlib import Path
+from lazarus_bus import Root, Config, events as ev
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+root = Root(Path(sys.argv[1]), Config(fsync="never"))
+ids = sys.argv[2].split(",")
+agents, every, until, victim = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+stop_victim_at = float(sys.argv[7])
+cells = [root.open(i) for i in ids]
+slots = [(c, f"a{k}") for c in cells for k in range(agents)]
+gap = every / len(slots)
+t = time.time()
+n = 0
+while time.time() < until:
+    for c, a in slots:
+        if c.id == victim and a == "a0" and time.time() > stop_victim_at:
+            continue
+        c.append(ev.AgentHeartbeat(by=a, agent=a, cycle=n))
+        t += gap
+        pause = t - time.time()
+        if pause > 0:
+            time.sleep(pause)
+    n += 1
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
+        path = Path(d) / "missions"
+        path.mkdir()
+        (path / "lazarus.toml").write_text(CONFIG)
+        root = Root(path, Config(fsync="never"))
+        ids = []
+        for i in range(CELLS):
+            cell = root.create(f"c{i}")
+            cell.append_many([ev.AgentInvited(by="operator", agent=f"a{k}", role="write") for k in range(AGENTS)])
+            cell.close()
+            ids.append(cell.id)
+        env = {**os.environ, "LAZARUS_ROOT": str(path)}
+        daemon = subprocess.Popen([sys.executable, "-m", "lazarus_bus", "up", "--no-http"], env=env,
+                                  start_new_session=True, stderr=subprocess.DEVNULL)
+        status = path / ".lazarus" / "daemon.json"
+        while not status.exists():
+            time.sleep(0.05)
+        start = time.time()
+        until = start + DURATION
+        victim, stop_at = ids[0], start + 5.0
+        share = (len(ids) + LOADERS - 1) // LOADERS
+        loaders = [subprocess.Popen([sys.executable, "-c", LOADER, str(path), ",".join(ids[i:i + share]),
+                                     str(AGENTS), str(EVERY), str(until), victim, str(stop_at)])
+                   for i in range(0, len(ids), share)]
+        cpu0, t0 = cpu_seconds(daemon.pid), time.time()
+        for p in loaders:
+            p.wait()
+        cpu1, t1 = cpu_seconds(daemon.pid), time.time()
+        rss = peak_rss_mb(daemon.pid)
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(30)
+        cell = root.open(victim)
+        beats = [e for e in cell.log.read() if e.type == "agent.heartbeat" and e.agent == "a0"]  # type: ignore[attr-defined]
+        deaths = [e for e in cell.log.read() if e.type == "agent.declared_dead" and e.agent == "a0"]  # type: ignore[attr-defined]
+        detection = (deaths[0].ts - beats[-1].ts) if deaths and beats else None
+        heartbeats = sum(1 for cid in ids for e in root.open(cid).log.read() if e.type == "agent.heartbeat")
+        lag = json.loads(status.read_bytes()).get("watcher_lag")
+    report("scale", {
+        "cells": CELLS, "agents": CELLS * AGENTS, "heartbeats": heartbeats,
+        "heartbeats_per_s": round(heartbeats / (t1 - t0)),
+        "daemon_cpu_share_of_one_core": round((cpu1 - cpu0) / (t1 - t0), 3),
+        "daemon_peak_rss_mb": round(rss, 1),
+        "detection_s": round(detection, 3) if detection is not None else None,
+        "dead_after_s": DEAD_AFTER,
+        "detection_over_dead_after_s": round(detection - DEAD_AFTER, 3) if detection is not None else None,
+        "last_watcher_lag_s": lag,
+        "targets": {"daemon_cpu_share_of_one_core": 0.2, "daemon_peak_rss_mb": 200,
+                    "detection_over_dead_after_s": 1.0},
+    }, {"cells": CELLS, "agents_per_cell": AGENTS, "every_s": EVERY, "duration_s": DURATION,
+        "loaders": LOADERS, "mode": "no", "fsync": "never"})
+
+
+if __name__ == "__main__":
+    main()
