@@ -103,10 +103,7 @@ def read_data(value: str | None) -> Any:
             raise MalformedInput(f"cannot read {value[1:]}: {exc.strerror}") from None
     else:
         raw = value.encode()
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise MalformedInput(f"malformed JSON: {exc}") from None
+    return ev.decode_json(raw)
 
 
 def _pairs(values: Iterable[str], what: str) -> dict[str, str]:

@@ -120,7 +120,7 @@ def load_config(path: Path) -> Config:
         return msgspec.toml.decode(raw, type=Config)
     except msgspec.ValidationError as exc:
         raise MalformedInput(f"config {path}: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"config {path}: invalid TOML: {exc}") from None
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "ENVELOPE",
     "ZERO_HASH",
     "decode_event",
+    "decode_json",
     "encode_event",
     "parse_draft",
     "payload_of",
@@ -332,7 +333,22 @@ _encoder = msgspec.json.Encoder()
 
 def decode_event(line: bytes) -> Event:
     """Decode one stored line; raises msgspec errors for the reader to turn into CorruptLog."""
-    return _decoder.decode(line)  # type: ignore[no-any-return]
+    try:
+        return _decoder.decode(line)  # type: ignore[no-any-return]
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"invalid UTF-8: {exc}") from None
+    except RecursionError:
+        raise msgspec.DecodeError("JSON nested too deeply") from None
+
+
+def decode_json(raw: bytes | str, what: str = "malformed JSON") -> Any:
+    """User-supplied JSON: any failure (bad syntax, bad UTF-8, absurd nesting) is one MalformedInput."""
+    try:
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"{what}: {exc}") from None
+    except RecursionError:
+        raise MalformedInput(f"{what}: nested too deeply") from None
 
 
 def encode_event(event: Event) -> bytes:
@@ -348,10 +364,7 @@ def payload_of(event: Event) -> dict[str, Any]:
 def parse_draft(data: bytes | str | dict[str, Any], *, by: str | None = None) -> Event:
     """Validate an event a user asks to append; nothing the log assigns may be set here."""
     if isinstance(data, (bytes, str)):
-        try:
-            data = msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
-            raise MalformedInput(f"malformed JSON: {exc}") from None
+        data = decode_json(data)
     if not isinstance(data, dict):
         raise MalformedInput("an event must be a JSON object")
     data = dict(data)
@@ -385,6 +398,8 @@ def parse_draft(data: bytes | str | dict[str, Any], *, by: str | None = None) ->
         return msgspec.convert(data, AnyEvent)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise MalformedInput(f"{kind}: {exc}") from None
+    except RecursionError:
+        raise MalformedInput(f"{kind}: nested too deeply") from None
 
 
 _NAME_FIELDS = ("agent", "to", "substitute", "substitute_for", "assignee", "substitutes")

@@ -68,7 +68,7 @@ def load_tokens(path: Path) -> dict[str, Identity]:
         raise MalformedInput(f"tokens_file {path}: {exc.strerror}") from None
     try:
         tokens = msgspec.toml.decode(raw, type=TokensFile).token
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"tokens_file {path}: {exc}") from None
     out = {}
     for n, t in enumerate(tokens, start=1):
@@ -271,9 +271,9 @@ class Gateway:
         if not raw.strip():
             return {}
         try:
-            body = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise web.HTTPBadRequest(reason=f"malformed JSON: {exc}") from None
+            body = ev.decode_json(raw)
+        except MalformedInput as exc:
+            raise web.HTTPBadRequest(reason=str(exc)) from None
         if not isinstance(body, dict):
             raise MalformedInput("the body must be a JSON object")
         return body

@@ -37,7 +37,7 @@ def load_snapshot(cell: Cell) -> CellView | None:
         snap = _decoder.decode(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         log.warning("ignoring snapshot %s: %s", path, exc)
         return None
     why = None
