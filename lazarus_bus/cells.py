@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -22,6 +22,9 @@ from .log import Appended, FileLog, Head, LogBackend
 from .log.file import fsync_dir
 from .names import check_cell_id, check_cell_name, new_id
 from .rules import admit_batch
+
+if TYPE_CHECKING:
+    from .log.nats import Nats
 
 __all__ = ["Root", "Cell", "atomic_write", "isolation_problem"]
 
@@ -60,9 +63,10 @@ def isolation_problem(level: int) -> str | None:
     if level == 1:
         return None
     if level == 2:
-        from .backends.process import bwrap_problem
-
-        return bwrap_problem()
+        if shutil.which("bwrap") is None and shutil.which("unshare") is None:
+            return "isolation level 2 needs bubblewrap (bwrap) or unshare; neither is installed on this machine"
+        return ("isolation level 2 (a private mount namespace) is not supported by this version of lazarus: "
+                "its process backend provides level 1")
     if level == 3:
         if shutil.which("podman") is None:
             return "isolation level 3 needs rootless Podman; `podman` is not installed on this machine"
@@ -87,8 +91,25 @@ class Root:
             atomic_write(self.path / "lazarus.toml", STARTER_CONFIG.read_bytes())
         return not existed
 
+    @property
+    def nats(self) -> Nats | None:
+        """The shared NATS connection when the backend is `nats`."""
+        if self.config.backend != "nats":
+            return None
+        from .log.nats import Nats
+
+        c = self.config
+        return Nats.get(c.nats_url, c.nats_stream, c.nats_replicas, c.nats_storage)
+
+    def registry(self) -> dict[str, str]:
+        """Cell id -> name, from the NATS registry (the stream is the truth, not local directories)."""
+        nats = self.nats
+        return nats.run(nats.cells()) if nats is not None else {}
+
     def cell_ids(self) -> list[str]:
-        """Ids of every cell under the root (directories with a log)."""
+        """Ids of every cell under the root (directories with a log; on NATS, the registry)."""
+        if self.nats is not None:
+            return sorted(self.registry())
         try:
             entries = os.listdir(self.path)
         except FileNotFoundError:
@@ -112,10 +133,10 @@ class Root:
         """A cell by id or unique name."""
         if not isinstance(ref, str) or not ref or "/" in ref or ref in (".", ".."):
             raise MalformedInput(f"bad cell reference {ref!r}")
-        ids = self.cell_ids()
-        if ref in ids:
+        names = self.registry() if self.nats is not None else {cid: None for cid in self.cell_ids()}
+        if ref in names:
             return Cell(self, ref)
-        matches = [cid for cid in ids if Cell(self, cid).name == ref]
+        matches = [cid for cid, name in names.items() if (name or Cell(self, cid).name) == ref]
         if len(matches) == 1:
             return Cell(self, matches[0])
         if len(matches) > 1:
@@ -128,6 +149,11 @@ class Root:
 
     def log_for(self, cell_id: str, *, create: bool = False, base: Path | None = None) -> LogBackend:
         """The configured backend for one cell's log."""
+        nats = self.nats
+        if nats is not None:
+            from .log.nats import NatsLog
+
+            return NatsLog(nats, cell_id, max_event_bytes=self.config.max_event_bytes)
         path = (base or self.path / cell_id) / "logs" / "events.jsonl"
         return FileLog(path, cell_id, fsync=self.config.fsync, max_event_bytes=self.config.max_event_bytes,
                        create=create)
@@ -157,14 +183,22 @@ class Root:
         with _flock(self.meta / "cells.lock"):
             if (self.path / cell_id).exists():
                 raise Refused(f"cell id {cell_id} is taken under {self.path}")
-            taken = [c.id for c in self.cells() if c.name == name]
-            if taken:
-                raise Refused(f"cell name {name!r} is taken (cell {taken[0]})")
+            nats = self.nats
+            if nats is None:
+                taken = [c.id for c in self.cells() if c.name == name]
+                if taken:
+                    raise Refused(f"cell name {name!r} is taken (cell {taken[0]})")
+            elif cell_id in self.registry():
+                raise Refused(f"cell id {cell_id} is taken in NATS stream {self.config.nats_stream}")
+            elif not nats.run(nats.register(cell_id, name)):
+                raise Refused(f"cell name {name!r} is taken (in NATS stream {self.config.nats_stream})")
             staging = Path(tempfile.mkdtemp(dir=self.meta, prefix=f"new-{cell_id}."))
             try:
                 for sub in CELL_DIRS:
                     (staging / sub).mkdir(parents=True, exist_ok=True)
                 with self.log_for(cell_id, create=True, base=staging) as log:
+                    if log.head().seq:
+                        raise Refused(f"cell id {cell_id} already has a log")
                     written = log.append(draft, admit=lambda head, drafts: admit_batch(None, drafts, head.seq))
                 view = fold_all(a.event for a in written)
                 assert view is not None
@@ -173,6 +207,48 @@ class Root:
                 fsync_dir(self.path)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
+                if nats is not None:
+                    nats.run(nats.unregister(cell_id, name))
+                raise
+        return Cell(self, cell_id)
+
+    def import_log(self, lines: list[bytes]) -> Cell:
+        """A cell from an exported log, byte for byte: verified first, refused if its id or name is taken."""
+        from .replay import verify_lines
+
+        view = verify_lines(lines)
+        cell_id, name = view.id, view.name
+        check_cell_id(cell_id)
+        self.meta.mkdir(parents=True, exist_ok=True)
+        with _flock(self.meta / "cells.lock"):
+            nats = self.nats
+            if (self.path / cell_id).exists() or cell_id in self.registry():
+                raise Refused(f"cell {cell_id} already exists under {self.path}")
+            if nats is None:
+                taken = [c.id for c in self.cells() if c.name == name]
+                if taken:
+                    raise Refused(f"cell name {name!r} is taken (cell {taken[0]})")
+            elif not nats.run(nats.register(cell_id, name)):
+                raise Refused(f"cell name {name!r} is taken (in NATS stream {self.config.nats_stream})")
+            staging = Path(tempfile.mkdtemp(dir=self.meta, prefix=f"import-{cell_id}."))
+            try:
+                for sub in CELL_DIRS:
+                    (staging / sub).mkdir(parents=True, exist_ok=True)
+                if nats is None:
+                    atomic_write(staging / "logs" / "events.jsonl", b"".join(line + b"\n" for line in lines))
+                else:
+                    from .log.nats import NatsLog
+
+                    log = self.log_for(cell_id)
+                    assert isinstance(log, NatsLog)
+                    log.import_lines(lines)
+                atomic_write(staging / "cell.json", _manifest_bytes(view))
+                os.rename(staging, self.path / cell_id)
+                fsync_dir(self.path)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                if nats is not None:
+                    nats.run(nats.unregister(cell_id, name))
                 raise
         return Cell(self, cell_id)
 
@@ -196,6 +272,9 @@ class Cell:
         self.dir = root.path / cell_id
         self._log: LogBackend | None = None
         self._view: CellView | None = None
+        if root.config.backend == "nats" and not self.dir.is_dir():
+            for sub in CELL_DIRS:  # a cell created on another machine: its local side, made on first use
+                (self.dir / sub).mkdir(parents=True, exist_ok=True)
 
     # paths
     @property
@@ -322,12 +401,24 @@ class Cell:
         seq = None
         if self.view.state != "destroyed":
             seq = self.append(ev.CellDestroyed(by="operator", reason=reason))[0].seq
-        self.close()
         grave = self.root.graveyard
         grave.mkdir(parents=True, exist_ok=True)
         target = grave / f"{self.id}.jsonl"
         if target.exists():
             target = grave / f"{self.id}.{new_id()}.jsonl"
+        nats = self.root.nats
+        if nats is not None:  # the graveyard keeps a verified copy; then the subject and its names go
+            from .log.nats import NatsLog
+
+            name = self.view.name
+            atomic_write(target, b"".join(line + b"\n" for _, line in self.log.read_raw()))
+            assert isinstance(self.log, NatsLog)
+            self.log.destroy()
+            nats.run(nats.unregister(self.id, name))
+            self.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return seq
+        self.close()
         os.rename(self.dir / "logs" / "events.jsonl", target)
         torn = self.dir / "logs" / "events.torn"
         if torn.exists():

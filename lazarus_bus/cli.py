@@ -539,9 +539,11 @@ def revive(app: App, ref: str, name: str) -> None:
 @click.option("--http", "http", default=None, metavar="HOST:PORT", help="Gateway address (default from config).")
 @click.option("--no-http", is_flag=True, help="No HTTP gateway.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every action.")
+@click.option("--host", default=None, envvar="LAZARUS_HOST",
+              help="This daemon's host name in agent.spawned and leases (default: the machine's).")
 @common
 @pass_app
-def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool) -> None:
+def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool, host: str | None) -> None:
     """The daemon: watch, fold, plan, act, serve."""
     import asyncio
     import logging
@@ -551,7 +553,8 @@ def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool) -> 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    daemon = Daemon(app.root, http="" if no_http else http, announce=lambda msg: click.echo(msg, err=True))
+    daemon = Daemon(app.root, host=host, http="" if no_http else http,
+                    announce=lambda msg: click.echo(msg, err=True))
     asyncio.run(daemon.run(once=once))
 
 
@@ -713,6 +716,38 @@ def bus_tasks(app: App, ref: str) -> None:
         from .render import tasks_table
 
         tasks_table(rows)
+
+
+@cli.command("export")
+@click.argument("ref", metavar="CELL")
+@click.option("--to", "target", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The JSONL file to write (the log's lines, byte for byte).")
+@common
+@pass_app
+def export_cmd(app: App, ref: str, target: Path) -> None:
+    """Write a cell's verified log to a JSONL file, to import on another backend or root."""
+    import hashlib
+
+    from .cells import atomic_write
+
+    lines = [line for _, line in app.cell(ref).log.read_raw()]
+    atomic_write(target, b"".join(line + b"\n" for line in lines))
+    head = hashlib.sha256(lines[-1]).hexdigest() if lines else ev.ZERO_HASH
+    _out(app, {"events": len(lines), "head": head, "to": str(target)}, f"exported {len(lines)} events, head {head}")
+
+
+@cli.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@common
+@pass_app
+def import_cmd(app: App, source: Path) -> None:
+    """Create a cell from an exported log (verified first); prints its id."""
+    import hashlib
+
+    lines = source.read_bytes().splitlines()
+    c = app.root.import_log(lines)
+    head = hashlib.sha256(lines[-1]).hexdigest()
+    _out(app, {"id": c.id, "events": len(lines), "head": head}, c.id)
 
 
 @cli.group()

@@ -97,6 +97,7 @@ class Config(_Section, frozen=True, kw_only=True):
     nats_stream: str = "LAZARUS"
     nats_replicas: Annotated[int, Meta(ge=1)] = 1
     nats_storage: Literal["file", "memory"] = "file"
+    nats_lease: Annotated[float, Meta(gt=0)] = 10.0
     fsync: Literal["always", "batch", "never"] = "always"
     max_event_bytes: Annotated[int, Meta(ge=256)] = 1048576
     max_archive_bytes: Annotated[int, Meta(ge=0)] = 1073741824

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import socket
@@ -109,6 +111,7 @@ class Daemon:
         self._stopping: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._timers: dict[tuple[str, str], tuple[float, asyncio.TimerHandle]] = {}
         self._seen: dict[str, int] = {}
+        self.leases: dict[str, int] = {}
         self.gateway: Any = None
 
     # -- events in ------------------------------------------------------------------------
@@ -134,11 +137,51 @@ class Daemon:
 
     # -- acting -------------------------------------------------------------------------
 
-    def plan_cell(self, cell: Cell, now: float | None = None) -> list[AnyAction]:
+    def plan_cell(self, cell: Cell, now: float | None = None, leader: bool = False) -> list[AnyAction]:
         view = cell._view
         if view is None:
             return []
-        return plan(view, self.config, time.time() if now is None else now, self.host)
+        # on NATS the cell's leader acts for agents of every host; otherwise each host for its own
+        host = None if leader and self.root.nats is not None else self.host
+        return plan(view, self.config, time.time() if now is None else now, host)
+
+    # -- leadership (NATS): one daemon acts per cell, the others watch and serve reads --------
+
+    def _leads(self, cell_id: str) -> bool:
+        nats = self.root.nats
+        if nats is None:
+            return True
+        return cell_id in self.leases
+
+    def renew_leases(self) -> None:
+        """Take or renew the lease of every cell; a lost renewal means another daemon leads it now."""
+        nats = self.root.nats
+        if nats is None:
+            return
+        for cid in list(self.watcher.cells):
+            try:
+                rev = nats.run(nats.lease(cid, self.host, self.config.nats_lease, self.leases.get(cid)))
+            except Exception as exc:  # noqa: BLE001 - NATS away: act for nothing until it is back
+                log.warning("lease of cell %s: %s", cid, exc)
+                rev = None
+            if rev is None:
+                if self.leases.pop(cid, None) is not None:
+                    log.warning("lost the lease of cell %s", cid)
+            else:
+                if cid not in self.leases:
+                    log.info("leading cell %s", cid)
+                self.leases[cid] = rev
+        for cid in set(self.leases) - set(self.watcher.cells):
+            del self.leases[cid]
+
+    def release_leases(self) -> None:
+        nats = self.root.nats
+        if nats is None:
+            return
+        for cid in list(self.leases):
+            with contextlib.suppress(Exception):
+                nats.run(nats.release(cid, self.host))
+        self.leases.clear()
 
     def run_pass(self, cell_ids: list[str] | None = None) -> None:
         """Plan and act on the given cells (all of them by default) until nothing more is due now."""
@@ -146,11 +189,14 @@ class Daemon:
             cell = self.watcher.cells.get(cid)
             if cell is None:
                 continue
+            leader = self._leads(cid)
             for _ in range(8):  # acting appends, which may make more due (a declaration, then a restart)
                 self.watcher.catch_up(cid)
                 if cid in self.watcher.errors:
                     break
-                actions = self.plan_cell(cell)
+                actions = self.plan_cell(cell, leader=leader)
+                if not leader:  # another daemon leads this cell: only stop what we ourselves run
+                    actions = [a for a in actions if isinstance(a, Stop)]
                 if not actions or not any(self._act(cell, a) for a in actions):
                     break
             self._schedule_due(cell)
@@ -336,6 +382,7 @@ class Daemon:
             "http": (self.gateway.address or self.http) if self.gateway is not None else None,
             "watcher_lag": round(self.watcher.lag, 6), "cells": cells,
             "agents_by_health": health, "supervised": len(self.procs), "errors": dict(self.watcher.errors),
+            "leading": sorted(self.leases) if self.root.nats is not None else None,
             "running": not self._stop.is_set(),
         }
 
@@ -364,6 +411,7 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             self.watcher.scan()
+            self.renew_leases()
             self.adopt_all()
             self._live = True
             self.run_pass()
@@ -378,7 +426,9 @@ class Daemon:
                 self.announce(f"lazarus up: root {self.root.path}, pid {os.getpid()}, "
                               f"{len(self.watcher.cells)} cells, {len(self.procs)} agents supervised"
                               + (f", http {self.gateway.address}" if self.gateway is not None else ", no http"))
-            watch = asyncio.create_task(self.watcher.run(self._stop, tick=self.config.daemon.tick))
+            durable = "lazarus-" + re.sub(r"[^A-Za-z0-9_-]", "_", self.host) + "-" + hashlib.sha256(
+                str(self.root.path).encode()).hexdigest()[:8]
+            watch = asyncio.create_task(self.watcher.run(self._stop, tick=self.config.daemon.tick, durable=durable))
             try:
                 await self._loop()
             finally:
@@ -393,6 +443,7 @@ class Daemon:
                 await self.gateway.stop()
             await self.notifier.close()
             self._stop.set()
+            self.release_leases()
             self.watcher.snapshot_all()
             self.write_status()
             self._lock.release()
@@ -412,6 +463,7 @@ class Daemon:
                 self.ticks += 1
                 self.last_tick = time.time()
                 self._dirty.clear()
+                self.renew_leases()
                 self.run_pass()
                 self.write_status()
             elif self._dirty:

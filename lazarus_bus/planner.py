@@ -81,8 +81,9 @@ def _key(view: CellView, agent: str, what: str) -> str:
     return hashlib.sha256(f"{view.id}:{agent}:{view.seq}:{what}".encode()).hexdigest()[:12]
 
 
-def _own_host(a: AgentView, host: str) -> bool:
-    return not a.host or a.host == host
+def _own_host(a: AgentView, host: str | None) -> bool:
+    """None: this daemon leads the cell (NATS lease) and acts for agents of any host."""
+    return host is None or not a.host or a.host == host
 
 
 def _candidate(view: CellView, config: Config, dead: AgentView, p: Effective, now: float,
@@ -102,7 +103,7 @@ def _planned(a: AgentView, action: str, **kw: Any) -> ev.RevivalPlanned:
     return ev.RevivalPlanned(by="lazarus", agent=a.name, action=action, **kw)  # type: ignore[arg-type]
 
 
-def _revive_now(view: CellView, config: Config, a: AgentView, p: Effective, now: float, host: str, *,
+def _revive_now(view: CellView, config: Config, a: AgentView, p: Effective, now: float, host: str | None, *,
                 k: int, delay: float, prefer: str | None = None) -> tuple[list[ev.Event], list[AnyAction]]:
     """Mode `yes`: restart when supervised here, else a healthy substitute, else unrecoverable."""
     if a.command and _own_host(a, host):
@@ -130,7 +131,7 @@ def _substitute(view: CellView, a: AgentView, sub: AgentView, attempt: int, by: 
     return events
 
 
-def _decide(view: CellView, config: Config, a: AgentView, p: Effective, now: float, host: str,
+def _decide(view: CellView, config: Config, a: AgentView, p: Effective, now: float, host: str | None,
             reason: str, detail: dict[str, Any]) -> tuple[list[ev.Event], list[AnyAction]]:
     """What the policy does with a death: the revival.planned and what follows it."""
     if p.mode == "no":
@@ -159,7 +160,7 @@ def _declare(a: AgentView, reason: str, detail: dict[str, Any]) -> ev.AgentDecla
                                 last_seen=a.last_seen, detail=detail)
 
 
-def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: str) -> list[AnyAction]:
+def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: str | None) -> list[AnyAction]:
     """The actions one agent needs now (usually none)."""
     cid, name, supervised = view.id, a.name, bool(a.command)
     p = effective(config, view, name)
@@ -221,7 +222,7 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
     return []
 
 
-def plan(view: CellView, config: Config, now: float, host: str) -> list[AnyAction]:
+def plan(view: CellView, config: Config, now: float, host: str | None) -> list[AnyAction]:
     """Every action a cell needs now, agent by agent."""
     out: list[AnyAction] = []
     for a in view.agents.values():

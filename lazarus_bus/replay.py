@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from .events import ZERO_HASH
+import msgspec
+
+from .errors import CorruptLog
+from .events import ZERO_HASH, decode_event
 from .fold import CellView, fold
 from .log import LogBackend
 
-__all__ = ["verify_log", "replay_log"]
+__all__ = ["replay_log", "verify_lines", "verify_log"]
 
 
 def verify_log(log: LogBackend) -> tuple[int, str]:
@@ -29,4 +32,26 @@ def replay_log(log: LogBackend, until: int | None = None,
         view = fold(view, event)
         if progress is not None and not event.seq % 10_000:
             progress(event.seq)
+    return view
+
+
+def verify_lines(lines: list[bytes], source: str = "import") -> CellView:
+    """An exported log checked as `verify` checks a live one (seqs 1..N, the chain), then folded."""
+    view: CellView | None = None
+    prev = ZERO_HASH
+    for n, line in enumerate(lines, start=1):
+        try:
+            event = decode_event(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CorruptLog(f"{source}:{n}: corrupt log at seq {n}: {exc}") from None
+        if event.seq != n:
+            raise CorruptLog(f"{source}:{n}: corrupt log at seq {event.seq}: expected seq {n}")
+        if event.prev != prev:
+            raise CorruptLog(f"{source}:{n - 1}: corrupt log at seq {n - 1}: hash chain broken")
+        if view is not None and event.cell != view.id:
+            raise CorruptLog(f"{source}:{n}: event of cell {event.cell} in the log of cell {view.id}")
+        view = fold(view, event)
+        prev = hashlib.sha256(line).hexdigest()
+    if view is None:
+        raise CorruptLog(f"{source}: an empty log")
     return view

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -115,10 +116,14 @@ class Watcher:
         for cid in touched:
             self.catch_up(cid)
 
-    async def run(self, stop: asyncio.Event, tick: float = 1.0) -> None:
+    async def run(self, stop: asyncio.Event, tick: float = 1.0, durable: str = "lazarus") -> None:
         """Follow until `stop`: wake on changes, and at least every `tick` to re-check the root."""
         self.root.path.mkdir(parents=True, exist_ok=True)
         self.scan()
+        if self.root.nats is not None:
+            await self._run_nats(stop, tick, durable)
+            self.snapshot_all()
+            return
         while not stop.is_set():
             paths = [p for p in self._paths() if p.exists()]
             restart = False
@@ -144,3 +149,34 @@ class Watcher:
             if not restart:
                 break
         self.snapshot_all()
+
+    async def _run_nats(self, stop: asyncio.Event, tick: float, durable: str) -> None:
+        """On NATS: a durable JetStream consumer per daemon names the cells that changed."""
+        nats = self.root.nats
+        assert nats is not None
+        loop = asyncio.get_running_loop()
+        changed: asyncio.Queue[set[str]] = asyncio.Queue()
+        halt = asyncio.Event()  # lives on the NATS loop's side
+
+        def notify(cells: set[str]) -> None:
+            loop.call_soon_threadsafe(changed.put_nowait, cells)
+
+        consumer = asyncio.run_coroutine_threadsafe(nats.wakeups(durable, notify, halt), nats.loop)
+        try:
+            while not stop.is_set():
+                try:
+                    cells = await asyncio.wait_for(changed.get(), tick)
+                except asyncio.TimeoutError:
+                    self.scan()
+                    self.catch_up_all()
+                    continue
+                while not changed.empty():
+                    cells |= changed.get_nowait()
+                if cells - self.cells.keys():
+                    self.scan()
+                for cid in cells:
+                    self.catch_up(cid)
+        finally:
+            nats.loop.call_soon_threadsafe(halt.set)
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(consumer)

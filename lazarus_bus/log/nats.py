@@ -1,0 +1,414 @@
+"""The NATS JetStream backend: one subject per cell, the same envelope, chain and guarantees as the file.
+
+A cell's `seq` and hash chain are the contract; JetStream's stream sequences and its dedup window
+are tools. Each event is published with `Nats-Msg-Id` (its id) and the expected last sequence of
+the cell's subject, so concurrent writers on different machines never leave a gap or a fork:
+the loser re-reads the head, re-admits its drafts against the new state and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+from ..errors import Conflict, CorruptLog, LazarusError, TooLarge
+from ..events import ZERO_HASH, Event, decode_event, encode_event
+from ..names import new_ids
+from .base import Admit, Appended, Head, IdWindow, LogBackend, same_payload
+
+__all__ = ["NatsLog", "Nats", "subject_of", "SUBJECTS"]
+
+SUBJECT_PREFIX = "lazarus.cells"
+SUBJECTS = f"{SUBJECT_PREFIX}.*.events"
+CELLS_BUCKET = "LAZARUS_CELLS"
+LEASES_BUCKET = "LAZARUS_LEASES"
+WRONG_LAST_SEQUENCE = 10071
+BATCH = 1000
+T = TypeVar("T")
+
+
+def subject_of(cell: str) -> str:
+    return f"{SUBJECT_PREFIX}.{cell}.events"
+
+
+class Nats:
+    """One connection per process and URL, driven from a background event loop so callers stay sync."""
+
+    _shared: dict[tuple[str, str], Nats] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, url: str, stream: str, replicas: int, storage: str) -> None:
+        import nats
+
+        self.url, self.stream = url, stream
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="lazarus-nats", daemon=True)
+        self.thread.start()
+        try:
+            self.nc = self.run(nats.connect(url, connect_timeout=3, max_reconnect_attempts=-1,
+                                            reconnect_time_wait=0.2, allow_reconnect=True), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the server is one clear line
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise LazarusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+        self.js = self.nc.jetstream(timeout=10)
+        self.run(self._ensure(replicas, storage))
+
+    @classmethod
+    def get(cls, url: str, stream: str, replicas: int = 1, storage: str = "file") -> Nats:
+        with cls._guard:
+            key = (url, stream)
+            conn = cls._shared.get(key)
+            if conn is None or conn.nc.is_closed:
+                conn = cls._shared[key] = cls(url, stream, replicas, storage)
+            return conn
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the connection's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _ensure(self, replicas: int, storage: str) -> None:
+        from nats.js.api import StorageType, StreamConfig
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self.js.stream_info(self.stream)
+        except NotFoundError:
+            await self.js.add_stream(StreamConfig(
+                name=self.stream, subjects=[SUBJECTS], num_replicas=replicas, duplicate_window=120.0,
+                storage=StorageType.MEMORY if storage == "memory" else StorageType.FILE, allow_direct=True))
+
+    async def kv(self, bucket: str, ttl: float | None = None) -> Any:
+        """A KV bucket, created on first use."""
+        from nats.js.errors import BucketNotFoundError
+
+        try:
+            return await self.js.key_value(bucket)
+        except BucketNotFoundError:
+            return await self.js.create_key_value(bucket=bucket, ttl=ttl, history=1)
+
+    async def last(self, subject: str) -> tuple[int, bytes] | None:
+        """(stream sequence, data) of the subject's last message."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            msg = await self.js.get_last_msg(self.stream, subject)
+        except NotFoundError:
+            return None
+        return msg.seq, msg.data or b""
+
+    async def fetch(self, subject: str, start: int, last: int) -> list[tuple[int, bytes]]:
+        """The subject's messages with stream sequences in [start, last], in order."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        sub = await self.js.pull_subscribe(subject, stream=self.stream, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0, max_ack_pending=-1))
+        out: list[tuple[int, bytes]] = []
+        try:
+            while not out or out[-1][0] < last:
+                for m in await sub.fetch(BATCH, timeout=10):
+                    out.append((m.metadata.sequence.stream, m.data))
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def publish(self, subject: str, data: bytes, msg_id: str, expected: int) -> int:
+        from nats.js.errors import APIError
+
+        try:
+            ack = await self.js.publish(subject, data, headers={
+                "Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(expected)})
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise _Moved() from None
+            raise
+        if ack.duplicate:
+            raise _Moved()  # NATS saw this id already: re-read the head and let the id rule decide
+        return int(ack.seq)
+
+    async def purge(self, subject: str) -> None:
+        await self.js.purge_stream(self.stream, subject=subject)
+
+    # -- the cell registry: `cell.<id>.<name>` keys list every cell, `name.<name>` keeps names unique
+
+    async def register(self, cell_id: str, name: str) -> bool:
+        """False when the name is taken."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        kv = await self.kv(CELLS_BUCKET)
+        try:
+            await kv.create(f"name.{name}", cell_id.encode())
+        except KeyWrongLastSequenceError:
+            return False
+        await kv.put(f"cell.{cell_id}.{name}", b"")
+        return True
+
+    async def unregister(self, cell_id: str, name: str) -> None:
+        kv = await self.kv(CELLS_BUCKET)
+        for key in (f"cell.{cell_id}.{name}", f"name.{name}"):
+            await kv.purge(key)
+
+    async def cells(self) -> dict[str, str]:
+        """Every registered cell: id -> name."""
+        from nats.js.errors import NoKeysError
+
+        kv = await self.kv(CELLS_BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return {}
+        out = {}
+        for key in keys:
+            parts = key.split(".")
+            if len(parts) == 3 and parts[0] == "cell":
+                out[parts[1]] = parts[2]
+        return out
+
+    # -- leader leases: one key per cell in a bucket whose entries expire `ttl` after their last write
+
+    async def lease(self, cell_id: str, holder: str, ttl: float, revision: int | None) -> int | None:
+        """Take or renew a cell's lease; its revision, or None when another holds it."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv = await self.kv(LEASES_BUCKET, ttl=ttl)
+        try:
+            if revision:
+                return int(await kv.update(cell_id, holder.encode(), last=revision))
+            return int(await kv.create(cell_id, holder.encode()))
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await kv.get(cell_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value == holder.encode():  # ours, from before a restart
+            try:
+                return int(await kv.update(cell_id, holder.encode(), last=entry.revision))
+            except KeyWrongLastSequenceError:
+                return None
+        return None
+
+    async def release(self, cell_id: str, holder: str) -> None:
+        from nats.js.errors import KeyNotFoundError
+
+        kv = await self.kv(LEASES_BUCKET)
+        try:
+            entry = await kv.get(cell_id)
+        except KeyNotFoundError:
+            return
+        if entry.value == holder.encode():
+            await kv.purge(cell_id)
+
+    async def wakeups(self, durable: str, notify: Any, stop: asyncio.Event) -> None:
+        """A durable consumer per daemon over every cell's subject: each message names a cell to re-read."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.errors import TimeoutError as NatsTimeout
+
+        sub = await self.js.pull_subscribe(SUBJECTS, durable=durable, stream=self.stream, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE, max_ack_pending=-1))
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(256, timeout=0.5)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            cells = {m.subject.split(".")[2] for m in msgs if m.subject.count(".") == 3}
+            if cells:
+                notify(cells)
+
+
+class _Moved(Exception):
+    """Another writer appended first: re-read and try again."""
+
+
+class NatsLog(LogBackend):
+    """A cell's log as the messages of one JetStream subject."""
+
+    def __init__(self, nats: Nats, cell: str, *, max_event_bytes: int = 1 << 20) -> None:
+        super().__init__()
+        self.nats = nats
+        self.cell = cell
+        self.subject = subject_of(cell)
+        self.max_event_bytes = max_event_bytes
+        self.path = f"nats:{nats.stream}/{self.subject}"
+        self._head = Head(0, ZERO_HASH)
+        self._last = 0  # stream sequence of the head event
+        self._window = IdWindow()
+        self._window_at = 0  # stream sequence up to which the id window is filled
+        self._index: dict[int, int] = {}  # cell seq -> stream seq, as far as read
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _fetch_head(self) -> Head:
+        got = self.nats.run(self.nats.last(self.subject))
+        if got is None:
+            self._head, self._last = Head(0, ZERO_HASH), 0
+            return self._head
+        stream_seq, data = got
+        try:
+            event = decode_event(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CorruptLog(f"{self.path}: corrupt last message (stream seq {stream_seq}): {exc}") from None
+        self._head, self._last = Head(event.seq, hashlib.sha256(data).hexdigest()), stream_seq
+        self._index[event.seq] = stream_seq
+        return self._head
+
+    def head(self) -> Head:
+        with self._thread_lock:
+            return self._fetch_head()
+
+    def _messages(self, since: int, until: int | None) -> Iterator[tuple[int, bytes]]:
+        """(stream seq, data) from the cell's event `since` (the chain's anchor) or the start, in batches."""
+        last = self.nats.run(self.nats.last(self.subject))
+        if last is None:
+            return
+        end = min(last[0], self._index.get(until, last[0])) if until is not None else last[0]
+        start = self._index.get(since, 1) if since > 0 else 1
+        while start <= end:
+            batch = self.nats.run(self.nats.fetch(self.subject, start, end))
+            if not batch:
+                return
+            yield from (m for m in batch if m[0] <= end)
+            start = batch[-1][0] + 1
+
+    def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
+        prev_seq: int | None = 0 if since == 0 else None
+        prev_hash = ZERO_HASH
+        for stream_seq, data in self._messages(since, until):
+            try:
+                event = decode_event(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                where = prev_seq + 1 if prev_seq is not None else "?"
+                raise CorruptLog(f"{self.path}:{where}: corrupt log at seq {where} "
+                                 f"(stream seq {stream_seq}): {exc}") from None
+            self._index[event.seq] = stream_seq
+            if prev_seq is None:  # an anchor when reading from the middle
+                if event.seq > since:
+                    raise CorruptLog(f"{self.path}: seq {since} not found (found {event.seq})")
+                if event.seq == since:
+                    prev_seq, prev_hash = event.seq, hashlib.sha256(data).hexdigest()
+                continue
+            if event.seq != prev_seq + 1:
+                raise CorruptLog(f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: "
+                                 f"expected seq {prev_seq + 1}")
+            if event.prev != prev_hash:
+                raise CorruptLog(f"{self.path}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken")
+            if until is not None and event.seq > until:
+                return
+            prev_seq, prev_hash = event.seq, hashlib.sha256(data).hexdigest()
+            yield event, data
+
+    def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
+        for event, _ in self.read_raw(since, until):
+            yield event
+
+    def follow(self, since: int = 0, stop: threading.Event | None = None) -> Iterator[tuple[Event, bytes]]:
+        seq = since
+        while stop is None or not stop.is_set():
+            for event, data in self.read_raw(seq):
+                seq = event.seq
+                yield event, data
+            if stop is not None:
+                stop.wait(0.05)
+            else:
+                time.sleep(0.05)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _fill_window(self) -> None:
+        """The ids of the cell's last 10,000 events, read since the last look."""
+        if self._last <= self._window_at:
+            return
+        for stream_seq, data in self.nats.run(self.nats.fetch(self.subject, self._window_at + 1, self._last)):
+            event = decode_event(data)
+            self._window.add(event.id, event.seq)
+            self._index[event.seq] = stream_seq
+        self._window_at = self._last
+
+    def _repeats(self, drafts: Sequence[Event]) -> list[Appended] | None:
+        found: list[Appended] = []
+        for d in drafts:
+            seq = self._window.get(d.id) if d.id else None
+            if seq is None:
+                if found:
+                    raise Conflict("a batch mixes already-appended event ids with new ones")
+                continue
+            original = next(self.read(seq - 1, seq), None)
+            if original is None or not same_payload(original, d):
+                raise Conflict(f"event id {d.id} was already used (seq {seq}) with a different payload")
+            found.append(Appended(seq, original, duplicate=True))
+        if found and len(found) != len(drafts):
+            raise Conflict("a batch mixes already-appended event ids with new ones")
+        return found or None
+
+    def append_many(
+        self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
+    ) -> list[Appended]:
+        self.check_batch_ids(drafts)
+        written: list[Appended] = []
+        pending = list(drafts)
+        with self._thread_lock:
+            for _ in range(1000):
+                head = self._fetch_head()
+                if any(d.id for d in pending):
+                    self._fill_window()
+                    if not written:
+                        repeats = self._repeats(pending)
+                        if repeats is not None:
+                            return repeats
+                if not written and expected_seq is not None and expected_seq != head.seq:
+                    raise Conflict(f"expected seq {expected_seq}, but the log is at seq {head.seq}")
+                todo = admit(head, list(pending)) if admit else list(pending)
+                events, lines = self._envelope(todo, head)
+                try:
+                    for draft, event, line in zip(todo, events, lines):
+                        stream_seq = self.nats.run(self.nats.publish(self.subject, line, event.id, self._last))
+                        self._last, self._head = stream_seq, Head(event.seq, hashlib.sha256(line).hexdigest())
+                        self._index[event.seq] = stream_seq
+                        written.append(Appended(event.seq, event))
+                        pending = [d for d in pending if d is not draft]  # follow-ups were never pending
+                    return written
+                except _Moved:
+                    if not pending:
+                        return written
+                    continue  # someone appended between two of ours: re-admit what is left
+            raise Conflict(f"{self.path}: gave up after 1000 concurrent retries")
+
+    def _envelope(self, drafts: list[Event], head: Head) -> tuple[list[Event], list[bytes]]:
+        """Seq, id, ts, cell and prev for each draft, every size checked before anything is sent."""
+        seq, prev, now = head.seq, head.hash, time.time()
+        fresh = iter(new_ids(len(drafts)))
+        events, lines = [], []
+        for d in drafts:
+            seq += 1
+            event = msgspec.structs.replace(d, seq=seq, id=d.id or next(fresh), ts=now, cell=self.cell, prev=prev)
+            line = encode_event(event)
+            if len(line) >= self.max_event_bytes:
+                raise TooLarge(f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes "
+                               f"({self.max_event_bytes}); put large payloads in artifacts/")
+            prev = hashlib.sha256(line).hexdigest()
+            events.append(event)
+            lines.append(line)
+        return events, lines
+
+    def import_lines(self, lines: list[bytes]) -> None:
+        """Publish an exported log as it is (same bytes, seqs, ids and chain) into an empty subject."""
+        with self._thread_lock:
+            if self._fetch_head().seq:
+                raise Conflict(f"{self.path} is not empty")
+            for line in lines:
+                event = decode_event(line)
+                self._last = self.nats.run(self.nats.publish(self.subject, line, event.id, self._last))
+
+    def destroy(self) -> None:
+        """Remove the cell's messages from the stream (after the graveyard copy)."""
+        self.nats.run(self.nats.purge(self.subject))
+
+    def exists(self) -> bool:
+        return self.head().seq > 0
+
