@@ -18,6 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	@mkdir -p bench/results
 	@for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 

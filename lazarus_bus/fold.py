@@ -202,7 +202,9 @@ def _invited(view: CellView, e: ev.AgentInvited) -> CellView:
 
 def _joined(view: CellView, e: ev.AgentJoined) -> CellView:
     a = view.agents[e.agent]
-    return _agent(view, e.agent, phase="running", pid=e.pid or a.pid, host=e.host or a.host, last_seen=e.ts)
+    # a supervised agent belongs to the host whose daemon spawned it, whatever the agent calls its machine
+    host = a.host if a.command and a.host else (e.host or a.host)
+    return _agent(view, e.agent, phase="running", pid=e.pid or a.pid, host=host, last_seen=e.ts)
 
 
 def _heartbeat(view: CellView, e: ev.AgentHeartbeat) -> CellView:

@@ -134,3 +134,65 @@ def up(root_dir: Path, cli: Cli, procs: Procs) -> Iterator[object]:
     u = Up(root_dir, cli, procs)
     yield u
     u.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """Debian's nats-server with JetStream on a free loopback port, in its own process group."""
+
+    def __init__(self, store: Path) -> None:
+        import shutil
+
+        exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not Path(exe).exists():
+            pytest.fail("nats-server is not installed (apt-get install nats-server; .ci/run does it)")
+        self.exe, self.store = exe, store
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.streams = 0
+
+    def start(self) -> None:
+        import socket
+        import time
+
+        self.proc = subprocess.Popen([self.exe, "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)],
+                                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None, "nats-server exited at start"
+                assert time.monotonic() < deadline, "nats-server did not open its port"
+                time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(20)
+
+    def stream(self) -> str:
+        """A fresh stream name: tests share one server, never a stream."""
+        self.streams += 1
+        return f"T{os.getpid()}_{self.streams}"
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats-store"))
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+def nats_toml(server: NatsServer, extra: str = "") -> str:
+    return f'backend = "nats"\nnats_url = "{server.url}"\nnats_stream = "{server.stream()}"\n{extra}'

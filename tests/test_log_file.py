@@ -16,7 +16,7 @@ from lazarus_bus import CorruptLog, FileLog, LazarusError
 from lazarus_bus.log import file as file_mod
 
 from .conftest import HELPERS, Procs
-from .log_contract import LogContract, MakeLog, msg
+from .log_contract import MakeLog, msg
 
 CELL = "c1"
 
@@ -40,10 +40,6 @@ def make_log(log_path: Path) -> MakeLog:
     yield make  # type: ignore[misc]
     for log in opened:
         log.close()
-
-
-class TestFileContract(LogContract):
-    pass
 
 
 def test_fsync_modes(make_log: MakeLog, monkeypatch: pytest.MonkeyPatch) -> None:

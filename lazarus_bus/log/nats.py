@@ -1,7 +1,7 @@
 """The NATS JetStream backend: one subject per cell, the same envelope, chain and guarantees as the file.
 
 A cell's `seq` and hash chain are the contract; JetStream's stream sequences and its dedup window
-are tools. Each event is published with `Nats-Msg-Id` (its id) and the expected last sequence of
+are tools. Each event is published with `Nats-Msg-Id` (its id and seq) and the expected last sequence of
 the cell's subject, so concurrent writers on different machines never leave a gap or a fork:
 the loser re-reads the head, re-admits its drafts against the new state and tries again.
 """
@@ -57,7 +57,12 @@ class Nats:
             self.loop.call_soon_threadsafe(self.loop.stop)
             raise LazarusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
         self.js = self.nc.jetstream(timeout=10)
-        self.run(self._ensure(replicas, storage))
+        try:
+            self.run(self._ensure(replicas, storage))
+        except BaseException:
+            self.run(self.nc.close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
 
     @classmethod
     def get(cls, url: str, stream: str, replicas: int = 1, storage: str = "file") -> Nats:
@@ -78,8 +83,17 @@ class Nats:
 
         try:
             await self.js.stream_info(self.stream)
+            return
         except NotFoundError:
-            await self.js.add_stream(StreamConfig(
+            pass
+        try:
+            owner = await self.js.find_stream_name_by_subject(SUBJECTS)
+        except NotFoundError:
+            owner = None
+        if owner is not None:
+            raise LazarusError(f"NATS stream {owner!r} already holds the subjects {SUBJECTS}; "
+                               f"set nats_stream = {owner!r} (one stream per NATS account)")
+        await self.js.add_stream(StreamConfig(
                 name=self.stream, subjects=[SUBJECTS], num_replicas=replicas, duplicate_window=120.0,
                 storage=StorageType.MEMORY if storage == "memory" else StorageType.FILE, allow_direct=True))
 
@@ -367,7 +381,7 @@ class NatsLog(LogBackend):
                 events, lines = self._envelope(todo, head)
                 try:
                     for draft, event, line in zip(todo, events, lines):
-                        stream_seq = self.nats.run(self.nats.publish(self.subject, line, event.id, self._last))
+                        stream_seq = self.nats.run(self.nats.publish(self.subject, line, f"{event.id}:{event.seq}", self._last))
                         self._last, self._head = stream_seq, Head(event.seq, hashlib.sha256(line).hexdigest())
                         self._index[event.seq] = stream_seq
                         written.append(Appended(event.seq, event))
@@ -403,7 +417,8 @@ class NatsLog(LogBackend):
                 raise Conflict(f"{self.path} is not empty")
             for line in lines:
                 event = decode_event(line)
-                self._last = self.nats.run(self.nats.publish(self.subject, line, event.id, self._last))
+                self._last = self.nats.run(self.nats.publish(self.subject, line, f"{event.id}:{event.seq}",
+                                                             self._last))
 
     def destroy(self) -> None:
         """Remove the cell's messages from the stream (after the graveyard copy)."""

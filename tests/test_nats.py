@@ -1,0 +1,171 @@
+"""One mission across several machines: the NATS backend end to end, with a real nats-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazarus_bus import Root, load_config
+from lazarus_bus.demo import EXAMPLES
+from tests.conftest import HELPERS, Cli, NatsServer, Procs, nats_toml
+from tests.support import BASE, Up, wait
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server of the test's own (starting one takes milliseconds): one stream may hold the subjects."""
+    server = NatsServer(tmp_path / "nats-store")
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def nats_root(root_dir: Path, own_nats: NatsServer) -> Path:
+    (root_dir / "lazarus.toml").write_text(nats_toml(own_nats, 'fsync = "never"\n'))
+    return root_dir
+
+
+def test_cli_and_status_work_unchanged_on_nats(nats_root: Path, cli: Cli) -> None:
+    cid = cli.ok("cell", "create", "forge", "--mission", "span machines").strip()
+    cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
+    assert cli.ok("heartbeat", "forge", "ada", "--cycle", "3") == "3\n"
+    assert cli("cell", "create", "forge").code == 4  # names are unique across the stream
+    status = json.loads(cli.ok("status", "--json"))["cells"][0]
+    assert status["id"] == cid and status["agents"][0]["health"] == "healthy"
+    r = cli("emit", "forge", "bus.message", "--by", "ada", "--data", '{"topic":"t"}', "--expected-seq", "1")
+    assert r.code == 4 and "expected seq 1" in r.err
+    assert cli.ok("verify", "forge").startswith("ok: 4 events")
+    assert [json.loads(x)["seq"] for x in cli.ok("tail", "forge", "--since", "2").splitlines()] == [3, 4]
+
+
+def test_concurrent_appenders_in_separate_processes_keep_seqs_gap_free(nats_root: Path, cli: Cli,
+                                                                       procs: Procs) -> None:
+    cli.ok("cell", "create", "busy")
+    writers = [procs.start([sys.executable, str(HELPERS / "appender.py"), str(nats_root), "busy", f"w{i}", "150"],
+                           env=cli.env()) for i in range(4)]
+    for w in writers:
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err.decode()
+    verified = json.loads(cli.ok("verify", "busy", "--json"))
+    assert verified["events"] == 1 + 4 * 150
+    lines = [json.loads(x) for x in cli.ok("tail", "busy").splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, 602))
+    for w in range(4):
+        assert [e["payload"] for e in lines if e.get("topic") == f"w{w}"] == list(range(150))
+
+
+def test_export_and_import_between_backends_byte_for_byte(nats_root: Path, cli: Cli, tmp_path: Path,
+                                                          procs: Procs) -> None:
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
+    cli.ok("bus", "publish", "forge", "t", "--by", "ada", "--data", '{"x": [1, 2]}')
+    head = json.loads(cli.ok("verify", "forge", "--json"))["head"]
+    out = json.loads(cli.ok("export", "forge", "--to", str(tmp_path / "forge.jsonl"), "--json"))
+    assert out["head"] == head
+    file_root = tmp_path / "file-root"
+    file_root.mkdir()
+    (file_root / "lazarus.toml").write_text('fsync = "never"\n')
+    to_file = Cli(file_root, procs)
+    to_file.ok("import", str(tmp_path / "forge.jsonl"))
+    assert json.loads(to_file.ok("verify", "forge", "--json"))["head"] == head
+    to_file.ok("export", "forge", "--to", str(tmp_path / "again.jsonl"))
+    assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "forge.jsonl").read_bytes()
+    r = cli("import", str(tmp_path / "forge.jsonl"))
+    assert r.code == 4 and "already exists" in r.err
+    # and back the other way, into another NATS (another fleet)
+    other = NatsServer(tmp_path / "other-store")
+    other.start()
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "lazarus.toml").write_text(nats_toml(other, 'fsync = "never"\n'))
+        there = Cli(elsewhere, procs)
+        there.ok("import", str(tmp_path / "again.jsonl"))
+        assert json.loads(there.ok("verify", "forge", "--json"))["head"] == head
+    finally:
+        other.stop(signal.SIGKILL)
+    broken = (tmp_path / "forge.jsonl").read_bytes().replace(b'"role":"lead"', b'"role":"read"')  # a middle line
+    (tmp_path / "broken.jsonl").write_bytes(broken)
+    r = to_file("import", str(tmp_path / "broken.jsonl"))
+    assert r.code == 5
+
+
+def test_a_nats_restart_loses_no_acknowledged_event(tmp_path: Path, cli: Cli, root_dir: Path) -> None:
+    server = NatsServer(tmp_path / "own-store")
+    server.start()
+    try:
+        (root_dir / "lazarus.toml").write_text(nats_toml(server) + BASE)
+        cli.ok("cell", "create", "forge")
+        cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
+        acked = [int(cli.ok("bus", "publish", "forge", "t", "--by", "ada", "--data", str(i))) for i in range(5)]
+        server.stop(signal.SIGKILL)  # no clean shutdown
+        server.start()
+        acked += [int(cli.ok("bus", "publish", "forge", "t", "--by", "ada", "--data", str(i))) for i in range(5, 8)]
+        lines = [json.loads(x) for x in cli.ok("tail", "forge", "--type", "bus.message").splitlines()]
+        assert [e["seq"] for e in lines] == acked and [e["payload"] for e in lines] == list(range(8))
+        assert cli.ok("verify", "forge").startswith("ok: 10 events")
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+DAEMON = '[daemon]\ntick = 0.1\ngrace = 0.5\n[health]\nstale_after = 0.6\ndead_after = 1.5\n' \
+         '[resurrection]\nmode = "yes"\n'
+
+
+def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats: NatsServer,
+                                                      procs: Procs) -> None:
+    shared = nats_toml(own_nats, 'fsync = "never"\nnats_lease = 1.5\n') + DAEMON
+    roots = {}
+    for host in ("alpha", "beta"):
+        roots[host] = tmp_path / host
+        roots[host].mkdir()
+        (roots[host] / "lazarus.toml").write_text(shared)
+    a_cli, b_cli = Cli(roots["alpha"], procs), Cli(roots["beta"], procs)
+    cid = a_cli.ok("cell", "create", "forge").strip()
+    a_cli.ok("agent", "invite", "forge", "keeper", "--role", "write", "--heartbeat-interval", "0.3",
+             "--cmd", f"{sys.executable} {EXAMPLES / 'keeper.py'}")
+    a, b = Up(roots["alpha"], a_cli, procs), Up(roots["beta"], b_cli, procs)
+    try:
+        a_proc = a.start("--no-http", "--host", "alpha")
+        b.start("--no-http", "--host", "beta")
+        cell = Root(roots["beta"], load_config(roots["beta"] / "lazarus.toml")).open(cid)
+        status = {h: roots[h] / ".lazarus" / "daemon.json" for h in roots}
+        leading = lambda h: cid in (json.loads(status[h].read_bytes()).get("leading") or [])  # noqa: E731
+        wait(lambda: leading("alpha"), "alpha leads")
+        assert not leading("beta")
+        first = wait(lambda: (x := cell.view.agents["keeper"]).phase == "running" and x.heartbeats and x, "started")
+        assert first.host == "alpha"
+        os.kill(first.pid, signal.SIGKILL)
+        wait(lambda: cell.view.agents["keeper"].spawns == 2 and cell.view.agents["keeper"].heartbeats
+             > first.heartbeats, "one revival")
+        ticks = json.loads(status["beta"].read_bytes())["ticks"]
+        wait(lambda: json.loads(status["beta"].read_bytes())["ticks"] >= ticks + 5, "both keep watching")
+        events = list(cell.log.read())
+        assert sum(1 for e in events if e.type == "revival.planned") == 1
+        assert [e.host for e in events if e.type == "agent.spawned"] == ["alpha", "alpha"]  # type: ignore[attr-defined]
+        # the leader's machine dies: its daemon and its agent
+        second = cell.view.agents["keeper"]
+        a_proc.send_signal(signal.SIGKILL)
+        a_proc.wait(10)
+        os.killpg(second.pid, signal.SIGKILL)
+        wait(lambda: leading("beta"), "beta takes the lease", timeout=1.5 + 5)
+        third = wait(lambda: (x := cell.view.agents["keeper"]).spawns == 3 and x.phase == "running" and x,
+                     "beta revives it", timeout=1.5 + 1.5 + 10)
+        assert third.host == "beta"
+        dead = [e for e in cell.log.read() if e.type == "agent.declared_dead"]
+        assert [e.reason for e in dead] == ["exited", "heartbeat_timeout"]  # type: ignore[attr-defined]
+        assert b_cli.ok("verify", "forge").startswith("ok:")
+    finally:
+        b.stop()
+        a.stop()
+        from tests.conftest import kill_supervised
+
+        for r in roots.values():
+            kill_supervised(r)
