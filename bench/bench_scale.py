@@ -38,12 +38,18 @@ from pathlib import Path
 from lazarus_bus import Root, Config, events as ev
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from lazarus_bus import Cell
 root = Root(Path(sys.argv[1]), Config(fsync="never"))
 ids = sys.argv[2].split(",")
-agents, every, until, victim = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
-stop_victim_at = float(sys.argv[7])
-cells = [root.open(i) for i in ids]
+agents, every, duration, victim = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+stop_after = float(sys.argv[7])
+cells = [Cell(root, i) for i in ids]
+for c in cells:
+    c.head()  # open every log before the clock starts
 slots = [(c, f"a{k}") for c in cells for k in range(agents)]
+print("ready", flush=True)
+sys.stdin.readline()
+until, stop_victim_at = time.time() + duration, time.time() + stop_after
 gap = every / len(slots)
 t = time.time()
 n = 0
@@ -81,22 +87,31 @@ def main() -> None:
         ids = []
         for i in range(CELLS):
             cell = root.create(f"c{i}")
-            cell.append_many([ev.AgentInvited(by="operator", agent=f"a{k}", role="write") for k in range(AGENTS)])
+            cell.append_many([ev.AgentInvited(by="operator", agent=f"a{k}", role="write") for k in range(AGENTS)]
+                             + [ev.AgentHeartbeat(by=f"a{k}", agent=f"a{k}") for k in range(AGENTS)])
             cell.close()
             ids.append(cell.id)
         env = {**os.environ, "LAZARUS_ROOT": str(path)}
-        daemon = subprocess.Popen([sys.executable, "-m", "lazarus_bus", "up", "--no-http"], env=env,
-                                  start_new_session=True, stderr=subprocess.DEVNULL)
+        victim = ids[0]
+        share = (len(ids) + LOADERS - 1) // LOADERS
+        loaders = [subprocess.Popen([sys.executable, "-c", LOADER, str(path), ",".join(ids[i:i + share]),
+                                     str(AGENTS), str(EVERY), str(DURATION + EVERY), victim, str(EVERY + 5)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                   for i in range(0, len(ids), share)]
+        for p in loaders:
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        for p in loaders:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+        time.sleep(EVERY)  # one full round first: every agent has a fresh heartbeat when the daemon starts
+        daemon_log = open(os.environ.get("BENCH_DAEMON_LOG", os.devnull), "wb")
+        daemon = subprocess.Popen([sys.executable, "-m", "lazarus_bus", "up", "--no-http", "-v"], env=env,
+                                  start_new_session=True, stderr=daemon_log)
         status = path / ".lazarus" / "daemon.json"
         while not status.exists():
             time.sleep(0.05)
         start = time.time()
-        until = start + DURATION
-        victim, stop_at = ids[0], start + 5.0
-        share = (len(ids) + LOADERS - 1) // LOADERS
-        loaders = [subprocess.Popen([sys.executable, "-c", LOADER, str(path), ",".join(ids[i:i + share]),
-                                     str(AGENTS), str(EVERY), str(until), victim, str(stop_at)])
-                   for i in range(0, len(ids), share)]
         cpu0, t0 = cpu_seconds(daemon.pid), time.time()
         for p in loaders:
             p.wait()
@@ -107,7 +122,12 @@ def main() -> None:
         cell = root.open(victim)
         beats = [e for e in cell.log.read() if e.type == "agent.heartbeat" and e.agent == "a0"]  # type: ignore[attr-defined]
         deaths = [e for e in cell.log.read() if e.type == "agent.declared_dead" and e.agent == "a0"]  # type: ignore[attr-defined]
+        deaths = [e for e in deaths if beats and e.ts > beats[-1].ts]
         detection = (deaths[0].ts - beats[-1].ts) if deaths and beats else None
+        if detection is None:
+            print(f"victim {victim}: {len(beats)} heartbeats, last at +{beats[-1].ts - start:.1f}s, no death "
+                  f"(run ended at +{time.time() - start:.1f}s)" if beats else "victim never heartbeated",
+                  file=sys.stderr)
         heartbeats = sum(1 for cid in ids for e in root.open(cid).log.read() if e.type == "agent.heartbeat")
         lag = json.loads(status.read_bytes()).get("watcher_lag")
     report("scale", {

@@ -35,6 +35,9 @@ __all__ = ["Daemon", "daemon_status"]
 log = logging.getLogger(__name__)
 VERSION = _pkg_version("lazarus-pit")
 LOG_TAIL_BYTES = 2048
+# events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
+PASSIVE = frozenset({"agent.heartbeat", "bus.message", "checkpoint.created", "checkpoint.restored",
+                     "task.created", "task.updated"})
 LOG_TAIL_LINES = 10
 
 
@@ -132,8 +135,9 @@ class Daemon:
                     self.on_event(cell, e)
         if self.gateway is not None:
             self.gateway.publish(cell, events)
-        self._dirty.add(cell.id)
-        self._wake.set()
+        if any(e.type not in PASSIVE for e in events):
+            self._dirty.add(cell.id)
+            self._wake.set()
 
     # -- acting -------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
@@ -24,6 +25,7 @@ from .base import Admit, Appended, Head, IdWindow, LogBackend, same_payload
 
 __all__ = ["NatsLog", "Nats", "subject_of", "SUBJECTS"]
 
+log = logging.getLogger(__name__)
 SUBJECT_PREFIX = "lazarus.cells"
 SUBJECTS = f"{SUBJECT_PREFIX}.*.events"
 CELLS_BUCKET = "LAZARUS_CELLS"
@@ -52,7 +54,9 @@ class Nats:
         self.thread.start()
         try:
             self.nc = self.run(nats.connect(url, connect_timeout=3, max_reconnect_attempts=-1,
-                                            reconnect_time_wait=0.2, allow_reconnect=True), timeout=10)
+                                            reconnect_time_wait=0.2, allow_reconnect=True,
+                                            error_cb=self._quiet, disconnected_cb=self._gone,
+                                            reconnected_cb=self._back), timeout=10)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the server is one clear line
             self.loop.call_soon_threadsafe(self.loop.stop)
             raise LazarusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
@@ -63,6 +67,26 @@ class Nats:
             self.run(self.nc.close())
             self.loop.call_soon_threadsafe(self.loop.stop)
             raise
+
+    async def _quiet(self, exc: Exception) -> None:
+        """Connection trouble is logged, not printed as a traceback; calls that need the server fail clearly."""
+        log.debug("nats %s: %s", self.url, exc)
+
+    async def _gone(self) -> None:
+        if not self.nc.is_closed and not getattr(self, "closing", False):
+            log.warning("nats %s: disconnected; reconnecting", self.url)
+
+    async def _back(self) -> None:
+        log.warning("nats %s: reconnected", self.url)
+
+    def close(self) -> None:
+        """Drop the shared connection (tests and tools that stop their server)."""
+        with self._guard:
+            self._shared.pop((self.url, self.stream), None)
+        self.closing = True
+        if not self.nc.is_closed:
+            self.run(self.nc.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
     @classmethod
     def get(cls, url: str, stream: str, replicas: int = 1, storage: str = "file") -> Nats:
