@@ -179,30 +179,35 @@ class Root:
         problem = isolation_problem(isolation)
         if problem:
             raise Refused(problem)
+        with self._new_cell(cell_id, name) as staging:
+            with self.log_for(cell_id, create=True, base=staging) as log:
+                if log.head().seq:
+                    raise Refused(f"cell id {cell_id} already has a log")
+                written = log.append(draft, admit=lambda head, drafts: admit_batch(None, drafts, head.seq))
+            view = fold_all(a.event for a in written)
+            assert view is not None
+            atomic_write(staging / "cell.json", _manifest_bytes(view))
+        return Cell(self, cell_id)
+
+    @contextlib.contextmanager
+    def _new_cell(self, cell_id: str, name: str) -> Iterator[Path]:
+        """Claim an id and a unique name, build the cell aside under `.lazarus/`, rename it into place whole."""
         self.meta.mkdir(parents=True, exist_ok=True)
         with _flock(self.meta / "cells.lock"):
-            if (self.path / cell_id).exists():
-                raise Refused(f"cell id {cell_id} is taken under {self.path}")
             nats = self.nats
+            if (self.path / cell_id).exists() or cell_id in self.registry():
+                raise Refused(f"cell id {cell_id} is taken under {self.path}")
             if nats is None:
                 taken = [c.id for c in self.cells() if c.name == name]
                 if taken:
                     raise Refused(f"cell name {name!r} is taken (cell {taken[0]})")
-            elif cell_id in self.registry():
-                raise Refused(f"cell id {cell_id} is taken in NATS stream {self.config.nats_stream}")
             elif not nats.run(nats.register(cell_id, name)):
                 raise Refused(f"cell name {name!r} is taken (in NATS stream {self.config.nats_stream})")
             staging = Path(tempfile.mkdtemp(dir=self.meta, prefix=f"new-{cell_id}."))
             try:
                 for sub in CELL_DIRS:
                     (staging / sub).mkdir(parents=True, exist_ok=True)
-                with self.log_for(cell_id, create=True, base=staging) as log:
-                    if log.head().seq:
-                        raise Refused(f"cell id {cell_id} already has a log")
-                    written = log.append(draft, admit=lambda head, drafts: admit_batch(None, drafts, head.seq))
-                view = fold_all(a.event for a in written)
-                assert view is not None
-                atomic_write(staging / "cell.json", _manifest_bytes(view))
+                yield staging
                 os.rename(staging, self.path / cell_id)
                 fsync_dir(self.path)
             except BaseException:
@@ -210,7 +215,6 @@ class Root:
                 if nats is not None:
                     nats.run(nats.unregister(cell_id, name))
                 raise
-        return Cell(self, cell_id)
 
     def import_log(self, lines: list[bytes]) -> Cell:
         """A cell from an exported log, byte for byte: verified first, refused if its id or name is taken."""
@@ -219,37 +223,17 @@ class Root:
         view = verify_lines(lines)
         cell_id, name = view.id, view.name
         check_cell_id(cell_id)
-        self.meta.mkdir(parents=True, exist_ok=True)
-        with _flock(self.meta / "cells.lock"):
-            nats = self.nats
-            if (self.path / cell_id).exists() or cell_id in self.registry():
-                raise Refused(f"cell {cell_id} already exists under {self.path}")
-            if nats is None:
-                taken = [c.id for c in self.cells() if c.name == name]
-                if taken:
-                    raise Refused(f"cell name {name!r} is taken (cell {taken[0]})")
-            elif not nats.run(nats.register(cell_id, name)):
-                raise Refused(f"cell name {name!r} is taken (in NATS stream {self.config.nats_stream})")
-            staging = Path(tempfile.mkdtemp(dir=self.meta, prefix=f"import-{cell_id}."))
-            try:
-                for sub in CELL_DIRS:
-                    (staging / sub).mkdir(parents=True, exist_ok=True)
-                if nats is None:
-                    atomic_write(staging / "logs" / "events.jsonl", b"".join(line + b"\n" for line in lines))
-                else:
-                    from .log.nats import NatsLog
+        with self._new_cell(cell_id, name) as staging:
+            log = self.log_for(cell_id, create=True, base=staging)
+            if isinstance(log, FileLog):
+                log.close()
+                atomic_write(staging / "logs" / "events.jsonl", b"".join(line + b"\n" for line in lines))
+            else:
+                from .log.nats import NatsLog
 
-                    log = self.log_for(cell_id)
-                    assert isinstance(log, NatsLog)
-                    log.import_lines(lines)
-                atomic_write(staging / "cell.json", _manifest_bytes(view))
-                os.rename(staging, self.path / cell_id)
-                fsync_dir(self.path)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                if nats is not None:
-                    nats.run(nats.unregister(cell_id, name))
-                raise
+                assert isinstance(log, NatsLog)
+                log.import_lines(lines)
+            atomic_write(staging / "cell.json", _manifest_bytes(view))
         return Cell(self, cell_id)
 
     @property

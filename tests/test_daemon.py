@@ -31,6 +31,8 @@ def test_sigkill_of_a_supervised_agent_gives_the_whole_sequence_and_a_new_pid(up
     cell = up.cell()
     a = wait(lambda: (x := view_of(cell).agents["w"]).phase == "running" and x.pid and x, "first start")
     assert alive(a.pid, a.start_time)
+    wait(lambda: (cell.agent_logs / "w.log").exists() and "started" in (cell.agent_logs / "w.log").read_text(),
+         "the first run under way")  # (killed before its echo, it would never print "started")
     mark = cell.head().seq
     os.kill(a.pid, signal.SIGKILL)
     b = wait(lambda: (x := view_of(cell).agents["w"]).spawns == 2 and x.phase == "running" and x, "the revival")

@@ -78,7 +78,7 @@ def test_export_and_import_between_backends_byte_for_byte(nats_root: Path, cli: 
     to_file.ok("export", "forge", "--to", str(tmp_path / "again.jsonl"))
     assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "forge.jsonl").read_bytes()
     r = cli("import", str(tmp_path / "forge.jsonl"))
-    assert r.code == 4 and "already exists" in r.err
+    assert r.code == 4 and "is taken" in r.err
     # and back the other way, into another NATS (another fleet)
     other = NatsServer(tmp_path / "other-store")
     other.start()

@@ -110,6 +110,23 @@ class LogBackend(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _repeats(self, drafts: Sequence[Event], window: IdWindow) -> list[Appended] | None:
+        """Idempotent retries: all repeats -> their original seqs; a changed payload -> Conflict."""
+        found: list[Appended] = []
+        for d in drafts:
+            seq = window.get(d.id) if d.id else None
+            if seq is None:
+                if found:
+                    raise Conflict("a batch mixes already-appended event ids with new ones")
+                continue
+            original = next(self.read(seq - 1, seq), None)
+            if original is None or not same_payload(original, d):
+                raise Conflict(f"event id {d.id} was already used (seq {seq}) with a different payload")
+            found.append(Appended(seq, original, duplicate=True))
+        if found and len(found) != len(drafts):
+            raise Conflict("a batch mixes already-appended event ids with new ones")
+        return found or None
+
     @staticmethod
     def check_batch_ids(drafts: Sequence[Event]) -> None:
         """Two drafts of one batch may not share an id."""

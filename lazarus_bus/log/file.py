@@ -19,7 +19,7 @@ import msgspec
 from ..errors import Conflict, CorruptLog, LazarusError, NotFound, TooLarge
 from ..events import ZERO_HASH, Event, decode_event, encode_event
 from ..names import new_ids
-from .base import Admit, Appended, Head, IdWindow, LogBackend, same_payload
+from .base import Admit, Appended, Head, IdWindow, LogBackend
 
 __all__ = ["FileLog", "fsync_dir"]
 
@@ -340,7 +340,7 @@ class FileLog(LogBackend):
             self._lock()
             try:
                 self._sync()
-                repeats = self._repeats(drafts)
+                repeats = self._repeats(drafts, self._window)
                 if repeats is not None:
                     return repeats
                 if expected_seq is not None and expected_seq != self._head.seq:
@@ -349,23 +349,6 @@ class FileLog(LogBackend):
                 return self._write(todo, single=len(drafts) == 1)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def _repeats(self, drafts: Sequence[Event]) -> list[Appended] | None:
-        """Idempotent retries: all repeats -> their original seqs; a changed payload -> Conflict."""
-        found: list[Appended] = []
-        for d in drafts:
-            seq = self._window.get(d.id) if d.id else None
-            if seq is None:
-                if found:
-                    raise Conflict("a batch mixes already-appended event ids with new ones")
-                continue
-            original = next(self.read(seq - 1, seq), None)
-            if original is None or not same_payload(original, d):
-                raise Conflict(f"event id {d.id} was already used (seq {seq}) with a different payload")
-            found.append(Appended(seq, original, duplicate=True))
-        if found and len(found) != len(drafts):
-            raise Conflict("a batch mixes already-appended event ids with new ones")
-        return found or None
 
     def _write(self, drafts: list[Event], *, single: bool) -> list[Appended]:
         seq, prev = self._head.seq, self._head.hash

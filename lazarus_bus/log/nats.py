@@ -21,7 +21,7 @@ import msgspec
 from ..errors import Conflict, CorruptLog, LazarusError, TooLarge
 from ..events import ZERO_HASH, Event, decode_event, encode_event
 from ..names import new_ids
-from .base import Admit, Appended, Head, IdWindow, LogBackend, same_payload
+from .base import Admit, Appended, Head, IdWindow, LogBackend
 
 __all__ = ["NatsLog", "Nats", "subject_of", "SUBJECTS"]
 
@@ -368,22 +368,6 @@ class NatsLog(LogBackend):
             self._index[event.seq] = stream_seq
         self._window_at = self._last
 
-    def _repeats(self, drafts: Sequence[Event]) -> list[Appended] | None:
-        found: list[Appended] = []
-        for d in drafts:
-            seq = self._window.get(d.id) if d.id else None
-            if seq is None:
-                if found:
-                    raise Conflict("a batch mixes already-appended event ids with new ones")
-                continue
-            original = next(self.read(seq - 1, seq), None)
-            if original is None or not same_payload(original, d):
-                raise Conflict(f"event id {d.id} was already used (seq {seq}) with a different payload")
-            found.append(Appended(seq, original, duplicate=True))
-        if found and len(found) != len(drafts):
-            raise Conflict("a batch mixes already-appended event ids with new ones")
-        return found or None
-
     def append_many(
         self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
     ) -> list[Appended]:
@@ -396,7 +380,7 @@ class NatsLog(LogBackend):
                 if any(d.id for d in pending):
                     self._fill_window()
                     if not written:
-                        repeats = self._repeats(pending)
+                        repeats = self._repeats(pending, self._window)
                         if repeats is not None:
                             return repeats
                 if not written and expected_seq is not None and expected_seq != head.seq:
