@@ -1,0 +1,70 @@
+"""Notifications: delivered to a real webhook and command, retried after a failure, rate-limited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from aiohttp import web
+
+from lazarus_bus import events as ev
+from lazarus_bus.config import NotifyConfig
+from lazarus_bus.notify import Notifier
+
+DEATH = ev.AgentDeclaredDead(by="lazarus", agent="w", reason="exited", cell="c1", seq=5, id="x", ts=1.0)
+ESCALATION = ev.RevivalPlanned(by="lazarus", agent="w", action="escalated", cell="c1", seq=6, id="y", ts=2.0)
+
+
+async def _scenario(tmp: Path) -> None:
+    got: list[dict[str, object]] = []
+    app = web.Application()
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(status=204)
+
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    flag, out = tmp / "failed-once", tmp / "out.jsonl"
+    # the command fails the first time, then works: the retry must deliver it
+    command = ["sh", "-c", f'if [ -f {flag} ]; then cat >> {out}; else touch {flag}; exit 1; fi']
+    n = Notifier(NotifyConfig(webhook=f"http://127.0.0.1:{port}/hook", command=command, min_interval=60),
+                 retries=(0.05, 0.05))
+    try:
+        assert n.offer(DEATH, now=100.0)
+        assert not n.offer(DEATH, now=110.0)  # same agent and kind within min_interval
+        assert n.offer(ESCALATION, now=111.0) and n.offer(ESCALATION, now=112.0)  # escalations always go out
+        for _ in range(400):
+            if len(got) == 3 and out.exists() and len(out.read_text().splitlines()) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert [g["type"] for g in got].count("agent.declared_dead") == 1 and len(got) == 3
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert {line["type"] for line in lines} == {"agent.declared_dead", "revival.planned"}
+        assert n.failed == 0 and n.sent == 6
+    finally:
+        await n.close()
+        await runner.cleanup()
+
+
+def test_channels_retry_and_rate_limit(tmp_path: Path) -> None:
+    asyncio.run(_scenario(tmp_path))
+
+
+def test_a_dead_channel_is_given_up_without_raising(tmp_path: Path) -> None:
+    async def go() -> Notifier:
+        n = Notifier(NotifyConfig(command=["false"], min_interval=0), retries=(0.01,))
+        n.offer(DEATH, now=1.0)
+        for _ in range(300):
+            if n.failed:
+                break
+            await asyncio.sleep(0.01)
+        await n.close()
+        return n
+
+    assert asyncio.run(go()).failed == 1
