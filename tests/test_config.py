@@ -60,3 +60,11 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "flag").mkdir()
     (tmp_path / "flag" / "lazarus.toml").write_text("[daemon]\ntick = 0.5\n")
     assert resolve(root=str(tmp_path / "flag"))[1].daemon.tick == 0.5
+
+
+def test_policy_examples_are_a_valid_config() -> None:
+    from lazarus_bus.config import load_config
+
+    cfg = load_config(Path(__file__).parent.parent / "config" / "policy-examples.toml")
+    assert cfg.resurrection.missions["forge"].mode == "yes"
+    assert cfg.resurrection.agents["ezra"].mission == "archive"
