@@ -55,7 +55,7 @@ def main() -> None:
                                   stderr=subprocess.DEVNULL)
         status = root / ".lazarus" / "daemon.json"
         try:
-            while not (status.exists() and json.loads(status.read_bytes()).get("http", "").split(":")[-1] != "0"):
+            while not (status.exists() and json.loads(status.read_bytes()).get("http")):
                 time.sleep(0.05)
             base = "http://" + json.loads(status.read_bytes())["http"]
             elapsed, lat, errors = asyncio.run(drive(base))

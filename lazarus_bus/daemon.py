@@ -383,7 +383,7 @@ class Daemon:
         return {
             "pid": os.getpid(), "host": self.host, "version": VERSION, "started_at": self.started_at,
             "last_tick": self.last_tick, "ticks": self.ticks, "uptime": round(now - self.started_at, 3),
-            "http": (self.gateway.address or self.http) if self.gateway is not None else None,
+            "http": (self.gateway.address or None) if self.gateway is not None else None,
             "watcher_lag": round(self.watcher.lag, 6), "cells": cells,
             "agents_by_health": health, "supervised": len(self.procs), "errors": dict(self.watcher.errors),
             "leading": sorted(self.leases) if self.root.nats is not None else None,
@@ -417,15 +417,14 @@ class Daemon:
             self.watcher.scan()
             self.renew_leases()
             self.adopt_all()
+            if self.gateway is not None:  # serving before daemon.json says "running", with the real port
+                await self.gateway.start(self.http)
             self._live = True
             self.run_pass()
             self.last_tick = time.time()
             self.write_status()
             if once:
                 return
-            if self.gateway is not None:
-                await self.gateway.start(self.http)
-                self.write_status()
             if self.announce is not None:
                 self.announce(f"lazarus up: root {self.root.path}, pid {os.getpid()}, "
                               f"{len(self.watcher.cells)} cells, {len(self.procs)} agents supervised"
