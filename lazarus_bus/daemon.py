@@ -194,14 +194,15 @@ class Daemon:
             if cell is None:
                 continue
             leader = self._leads(cid)
-            for _ in range(8):  # acting appends, which may make more due (a declaration, then a restart)
+            for _ in range(16):  # acting appends, which may make more due (a declaration, then a restart)
                 self.watcher.catch_up(cid)
                 if cid in self.watcher.errors:
                     break
                 actions = self.plan_cell(cell, leader=leader)
                 if not leader:  # another daemon leads this cell: only stop what we ourselves run
                     actions = [a for a in actions if isinstance(a, Stop)]
-                if not actions or not any(self._act(cell, a) for a in actions):
+                changed = [self._act(cell, a) for a in actions]  # every agent's, not only the first's
+                if not any(changed):
                     break
             self._schedule_due(cell)
 
