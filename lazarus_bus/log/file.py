@@ -268,9 +268,11 @@ class FileLog(LogBackend):
         os.fsync(self._fd)
         return start
 
-    def _sync(self) -> None:
+    def _sync(self, size: int | None = None) -> None:
         """Under the lock: cut a torn tail, then learn the head and ids of lines others wrote."""
-        size = self._size()
+        size = self._size() if size is None else size
+        if size == self._end:
+            return  # nobody wrote since our last look (which ended on a newline)
         if size and os.pread(self._fd, 1, size - 1) != b"\n":
             size = self._quarantine(size)
         if self._end is None or size < self._end:
@@ -320,11 +322,14 @@ class FileLog(LogBackend):
             n = os.write(fd, view)
             view = view[n:]
 
-    def _lock(self) -> None:
+    def _lock(self) -> int:
+        """The exclusive lock, once the file is still the cell's log; returns its size."""
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            if os.stat(self.path).st_ino != os.fstat(self._fd).st_ino:
+            mine = os.fstat(self._fd)
+            if os.stat(self.path).st_ino != mine.st_ino:
                 raise NotFound(f"{self.path} was moved away (cell destroyed?)")
+            return mine.st_size
         except FileNotFoundError:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             raise NotFound(f"{self.path} no longer exists (cell destroyed?)") from None
@@ -337,9 +342,9 @@ class FileLog(LogBackend):
     ) -> list[Appended]:
         self.check_batch_ids(drafts)
         with self._thread_lock:
-            self._lock()
+            size = self._lock()
             try:
-                self._sync()
+                self._sync(size)
                 repeats = self._repeats(drafts, self._window)
                 if repeats is not None:
                     return repeats
