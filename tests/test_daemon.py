@@ -272,3 +272,26 @@ def test_plan_is_a_dry_run(cli: Cli, root_dir: Path) -> None:
     assert [(r["agent"], r["do"]) for r in rows] == [("w", "start")]
     assert cli.ok("tail", "forge") == before
     assert "forge/w: start" in cli.ok("plan", "forge")
+
+
+def test_a_corrupt_cell_is_reported_and_left_alone_while_others_go_on(up: Up, cli: Cli) -> None:
+    up.config('[resurrection]\nmode = "yes"\n')
+    bad = cli.ok("cell", "create", "bad").strip()
+    cli.ok("agent", "invite", "bad", "x", "--role", "read")
+    cli.ok("heartbeat", "bad", "x")
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", "sleep 60")
+    log = up.root_dir / bad / "logs" / "events.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"role":"read"', b'"role":"lead"')  # an edit in the middle
+    log.write_bytes(b"".join(lines))
+    proc = up.start()
+    status = up.root_dir / ".lazarus" / "daemon.json"
+    errors = wait(lambda: json.loads(status.read_bytes())["errors"], "the corrupt cell reported")
+    assert bad in errors and "corrupt log" in errors[bad]
+    cell = up.cell()
+    pid = wait(lambda: view_of(cell).agents["w"].pid, "the healthy cell's agent started")
+    os.kill(pid, signal.SIGKILL)
+    wait(lambda: view_of(cell).agents["w"].spawns == 2, "and revived")
+    assert proc.poll() is None
+    assert cli("verify", "bad").code == 5
