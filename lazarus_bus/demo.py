@@ -52,7 +52,8 @@ def describe(e: Event) -> str:
     g = e.__getattribute__
     match e.type:
         case "agent.spawned":
-            return f"{g('agent')} started, pid {g('pid')} (attempt {g('attempt')}){' resume ' + g('resume') if g('resume') else ''}"
+            resume = f" resume {g('resume')}" if g("resume") else ""
+            return f"{g('agent')} started, pid {g('pid')} (attempt {g('attempt')}){resume}"
         case "agent.exited":
             how = f"signal {g('signal')}" if g("signal") else f"exit code {g('returncode')}"
             return f"{g('agent')} (pid {g('pid')}) ended: {how}"
@@ -151,7 +152,8 @@ def run_demo(keep: Path | None = None) -> int:
     writer = view.agents["writer"]
     draft = (cell.workspace / "draft.txt").read_text().splitlines()
     out.print()
-    out.print(f"[bold]Summary[/] ({time.monotonic() - started:.1f}s): {count} events, chain verified (head {head[:16]}...)")
+    out.print(f"[bold]Summary[/] ({time.monotonic() - started:.1f}s): {count} events, "
+              f"chain verified (head {head[:16]}...)")
     intact = [line.split()[1] for line in draft] == [str(n) for n in range(1, len(draft) + 1)]
     out.print(f"  writer died {writer.deaths} time(s), was started {writer.spawns} times, and resumed from its "
               f"checkpoint: the draft has {len(draft)} lines, "

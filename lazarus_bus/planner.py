@@ -14,7 +14,8 @@ from .fold import AgentView, CellView
 from .health import judge
 from .policy import Effective, effective
 
-__all__ = ["Action", "Append", "Start", "Stop", "attempts_in_window", "backoff", "channels_of", "manual_revival", "plan"]
+__all__ = ["Action", "Append", "Start", "Stop", "attempts_in_window", "backoff", "channels_of", "manual_revival",
+           "plan"]
 
 RUNNABLE = ("provisioned", "active")
 

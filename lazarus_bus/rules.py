@@ -179,7 +179,8 @@ def admit(view: CellView | None, e: ev.Event) -> list[ev.Event]:
     if view.state == "provisioned" and e.type in ACTIVATES:
         who = getattr(e, "agent", e.by)
         return [e, ev.CellActivated(by="lazarus", reason=f"first {e.type} ({who})")]
-    if view.state == "provisioned" and not e.type.startswith("cell.") and any(a.last_seen for a in view.agents.values()):
+    seen = any(a.last_seen for a in view.agents.values())
+    if view.state == "provisioned" and not e.type.startswith("cell.") and seen:
         # a writer that crashed between a first sign of life and its activation (possible on NATS,
         # where a batch is published event by event): the next writer completes it
         return [ev.CellActivated(by="lazarus", reason="an agent was already seen"), e]

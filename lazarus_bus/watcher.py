@@ -95,7 +95,8 @@ class Watcher:
 
     def snapshot_all(self) -> None:
         for cid in list(self.cells):
-            if self.cells[cid]._view is not None and self.cells[cid]._view.seq != self._snapped.get(cid):  # type: ignore[union-attr]
+            view = self.cells[cid]._view
+            if view is not None and view.seq != self._snapped.get(cid):
                 self.snapshot(cid)
 
     def _paths(self) -> list[Path]:

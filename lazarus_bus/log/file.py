@@ -361,7 +361,8 @@ class FileLog(LogBackend):
         out: list[Appended] = []
         lines: list[bytes] = []
         fresh = iter(new_ids(sum(1 for d in drafts if not d.id)))
-        replace, encode, sha, limit, cell = msgspec.structs.replace, encode_event, hashlib.sha256, self.max_event_bytes, self.cell
+        replace, encode, sha = msgspec.structs.replace, encode_event, hashlib.sha256
+        limit, cell = self.max_event_bytes, self.cell
         for d in drafts:
             seq += 1
             event = replace(d, seq=seq, id=d.id or next(fresh), ts=now, cell=cell, prev=prev)

@@ -389,7 +389,8 @@ class NatsLog(LogBackend):
                 events, lines = self._envelope(todo, head)
                 try:
                     for draft, event, line in zip(todo, events, lines):
-                        stream_seq = self.nats.run(self.nats.publish(self.subject, line, f"{event.id}:{event.seq}", self._last))
+                        msg_id = f"{event.id}:{event.seq}"
+                        stream_seq = self.nats.run(self.nats.publish(self.subject, line, msg_id, self._last))
                         self._last, self._head = stream_seq, Head(event.seq, hashlib.sha256(line).hexdigest())
                         self._index[event.seq] = stream_seq
                         written.append(Appended(event.seq, event))
