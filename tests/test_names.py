@@ -47,3 +47,15 @@ def test_new_ids_are_uuid7_and_sortable() -> None:
     ids = [new_id() for _ in range(50)]
     assert all(i[14] == "7" for i in ids)
     assert len(set(ids)) == 50
+
+
+def test_new_ids_are_uuid7_and_unique() -> None:
+    import uuid
+
+    from lazarus_bus.names import new_id, new_ids
+
+    ids = new_ids(10_000) + [new_id()]
+    assert len(set(ids)) == len(ids)
+    for i in ids[:100] + ids[-1:]:
+        u = uuid.UUID(i)
+        assert (u.version, u.variant, str(u)) == (7, uuid.RFC_4122, i)
