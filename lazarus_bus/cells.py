@@ -32,7 +32,7 @@ CELL_DIRS = ("workspace", "artifacts", "checkpoints", "logs", "logs/agents", "st
 STARTER_CONFIG = Path(__file__).with_name("data") / "lazarus.toml"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Temp file + fsync + rename: readers see the old file or the new one, never half."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,7 +40,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fchmod(fh.fileno(), 0o644)
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

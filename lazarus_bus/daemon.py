@@ -392,8 +392,9 @@ class Daemon:
         }
 
     def write_status(self) -> None:
+        """Every tick: a status file, replaced atomically but not fsynced (the log is what must survive)."""
         with contextlib.suppress(OSError):
-            atomic_write(self.root.meta / "daemon.json", json.dumps(self.status(), indent=1).encode())
+            atomic_write(self.root.meta / "daemon.json", msgspec.json.encode(self.status()), durable=False)
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
 from msgspec import Struct
 from msgspec.structs import replace
 
@@ -43,8 +44,26 @@ def _apply(base: Effective, layer: Policy | None) -> Effective:
     return replace(base, **changes) if changes else base
 
 
+_CACHE: dict[tuple[int, str, bytes, str, str | None], tuple[Config, Effective]] = {}
+_CACHE_MAX = 50_000
+
+
 def effective(config: Config, view: CellView, agent: str) -> Effective:
-    """Layers in order, each overriding the one before."""
+    """Layers in order, each overriding the one before (memoized: the daemon asks every tick)."""
+    a = view.agents.get(agent)
+    revive = a.revive if a is not None else None
+    key = (id(config), view.name, msgspec.json.encode(view.policy) if view.policy else b"", agent, revive)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    result = _layers(config, view, agent)
+    _CACHE[key] = (config, result)
+    return result
+
+
+def _layers(config: Config, view: CellView, agent: str) -> Effective:
     r, h = config.resurrection, config.health
     base = Effective(
         mode=r.mode, mission=view.name, substitutes=list(r.substitutes.get(agent, [])),
