@@ -69,7 +69,7 @@ def main() -> None:
     report("watch", {
         "appends": len(ms), "p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3),
         "max_ms": round(max(ms), 3), "targets": {"p99_ms": 50},
-    }, {"appends": APPENDS, "pause_s": PAUSE, "debounce_ms": 2, "step_ms": 1, "writer": "another process"})
+    }, {"appends": APPENDS, "pause_s": PAUSE, "debounce_ms": 8, "step_ms": 4, "writer": "another process"})
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class DaemonConfig(_Section, frozen=True, kw_only=True):
 
     tick: Annotated[float, Meta(gt=0)] = 1.0
     grace: Seconds = 5.0
+    debounce: Annotated[float, Meta(ge=0.001, le=1.0)] = 0.008
 
 
 class ResurrectionConfig(_Section, frozen=True, kw_only=True):

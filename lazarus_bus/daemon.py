@@ -433,7 +433,8 @@ class Daemon:
                               + (f", http {self.gateway.address}" if self.gateway is not None else ", no http"))
             durable = "lazarus-" + re.sub(r"[^A-Za-z0-9_-]", "_", self.host) + "-" + hashlib.sha256(
                 str(self.root.path).encode()).hexdigest()[:8]
-            watch = asyncio.create_task(self.watcher.run(self._stop, tick=self.config.daemon.tick, durable=durable))
+            watch = asyncio.create_task(self.watcher.run(self._stop, tick=self.config.daemon.tick, durable=durable,
+                                                         debounce=self.config.daemon.debounce))
             try:
                 await self._loop()
             finally:

@@ -25,6 +25,7 @@ OnEvents = Callable[[Cell, list[Event]], None]
 SNAPSHOT_EVERY = 1000  # events folded since the last snapshot
 
 
+
 class Watcher:
     """Cells under a root and their projections; `run` follows the root and each cell's `logs/`."""
 
@@ -117,8 +118,13 @@ class Watcher:
         for cid in touched:
             self.catch_up(cid)
 
-    async def run(self, stop: asyncio.Event, tick: float = 1.0, durable: str = "lazarus") -> None:
-        """Follow until `stop`: wake on changes, and at least every `tick` to re-check the root."""
+    async def run(self, stop: asyncio.Event, tick: float = 1.0, durable: str = "lazarus",
+                  debounce: float = 0.008) -> None:
+        """Follow until `stop`: wake on changes (batched over `debounce`), and every `tick` to re-check the root.
+
+        watchfiles' own default (1.6 s) would make every fold that late; a few ms batch a busy root's
+        appends into one wake-up without making anyone wait.
+        """
         self.root.path.mkdir(parents=True, exist_ok=True)
         self.scan()
         if self.root.nats is not None:
@@ -130,8 +136,8 @@ class Watcher:
             restart = False
             async for changes in watchfiles.awatch(
                 *paths,
-                debounce=2,
-                step=1,
+                debounce=max(1, int(debounce * 1000)),
+                step=max(1, int(debounce * 500)),
                 recursive=False,
                 stop_event=stop,
                 rust_timeout=int(tick * 1000),
