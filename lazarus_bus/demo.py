@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -159,11 +160,13 @@ def run_demo(keep: Path | None = None) -> int:
               f"checkpoint: the draft has {len(draft)} lines, "
               + ("none lost, none repeated" if intact else "[bold red]but they are not in order[/]"))
     out.print(f"  checkpoints {len(view.checkpoints)}, handoffs {len(view.handoffs)}, messages {view.messages}")
+    beside = Path(sys.executable).parent / "lazarus"  # a virtualenv's script, when not on PATH
+    lz = "lazarus" if shutil.which("lazarus") == str(beside) or not beside.exists() else shlex.quote(str(beside))
     r = f"--root {shlex.quote(str(root_path))}"
     out.print()
     out.print("[bold]Look further:[/]")
-    for cmd in (f"lazarus {r} status", f"lazarus {r} tail demo --type 'agent.*'",
-                f"lazarus {r} tail demo --type agent.declared_dead", f"lazarus {r} verify demo",
-                f"lazarus {r} replay demo", f"lazarus {r} cell thaw demo && lazarus {r} up"):
+    for cmd in (f"{lz} {r} status", f"{lz} {r} tail demo --type 'agent.*'",
+                f"{lz} {r} tail demo --type agent.declared_dead", f"{lz} {r} verify demo",
+                f"{lz} {r} replay demo", f"{lz} {r} cell thaw demo && {lz} {r} up"):
         out.print(f"  {cmd}")
     return 0
