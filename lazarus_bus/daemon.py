@@ -388,6 +388,7 @@ class Daemon:
             "watcher_lag": round(self.watcher.lag, 6), "cells": cells,
             "agents_by_health": health, "supervised": len(self.procs), "errors": dict(self.watcher.errors),
             "leading": sorted(self.leases) if self.root.nats is not None else None,
+            "notifications": {"sent": self.notifier.sent, "failed": self.notifier.failed},
             "running": not self._stop.is_set(),
         }
 

@@ -433,6 +433,3 @@ class NatsLog(LogBackend):
         """Remove the cell's messages from the stream (after the graveyard copy)."""
         self.nats.run(self.nats.purge(self.subject))
 
-    def exists(self) -> bool:
-        return self.head().seq > 0
-
