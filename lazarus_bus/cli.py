@@ -731,7 +731,10 @@ def export_cmd(app: App, ref: str, target: Path) -> None:
     from .cells import atomic_write
 
     lines = [line for _, line in app.cell(ref).log.read_raw()]
-    atomic_write(target, b"".join(line + b"\n" for line in lines))
+    try:
+        atomic_write(target, b"".join(line + b"\n" for line in lines))
+    except OSError as exc:
+        raise LazarusError(f"cannot write {target}: {exc.strerror}") from None
     head = hashlib.sha256(lines[-1]).hexdigest() if lines else ev.ZERO_HASH
     _out(app, {"events": len(lines), "head": head, "to": str(target)}, f"exported {len(lines)} events, head {head}")
 
