@@ -72,12 +72,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
         tmp = Path(d)
         size = line_size(tmp)
+        # fsync costs swing with the disk's other tenants: pair each run with a raw run right beside it
+        # (first, before the big batches below leave a heap of garbage for the collector)
+        pairs = [(single(tmp / "b.jsonl", SYNCED, "always"), raw_loop(tmp / "raws", SYNCED, size, True))
+                 for _ in range(RUNS)]
         raw = median_of(lambda: raw_loop(tmp / "raw", SINGLE, size, False))
         never = median_of(lambda: single(tmp / "a.jsonl", SINGLE, "never"))
         batched = median_of(lambda: many(tmp / "c.jsonl", MANY))
-        # fsync costs swing with the disk's other tenants: pair each run with a raw run right beside it
-        pairs = [(single(tmp / "b.jsonl", SYNCED, "always"), raw_loop(tmp / "raws", SYNCED, size, True))
-                 for _ in range(RUNS)]
         always = statistics.median(p[0] for p in pairs)
         raw_sync = statistics.median(p[1] for p in pairs)
         paired = statistics.median(p[0] / p[1] for p in pairs)

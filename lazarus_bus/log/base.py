@@ -112,6 +112,8 @@ class LogBackend(abc.ABC):
 
     def _repeats(self, drafts: Sequence[Event], window: IdWindow) -> list[Appended] | None:
         """Idempotent retries: all repeats -> their original seqs; a changed payload -> Conflict."""
+        if len(drafts) == 1 and not drafts[0].id:
+            return None  # the common case: a fresh event, nothing to look up
         found: list[Appended] = []
         for d in drafts:
             seq = window.get(d.id) if d.id else None
@@ -130,6 +132,8 @@ class LogBackend(abc.ABC):
     @staticmethod
     def check_batch_ids(drafts: Sequence[Event]) -> None:
         """Two drafts of one batch may not share an id."""
+        if len(drafts) < 2:
+            return
         seen: set[str] = set()
         for d in drafts:
             if d.id and d.id in seen:

@@ -317,7 +317,10 @@ class FileLog(LogBackend):
         return 0
 
     def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
+        n = os.write(fd, data)
+        if n == len(data):
+            return
+        view = memoryview(data)[n:]
         while view:
             n = os.write(fd, view)
             view = view[n:]
