@@ -471,6 +471,7 @@ class Daemon:
                 self.last_tick = time.time()
                 self._dirty.clear()
                 self.renew_leases()
+                self.adopt_all()  # a safety net: any start in the log without a watch gets one
                 self.run_pass()
                 self.write_status()
             elif self._dirty:

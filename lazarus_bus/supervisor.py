@@ -206,17 +206,25 @@ class ProcessBackend:
         self.forget(cell, a.name, pid)  # an older process's record under a reused pid is not this one's
         try:
             record(pid, started)
-            atomic_write(sdir / f"{a.name}.json", json.dumps(
-                {"pid": pid, "start_time": started, "shim_pid": shim, "shim_start": shim_start,
-                 "attempt": attempt}).encode())
-            os.write(go_w, GO)
         except BaseException:
             os.close(go_w)  # without GO the agent exits 127 and never runs
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(shim, 0)
             self.forget(cell, a.name, pid)
             raise
-        os.close(go_w)
+        # from here the start is in the log: whatever happens, the shim records how the agent ends
+        try:
+            atomic_write(sdir / f"{a.name}.json", json.dumps(
+                {"pid": pid, "start_time": started, "shim_pid": shim, "shim_start": shim_start,
+                 "attempt": attempt}).encode())
+        except OSError:
+            pass  # only re-adoption after a daemon restart needs it, and it falls back to the pid
+        try:
+            os.write(go_w, GO)
+        except OSError:
+            pass  # the agent was killed before it could be told to go: its exit is recorded all the same
+        finally:
+            os.close(go_w)
         return proc
 
     def adopt(self, cell: Cell, a: AgentView) -> Proc | Exit:

@@ -77,3 +77,21 @@ def test_stop_signals_the_agents_group(root: Root) -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # the whole group is gone, the background sleep too
     backend.reap(proc)
+
+
+def test_an_agent_killed_right_after_its_start_is_recorded_still_has_its_exit_recorded(root: Root) -> None:
+    cell = _cell(root, ["sleep", "30"])
+    backend = ProcessBackend("here")
+
+    def record_then_die(pid: int, started: float) -> None:
+        os.kill(pid, signal.SIGKILL)  # killed between agent.spawned and the go byte
+        while start_time_of(pid) is not None:
+            time.sleep(0.001)
+
+    proc = backend.spawn(cell, cell.view.agents["w"], attempt=1, resume="", record=record_then_die)
+    deadline = time.monotonic() + 10
+    while (got := backend.read_exit(cell, "w", proc.pid)) is None:
+        assert time.monotonic() < deadline, "the shim must record the exit"
+        time.sleep(0.01)
+    assert got.signal == 9
+    backend.reap(proc)
