@@ -308,10 +308,8 @@ def test_client_stops_on_sigterm(root: Root, cli: Cli, procs: Procs) -> None:
     assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
     _wait(cell, lambda v: v.agents["hb"].heartbeats >= 2)
     p.terminate()
-    assert p.wait(10) == 128 + 15
-    count = cell.view.agents["hb"].heartbeats
-    time.sleep(0.3)  # three heartbeat periods: none may come
-    assert cell.view.agents["hb"].heartbeats == count
+    assert p.wait(10) == 128 + 15  # SIGTERM unwound the context manager: thread stopped, process gone
+    assert cell.view.agents["hb"].phase == "running"  # a signal is not a clean leave: the daemon judges it
 
 
 def test_client_needs_a_cell_and_an_agent(monkeypatch: pytest.MonkeyPatch) -> None:
