@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lazarus_bus import CorruptLog, FileLog, LazarusError
+from lazarus_bus import CorruptLog, FileLog, LazarusError, NotFound, Refused
+from lazarus_bus import events as ev
 from lazarus_bus.log import file as file_mod
 
 from .conftest import HELPERS, Procs
@@ -43,12 +44,16 @@ def make_log(log_path: Path) -> MakeLog:
 
 
 def test_fsync_modes(make_log: MakeLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
     calls: list[int] = []
     real = os.fsync
     monkeypatch.setattr(file_mod.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
-    expected = {"always": (1, 1), "batch": (0, 1), "never": (0, 0)}
-    for mode, (single, batch) in expected.items():
+    # "always" opens the log O_DSYNC: every write (one per append or batch) is on disk when it returns
+    expected = {"always": (True, 0, 0), "batch": (False, 0, 1), "never": (False, 0, 0)}
+    for mode, (dsync, single, batch) in expected.items():
         log = make_log(fsync=mode)
+        assert bool(fcntl.fcntl(log._fd, fcntl.F_GETFL) & os.O_DSYNC) == dsync, mode
         calls.clear()
         log.append(msg(1))
         assert len(calls) == single, mode
@@ -133,12 +138,30 @@ def test_file_size_limit_is_a_clear_error_and_leaves_no_partial_line(
     assert [e.seq for e in log.read()] == [1]
 
 
-def test_writes_to_a_moved_log_are_refused(make_log: MakeLog, log_path: Path) -> None:
+def test_a_destroyed_log_refuses_writers_that_hold_it_open_wherever_it_moves(
+    make_log: MakeLog, log_path: Path
+) -> None:
+    writer = make_log()
+    writer.append(msg(1))
+    FileLog(log_path, CELL).append(ev.CellDestroyed(by="operator"))  # `cell destroy`, from another process
+    grave = log_path.with_name("grave.jsonl")
+    os.rename(log_path, grave)  # ... which then moves the log to the graveyard
+    before = grave.read_bytes()
+    with pytest.raises(NotFound, match="ends with cell.destroyed"):
+        writer.append(msg(2))
+    with pytest.raises(NotFound, match="ends with cell.destroyed"):
+        FileLog(grave, CELL).append(msg(2))
+    assert grave.read_bytes() == before
+    assert [e.seq for e in writer.read()] == [1, 2]
+
+
+def test_nothing_follows_cell_destroyed_in_a_batch(make_log: MakeLog, log_path: Path) -> None:
     log = make_log()
     log.append(msg(1))
-    os.rename(log_path, log_path.with_name("gone.jsonl"))
-    with pytest.raises(LazarusError, match="no longer exists"):
-        log.append(msg(2))
+    with pytest.raises(Refused, match="nothing may follow"):
+        log.append_many([ev.CellDestroyed(by="operator"), msg(2)])
+    assert [e.seq for e in log.read()] == [1]
+    log.append(msg(2))  # the refused batch left the log open
 
 
 def test_read_from_the_middle_of_a_large_log(make_log: MakeLog) -> None:

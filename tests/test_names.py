@@ -1,5 +1,7 @@
 """Names and ids are validated before they touch a path."""
 
+import os
+
 import pytest
 
 from lazarus_bus.errors import MalformedInput
@@ -53,3 +55,22 @@ def test_new_ids_are_uuid7_and_unique() -> None:
     for i in ids[:100] + ids[-1:]:
         u = uuid.UUID(i)
         assert (u.version, u.variant, str(u)) == (7, uuid.RFC_4122, i)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    import random
+
+    from lazarus_bus.names import new_ids
+
+    random.seed(0)  # a user's seeding of the shared generator must not make ids predictable
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, " ".join(new_ids(1) + new_ids(20)).encode())
+        os._exit(0)
+    os.close(w)
+    mine = new_ids(1) + new_ids(20)
+    with os.fdopen(r) as f:
+        theirs = f.read().split()
+    os.waitpid(pid, 0)
+    assert len(theirs) == 21 and not {i[15:] for i in theirs} & {i[15:] for i in mine}  # the random bits
