@@ -316,8 +316,7 @@ class Cell:
         view = self._view
         if view is not None and view.seq > until:
             view = None
-        for event in self.log.read(view.seq if view else 0, until):
-            view = fold(view, event)
+        view = fold_all(self.log.read(view.seq if view else 0, until), view)
         if view is None:
             raise NotFound(f"cell {self.id} has an empty log")
         if self._view is None or view.seq >= self._view.seq:
@@ -332,9 +331,7 @@ class Cell:
             self._view = load_snapshot(self)
         view = self._view
         new = list(self.log.read(view.seq if view else 0))
-        for event in new:
-            view = fold(view, event)
-        self._view = view
+        self._view = fold_all(new, view)
         return new
 
     def replay(self, until: int | None = None) -> CellView:

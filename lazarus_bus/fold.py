@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from itertools import groupby, islice
 from typing import Any, Literal
 
 import msgspec
@@ -26,6 +27,7 @@ __all__ = [
 
 PROJECTION_VERSION = 2
 INTERVALS_KEPT = 32
+RUN = 4096  # heartbeats fold_all folds at once, at most
 
 Phase = Literal["invited", "running", "exited", "dead", "stopped", "left"]
 
@@ -207,28 +209,53 @@ def _joined(view: CellView, e: ev.AgentJoined) -> CellView:
     return _agent(view, e.agent, phase="running", pid=e.pid or a.pid, host=host, last_seen=e.ts)
 
 
-def _heartbeat(view: CellView, e: ev.AgentHeartbeat) -> CellView:
-    a = view.agents[e.agent]
-    intervals = a.intervals
-    if a.last_heartbeat:
-        intervals = (*intervals[-(INTERVALS_KEPT - 1) :], e.ts - a.last_heartbeat)
-    moved = e.cycle != a.cycle or not a.heartbeats
-    agents = dict(view.agents)
-    agents[e.agent] = replace(
+def _beaten(a: AgentView, beats: list[ev.AgentHeartbeat]) -> AgentView:
+    """One agent after its run of heartbeats, as if folded one by one (the log's ts are never 0)."""
+    last = beats[-1]
+    tail = beats[-(INTERVALS_KEPT + 1):]  # all the kept intervals can come from
+    stamps = [e.ts for e in tail]
+    if len(tail) == len(beats) and a.last_heartbeat:
+        stamps.insert(0, a.last_heartbeat)
+    intervals = (*a.intervals, *(t - s for s, t in zip(stamps, stamps[1:])))[-INTERVALS_KEPT:]
+    since = a.cycle_since  # from the last beat that moved the cycle on (or the agent's first beat ever)
+    for i in range(len(beats) - 1, -1, -1):
+        if beats[i].cycle != (beats[i - 1].cycle if i else a.cycle) or (not i and not a.heartbeats):
+            since = beats[i].ts
+            break
+    return replace(
         a,
         phase="running" if a.phase in ("invited", "running") or not a.command else a.phase,
-        pid=e.pid or a.pid,
-        last_seen=e.ts,
-        last_heartbeat=e.ts,
-        heartbeats=a.heartbeats + 1,
+        pid=next((e.pid for e in reversed(beats) if e.pid), a.pid),
+        last_seen=last.ts,
+        last_heartbeat=last.ts,
+        heartbeats=a.heartbeats + len(beats),
         intervals=intervals,
-        cycle=e.cycle,
-        cycle_since=e.ts if moved else a.cycle_since,
-        status=e.status,
-        model=e.model or a.model,
+        cycle=last.cycle,
+        cycle_since=since,
+        status=last.status,
+        model=next((e.model for e in reversed(beats) if e.model), a.model),
     )
-    # the hot path of every log: the envelope's fields in the same replace (fold skips its own)
-    return replace(view, agents=agents, seq=e.seq, last_id=e.id, updated_at=e.ts)
+
+
+def _heartbeats(view: CellView, run: Sequence[ev.AgentHeartbeat]) -> CellView:
+    """A run of heartbeats at once: most of any log, so each view is rebuilt once per run, not per beat."""
+    by_agent: dict[str, list[ev.AgentHeartbeat]] = {}
+    for e in run:
+        beats = by_agent.get(e.agent)
+        if beats is None:
+            by_agent[e.agent] = [e]
+        else:
+            beats.append(e)
+    agents = dict(view.agents)
+    for name, beats in by_agent.items():
+        agents[name] = _beaten(agents[name], beats)
+    last = run[-1]
+    # the envelope's fields in the same replace (fold skips its own)
+    return replace(view, agents=agents, seq=last.seq, last_id=last.id, updated_at=last.ts)
+
+
+def _heartbeat(view: CellView, e: ev.AgentHeartbeat) -> CellView:
+    return _heartbeats(view, (e,))
 
 
 def _left(view: CellView, e: ev.AgentLeft) -> CellView:
@@ -412,9 +439,15 @@ def fold(view: CellView | None, event: ev.Event) -> CellView:
 
 
 def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellView | None:
-    """A whole stream, from `view` (or from nothing)."""
-    for event in events:
-        view = fold(view, event)
+    """A whole stream, from `view` (or from nothing): the same result as `fold` one by one, with runs
+    of heartbeats folded together."""
+    for kind, group in groupby(events, type):
+        if kind is ev.AgentHeartbeat and view is not None:
+            while run := list(islice(group, RUN)):
+                view = _heartbeats(view, run)  # type: ignore[arg-type]
+        else:
+            for event in group:
+                view = fold(view, event)
     return view
 
 

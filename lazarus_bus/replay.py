@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 
 from .errors import CorruptLog
-from .events import ZERO_HASH, decode_event
-from .fold import CellView, fold
+from .events import ZERO_HASH, Event, decode_event
+from .fold import CellView, fold, fold_all
 from .log import LogBackend
 
 __all__ = ["replay_log", "verify_lines", "verify_log"]
@@ -27,12 +27,15 @@ def verify_log(log: LogBackend) -> tuple[int, str]:
 def replay_log(log: LogBackend, until: int | None = None,
                progress: Callable[[int], None] | None = None) -> CellView | None:
     """A fresh fold of the log, up to `until`; `progress` hears the seq every 10,000 events."""
-    view: CellView | None = None
-    for event in log.read(0, until):
-        view = fold(view, event)
-        if progress is not None and not event.seq % 10_000:
+    events = log.read(0, until)
+    return fold_all(events if progress is None else _reporting(events, progress))
+
+
+def _reporting(events: Iterable[Event], progress: Callable[[int], None]) -> Iterator[Event]:
+    for event in events:
+        if not event.seq % 10_000:
             progress(event.seq)
-    return view
+        yield event
 
 
 def verify_lines(lines: list[bytes], source: str = "import") -> CellView:

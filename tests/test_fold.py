@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from pathlib import Path
 
@@ -83,3 +84,35 @@ def test_live_equals_replay_equals_snapshot_plus_tail(history: list[ev.Event], c
         assert msgspec.json.decode(msgspec.json.encode(live), type=type(live)) == live
         cell.close()
         fresh.close()
+
+
+beat = own(ev.AgentHeartbeat, cycle=st.integers(0, 2), pid=small, status=st.sampled_from(["", "x"]),
+           model=st.sampled_from(["", "", "m"]))
+chatter = st.builds(ev.BusMessage, by=st.sampled_from(["ada", "bob"]), topic=st.just("a"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=st.one_of(st.lists(st.one_of(beat, beat, beat, chatter), min_size=1, max_size=150),
+                         st.lists(beat, min_size=60, max_size=150)),  # runs past the 32 intervals kept
+       run=st.integers(min_value=1, max_value=5))
+def test_fold_all_folds_runs_of_heartbeats_as_fold_does_one_by_one(history: list[ev.Event], run: int) -> None:
+    fold_mod = importlib.import_module("lazarus_bus.fold")  # the package's `fold` is the function
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Root(Path(tmp), Config(fsync="never"))
+        cell = root.create("runs")
+        for draft in [*PRELUDE, *history]:
+            cell.append(draft)
+        events = list(cell.log.read())
+        cell.close()
+    one_by_one = None
+    for event in events:
+        one_by_one = fold_mod.fold(one_by_one, event)
+    before = fold_mod.RUN
+    fold_mod.RUN = run  # runs cut at every length, not only at 4,096
+    try:
+        assert fold_mod.fold_all(events) == one_by_one
+    finally:
+        fold_mod.RUN = before
+    assert fold_mod.fold_all(events) == one_by_one
+    assert all(len(a.intervals) <= fold_mod.INTERVALS_KEPT for a in one_by_one.agents.values())
