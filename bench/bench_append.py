@@ -15,7 +15,8 @@ from lazarus_bus import FileLog  # noqa: E402
 from lazarus_bus import events as ev  # noqa: E402
 
 SINGLE = int(os.environ.get("BENCH_SINGLE", "20000"))
-SYNCED = int(os.environ.get("BENCH_SYNCED", "500"))
+SYNCED = int(os.environ.get("BENCH_SYNCED", "1000"))
+PAIRS = int(os.environ.get("BENCH_PAIRS", "9"))  # fsync timings are the noisiest: more runs
 MANY = int(os.environ.get("BENCH_MANY", "200000"))
 BATCH = 1000
 
@@ -33,11 +34,12 @@ def line_size(tmp: Path) -> int:
     return size
 
 
-def raw_loop(path: Path, n: int, size: int, sync: bool) -> float:
+def raw_loop(path: Path, n: int, size: int, sync: bool, dsync: bool = False) -> float:
+    """The limit: lines of the same size written (and fsynced, or written O_DSYNC) with nothing else."""
     line = b"x" * (size - 1) + b"\n"
 
     def go() -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_DSYNC if dsync else 0), 0o644)
         for _ in range(n):
             os.write(fd, line)
             if sync:
@@ -74,22 +76,27 @@ def main() -> None:
         size = line_size(tmp)
         # fsync costs swing with the disk's other tenants: pair each run with a raw run right beside it
         # (first, before the big batches below leave a heap of garbage for the collector)
-        pairs = [(single(tmp / "b.jsonl", SYNCED, "always"), raw_loop(tmp / "raws", SYNCED, size, True))
-                 for _ in range(RUNS)]
+        # (the log opens with O_DSYNC under fsync "always": the raw O_DSYNC loop is its own limit, shown too)
+        runs = [(single(tmp / "b.jsonl", SYNCED, "always"), raw_loop(tmp / "raws", SYNCED, size, True),
+                 raw_loop(tmp / "rawd", SYNCED, size, False, dsync=True)) for _ in range(PAIRS)]
         raw = median_of(lambda: raw_loop(tmp / "raw", SINGLE, size, False))
         never = median_of(lambda: single(tmp / "a.jsonl", SINGLE, "never"))
         batched = median_of(lambda: many(tmp / "c.jsonl", MANY))
-        always = statistics.median(p[0] for p in pairs)
-        raw_sync = statistics.median(p[1] for p in pairs)
-        paired = statistics.median(p[0] / p[1] for p in pairs)
+        always = statistics.median(r[0] for r in runs)
+        raw_sync = statistics.median(r[1] for r in runs)
+        raw_dsync = statistics.median(r[2] for r in runs)
+        paired = statistics.median(r[0] / r[1] for r in runs)
+        paired_dsync = statistics.median(r[0] / r[2] for r in runs)
     report("append", {
         "line_bytes": size,
         "raw_write_per_s": round(raw), "raw_write_fsync_per_s": round(raw_sync),
+        "raw_write_dsync_per_s": round(raw_dsync),
         "single_never_per_s": round(never), "single_never_vs_raw_write": round(never / raw, 3),
         "single_always_per_s": round(always), "single_always_vs_raw_write_fsync": round(paired, 3),
+        "single_always_vs_raw_write_dsync": round(paired_dsync, 3),
         "append_many_never_per_s": round(batched), "append_many_vs_raw_write": round(batched / raw, 3),
         "targets": {"append_many_never_per_s": 200_000, "single_always_vs_raw_write_fsync": 0.8},
-    }, {"single": SINGLE, "synced": SYNCED, "many": MANY, "batch": BATCH, "backend": "file"})
+    }, {"single": SINGLE, "synced": SYNCED, "pairs": PAIRS, "many": MANY, "batch": BATCH, "backend": "file"})
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import operator
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,13 +19,13 @@ import msgspec
 from msgspec.structs import replace as _replace
 
 from ..errors import Conflict, CorruptLog, LazarusError, NotFound, Refused, TooLarge
-from ..events import ZERO_HASH, CellDestroyed, Event, decode_event, encode_event
+from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line, encode_event
 from ..names import new_ids
 from .base import Admit, Appended, Head, IdWindow, LogBackend
 
 __all__ = ["FileLog", "fsync_dir"]
 
-CHUNK = 1 << 22
+CHUNK = 1 << 16
 Fsync = Literal["always", "batch", "never"]
 
 
@@ -46,6 +47,9 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_first = operator.itemgetter(0)
 
 
 def _sha(line: bytes) -> str:
@@ -168,8 +172,8 @@ class FileLog(LogBackend):
                 break
         return -1
 
-    def _lines(self, start: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-        """Complete lines from `start` with their offsets; a torn last line is never yielded."""
+    def _blocks(self, start: int, end: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
+        """Complete lines from `start`, a read's worth at a time with the first one's offset; never a torn tail."""
         pos = start
         rest = b""
         rest_at = start
@@ -182,11 +186,16 @@ class FileLog(LogBackend):
             data = rest + block if rest else block
             lines = data.split(b"\n")
             rest = lines.pop()
-            at = rest_at
+            if lines:
+                yield rest_at, lines
+                rest_at = pos - len(rest)
+
+    def _lines(self, start: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Complete lines from `start` with their offsets."""
+        for at, lines in self._blocks(start, end):
             for line in lines:
                 yield at, line
                 at += len(line) + 1
-            rest_at = at
 
     def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
         prev_seq: int | None
@@ -194,46 +203,84 @@ class FileLog(LogBackend):
             start, prev_seq, prev_hash = self._mark[1], since, self._mark[2]
         elif since > 0:
             start = self._offset_of(since)
-            prev_seq, prev_hash = None, None
+            prev_seq, prev_hash = None, ""
         else:
             start, prev_seq, prev_hash = 0, 0, ZERO_HASH
-        decode, sha = decode_event, hashlib.sha256
-        mark = None
+        first, at = prev_seq, start  # `at`: the offset after the last line handed out
         try:
-            for offset, line in self._lines(start):
-                try:
-                    event = decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    where = (prev_seq + 1) if prev_seq is not None else "?"
-                    raise CorruptLog(
-                        f"{self.path}:{where}: corrupt log at seq {where} (byte {offset}): {exc}"
-                    ) from None
-                if prev_seq is None:  # first line of a read from the middle: the chain's anchor
-                    if event.seq != since:
-                        raise CorruptLog(f"{self.path}: seq {since} not found (found {event.seq} at byte {offset})")
-                    prev_seq, prev_hash = event.seq, sha(line).hexdigest()
+            for at, lines in self._blocks(start):
+                whole = None if prev_seq is None else self._whole(lines, prev_seq, prev_hash)
+                if whole is None:  # an anchor to find, or a fault to name: line by line
+                    prev_seq, prev_hash, at, done = yield from self._line_by_line(
+                        lines, at, since, prev_seq, prev_hash, until)
+                    if done:
+                        return
                     continue
-                if event.seq != prev_seq + 1:
-                    raise CorruptLog(
-                        f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: expected seq {prev_seq + 1}"
-                    )
-                if event.prev != prev_hash:
-                    raise CorruptLog(
-                        f"{self.path}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken "
-                        f"(line {event.seq} records another hash for line {prev_seq}; one of the two was altered)"
-                    )
-                if until is not None and event.seq > until:
+                events, hashes = whole
+                done = until is not None and events[-1].seq > until
+                if done:
+                    keep = max(0, until - prev_seq)  # type: ignore[operator]
+                    events, lines, hashes = events[:keep], lines[:keep], hashes[:keep]
+                if events:
+                    yield from zip(events, lines)
+                    prev_seq, prev_hash = events[-1].seq, hashes[-1]
+                    at += sum(map(len, lines)) + len(lines)
+                if done:
                     return
-                prev_seq, prev_hash = event.seq, sha(line).hexdigest()
-                mark = (prev_seq, offset + len(line) + 1, prev_hash)
-                yield event, line
         finally:
-            if mark is not None:
-                self._mark = mark  # where the next read from this seq starts, without a search
+            if prev_seq is not None and prev_seq != first:  # where the next read from this seq starts, no search
+                self._mark = (prev_seq, at, prev_hash)
+
+    @staticmethod
+    def _whole(lines: list[bytes], prev_seq: int, prev_hash: str) -> tuple[list[Event], list[str]] | None:
+        """A block of lines decoded and checked at once, or None when anything is off (replay's hot path)."""
+        try:
+            events: list[Event] = list(map(decode_line, lines))
+        except DECODE_ERRORS:
+            return None
+        hashes = [hashlib.sha256(line).hexdigest() for line in lines]
+        if [e.seq for e in events] != list(range(prev_seq + 1, prev_seq + 1 + len(events))):
+            return None
+        if [e.prev for e in events] != [prev_hash, *hashes[:-1]]:
+            return None
+        return events, hashes
+
+    def _line_by_line(
+        self, lines: list[bytes], at: int, since: int, prev_seq: int | None, prev_hash: str, until: int | None
+    ) -> Generator[tuple[Event, bytes], None, tuple[int | None, str, int, bool]]:
+        """Each line checked on its own: the good ones handed out, the first bad one named precisely.
+
+        Returns where it ended (seq, hash, offset) and whether `until` was reached."""
+        for line in lines:
+            try:
+                event = decode_line(line)
+            except DECODE_ERRORS as exc:
+                where = (prev_seq + 1) if prev_seq is not None else "?"
+                raise CorruptLog(f"{self.path}:{where}: corrupt log at seq {where} (byte {at}): {exc}") from None
+            if prev_seq is None:  # first line of a read from the middle: the chain's anchor
+                if event.seq != since:
+                    raise CorruptLog(f"{self.path}: seq {since} not found (found {event.seq} at byte {at})")
+                prev_seq, prev_hash = event.seq, hashlib.sha256(line).hexdigest()
+                at += len(line) + 1
+                continue
+            if event.seq != prev_seq + 1:
+                raise CorruptLog(
+                    f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: expected seq {prev_seq + 1}"
+                )
+            if event.prev != prev_hash:
+                raise CorruptLog(
+                    f"{self.path}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken "
+                    f"(line {event.seq} records another hash for line {prev_seq}; one of the two was altered)"
+                )
+            if until is not None and event.seq > until:
+                return prev_seq, prev_hash, at, True
+            yield event, line
+            prev_seq, prev_hash = event.seq, hashlib.sha256(line).hexdigest()
+            at += len(line) + 1
+        return prev_seq, prev_hash, at, False
 
     def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
-        for event, _ in self.read_raw(since, until):
-            yield event
+        return map(_first, self.read_raw(since, until))  # no generator frame per event
 
     def follow(self, since: int = 0, stop: threading.Event | None = None) -> Iterator[tuple[Event, bytes]]:
         import watchfiles
