@@ -70,3 +70,22 @@ def test_old_lines_without_newer_fields_decode() -> None:
 def test_drafts_are_validated_at_the_door(data: bytes, words: str) -> None:
     with pytest.raises(MalformedInput, match=words):
         parse_draft(data)
+
+
+def test_name_rules_hold_on_every_path_after_good_names_were_remembered() -> None:
+    from lazarus_bus import events as ev
+
+    line = b'{"type":"handoff.created","by":"ada","cell":"forge","handoff_id":"h1","to":"bob"}'
+    good = decode_event(line)
+    assert decode_event(line) == good  # the second time from the memo
+    for field, bad in [("to", "../x"), ("by", "Ada"), ("cell", "../forge"), ("handoff_id", "a/b")]:
+        with pytest.raises(msgspec.ValidationError, match=rf"\$\.{field}"):
+            decode_event(line.replace(b'"' + getattr(good, field).encode() + b'"', b'"' + bad.encode() + b'"', 1))
+        with pytest.raises(ValueError, match=rf"\$\.{field}"):
+            msgspec.structs.replace(good, **{field: bad})
+    with pytest.raises(ValueError, match=r"\$\.agent"):
+        ev.AgentHeartbeat(by="ada", agent="../x")
+    with pytest.raises(msgspec.ValidationError, match=r"depends_on\[0\]"):
+        decode_event(b'{"type":"task.created","task_id":"t","title":"x","depends_on":["../up"]}')
+    with pytest.raises(MalformedInput, match="agent"):
+        parse_draft(b'{"type":"agent.heartbeat","by":"operator","agent":"../x"}')

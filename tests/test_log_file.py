@@ -169,3 +169,26 @@ def test_read_from_the_middle_of_a_large_log(make_log: MakeLog) -> None:
     log.append_many([msg(i) for i in range(3000)])
     for since in (1, 2, 1499, 2999):
         assert next(log.read(since)).seq == since + 1
+
+
+def test_a_rechained_line_with_a_bad_name_still_stops_the_reader(make_log: MakeLog, log_path: Path) -> None:
+    import hashlib
+
+    make_log().append_many([msg(i) for i in range(5)])
+    prev, out = "0" * 64, []
+    for n, line in enumerate(log_path.read_bytes().splitlines(), start=1):
+        record = json.loads(line)
+        record["prev"] = prev
+        if n == 3:
+            record["by"] = "../x"  # a forger who also rewrote every hash after it
+        line = json.dumps(record, separators=(",", ":")).encode()
+        prev = hashlib.sha256(line).hexdigest()
+        out.append(line)
+    log_path.write_bytes(b"\n".join(out) + b"\n")
+    with pytest.raises(CorruptLog, match=r"events.jsonl:3: corrupt log at seq 3 .*\$\.by"):
+        list(FileLog(log_path, CELL).read())
+    seen = []
+    with pytest.raises(CorruptLog):
+        for event in FileLog(log_path, CELL).read():
+            seen.append(event.seq)
+    assert seen == [1, 2]  # the good lines before it are handed out, as line by line
