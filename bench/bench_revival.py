@@ -70,12 +70,13 @@ def lazarus(tmp: Path) -> list[float]:
     (root / "lazarus.toml").write_text(CONFIG)
     env = {**os.environ, "LAZARUS_ROOT": str(root)}
     lz = [sys.executable, "-m", "lazarus_bus"]
-    subprocess.run([*lz, "cell", "create", "bench"], env=env, check=True, capture_output=True)
+    cell_id = subprocess.run([*lz, "cell", "create", "bench"], env=env, check=True, capture_output=True,
+                             text=True).stdout.strip()
     subprocess.run([*lz, "agent", "invite", "bench", "w", "--role", "write", "--cmd", "sleep 31337"], env=env,
                    check=True, capture_output=True)
     daemon = subprocess.Popen([*lz, "up", "--no-http"], env=env, start_new_session=True,
                               stderr=subprocess.DEVNULL)
-    state = next(iter(root.glob("*/"))) / "state" / "agents" / "w.json"
+    state = root / cell_id / "state" / "agents" / "w.json"
     import json
 
     def current() -> int | None:
