@@ -89,7 +89,9 @@ class Policy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     progress_after: Seconds | None = None
 
 
-class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
+# gc=False: events are immutable and acyclic (built from JSON), so the cycle collector need not
+# track them; a replay makes a million of them, and each tracked one would count toward a collection
+class Event(Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     """The envelope every event carries; the log assigns seq, ts, cell and prev."""
 
     seq: int = 0

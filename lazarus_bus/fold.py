@@ -32,7 +32,8 @@ RUN = 4096  # heartbeats fold_all folds at once, at most
 Phase = Literal["invited", "running", "exited", "dead", "stopped", "left"]
 
 
-class AgentView(Struct, frozen=True, kw_only=True):
+# Views are gc=False like events: frozen, built bottom-up, so they can hold no cycle
+class AgentView(Struct, frozen=True, kw_only=True, gc=False):
     """Everything the log says about one agent, for health and planning."""
 
     name: str
@@ -78,7 +79,7 @@ class AgentView(Struct, frozen=True, kw_only=True):
     last_checkpoint: str | None = None
 
 
-class CheckpointView(Struct, frozen=True, kw_only=True):
+class CheckpointView(Struct, frozen=True, kw_only=True, gc=False):
     """A checkpoint as a resume packet needs it."""
 
     checkpoint_id: str
@@ -92,7 +93,7 @@ class CheckpointView(Struct, frozen=True, kw_only=True):
     sha256: str = ""
 
 
-class HandoffView(Struct, frozen=True, kw_only=True):
+class HandoffView(Struct, frozen=True, kw_only=True, gc=False):
     """Who passed what to whom, and whether it was taken up."""
 
     handoff_id: str
@@ -106,7 +107,7 @@ class HandoffView(Struct, frozen=True, kw_only=True):
     accepted_seq: int = 0
 
 
-class TaskView(Struct, frozen=True, kw_only=True):
+class TaskView(Struct, frozen=True, kw_only=True, gc=False):
     """A task with its dependencies and status."""
 
     task_id: str
@@ -120,7 +121,7 @@ class TaskView(Struct, frozen=True, kw_only=True):
     updated_seq: int = 0
 
 
-class ApprovalView(Struct, frozen=True, kw_only=True):
+class ApprovalView(Struct, frozen=True, kw_only=True, gc=False):
     """A revival waiting on a human, or decided by one."""
 
     key: str
@@ -136,7 +137,7 @@ class ApprovalView(Struct, frozen=True, kw_only=True):
     decided_by: str = ""
 
 
-class CellView(Struct, frozen=True, kw_only=True):
+class CellView(Struct, frozen=True, kw_only=True, gc=False):
     """The whole projection of one cell at `seq`."""
 
     id: str

@@ -19,14 +19,14 @@ __all__ = ["Admit", "Appended", "Head", "LogBackend", "IdWindow", "same_payload"
 ID_WINDOW = 10_000
 
 
-class Head(Struct, frozen=True):
+class Head(Struct, frozen=True, gc=False):
     """The last event's seq and the SHA-256 of its line (64 zeros for an empty log)."""
 
     seq: int
     hash: str
 
 
-class Appended(Struct, frozen=True):
+class Appended(Struct, frozen=True, gc=False):
     """One event as the log holds it; `duplicate` when an idempotent retry wrote nothing."""
 
     seq: int
