@@ -199,7 +199,9 @@ class FileLog(LogBackend):
 
     def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
         prev_seq: int | None
-        if since > 0 and self._mark[0] == since:  # where the last read or write ended: no search
+        if since > 0 and since == self._head.seq and self._end is not None:  # where the last write ended
+            start, prev_seq, prev_hash = self._end, since, self._head.hash
+        elif since > 0 and self._mark[0] == since:  # where the last read ended: no search
             start, prev_seq, prev_hash = self._mark[1], since, self._mark[2]
         elif since > 0:
             start = self._offset_of(since)
@@ -385,7 +387,8 @@ class FileLog(LogBackend):
     def append_many(
         self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
     ) -> list[Appended]:
-        self.check_batch_ids(drafts)
+        if len(drafts) > 1:
+            self.check_batch_ids(drafts)
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
@@ -394,9 +397,10 @@ class FileLog(LogBackend):
                     self._sync(size)
                 if self._ended:
                     raise NotFound(f"{self.path} ends with cell.destroyed: its cell is gone, it takes no more events")
-                repeats = self._repeats(drafts, self._window)
-                if repeats is not None:
-                    return repeats
+                if len(drafts) != 1 or drafts[0].id:  # a fresh single event (the common case) repeats nothing
+                    repeats = self._repeats(drafts, self._window)
+                    if repeats is not None:
+                        return repeats
                 if expected_seq is not None and expected_seq != self._head.seq:
                     raise Conflict(f"expected seq {expected_seq}, but the log is at seq {self._head.seq}")
                 return self._write(admit(self._head, list(drafts)) if admit else drafts)
@@ -443,8 +447,7 @@ class FileLog(LogBackend):
             raise LazarusError(f"cannot append to {self.path}: {reason}; nothing was written") from None
         self._end = start + len(data)
         self._ended = ended
-        self._head = Head(seq, prev)
-        self._mark = (seq, self._end, prev)
+        self._head = Head(seq, prev)  # also where a read from `seq` starts (see read_raw)
         add = self._window.add
         for a in out:
             add(a.event.id, a.seq)
