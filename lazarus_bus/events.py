@@ -23,6 +23,7 @@ __all__ = [
     "DECODE_ERRORS",
     "decode_event",
     "decode_line",
+    "encode_line",
     "decode_json",
     "encode_event",
     "parse_draft",
@@ -397,6 +398,7 @@ _encoder = msgspec.json.Encoder()
 # what decoding a line may raise; a reader's hot loop calls `decode_line` and catches these itself
 DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 decode_line = _decoder.decode
+encode_line = _encoder.encode  # encode_event without a Python frame, for the append hot path
 
 
 def decode_event(line: bytes) -> Event:

@@ -19,7 +19,7 @@ import msgspec
 from msgspec.structs import replace as _replace
 
 from ..errors import Conflict, CorruptLog, LazarusError, NotFound, Refused, TooLarge
-from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line, encode_event
+from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line, encode_line
 from ..names import new_ids
 from .base import Admit, Appended, Head, IdWindow, LogBackend
 
@@ -411,6 +411,7 @@ class FileLog(LogBackend):
         """Stamp, encode, chain, write: the hot path of every append, so kept lean (one write, no extra syscall)."""
         seq, prev = self._head.seq, self._head.hash
         now, cell, limit = time.time(), self.cell, self.max_event_bytes
+        encode, sha = encode_line, hashlib.sha256
         out: list[Appended] = []
         lines: list[bytes] = []
         ended = False
@@ -420,13 +421,13 @@ class FileLog(LogBackend):
             ended = isinstance(d, CellDestroyed)
             seq += 1
             event = _replace(d, seq=seq, id=d.id or fresh, ts=now, cell=cell, prev=prev)
-            line = encode_event(event)
+            line = encode(event)
             if len(line) >= limit:
                 raise TooLarge(
                     f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes ({limit}); "
                     "put large payloads in artifacts/ and reference them by path and sha256"
                 )
-            prev = hashlib.sha256(line).hexdigest()
+            prev = sha(line).hexdigest()
             lines.append(line)
             out.append(Appended(seq, event))
         lines.append(b"")
