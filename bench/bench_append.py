@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RUNS, median_of, rate, report  # noqa: E402
+from common import median_of, rate, report  # noqa: E402
 
 from lazarus_bus import FileLog  # noqa: E402
 from lazarus_bus import events as ev  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lazarus_bus import CorruptLog, FileLog, LazarusError, NotFound, Refused
+from lazarus_bus import CorruptLog, FileLog, NotFound, Refused
 from lazarus_bus import events as ev
 from lazarus_bus.log import file as file_mod
 
