@@ -199,10 +199,9 @@ class FileLog(LogBackend):
 
     def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
         prev_seq: int | None
-        if since > 0 and since == self._head.seq and self._end is not None:  # where the last write ended
-            start, prev_seq, prev_hash = self._end, since, self._head.hash
-        elif since > 0 and self._mark[0] == since:  # where the last read ended: no search
-            start, prev_seq, prev_hash = self._mark[1], since, self._mark[2]
+        mark = self._mark  # one read: another thread may replace it
+        if since > 0 and mark[0] == since:  # where the last read or write ended: no search
+            start, prev_seq, prev_hash = mark[1], since, mark[2]
         elif since > 0:
             start = self._offset_of(since)
             prev_seq, prev_hash = None, ""
@@ -448,7 +447,8 @@ class FileLog(LogBackend):
             raise LazarusError(f"cannot append to {self.path}: {reason}; nothing was written") from None
         self._end = start + len(data)
         self._ended = ended
-        self._head = Head(seq, prev)  # also where a read from `seq` starts (see read_raw)
+        self._head = Head(seq, prev)
+        self._mark = (seq, self._end, prev)
         add = self._window.add
         for a in out:
             add(a.event.id, a.seq)
