@@ -726,16 +726,15 @@ def bus_tasks(app: App, ref: str) -> None:
 @pass_app
 def export_cmd(app: App, ref: str, target: Path) -> None:
     """Write a cell's verified log to a JSONL file, to import on another backend or root."""
-    import hashlib
-
     from .cells import atomic_write
+    from .replay import head_hash
 
     lines = [line for _, line in app.cell(ref).log.read_raw()]
     try:
         atomic_write(target, b"".join(line + b"\n" for line in lines))
     except OSError as exc:
         raise LazarusError(f"cannot write {target}: {exc.strerror}") from None
-    head = hashlib.sha256(lines[-1]).hexdigest() if lines else ev.ZERO_HASH
+    head = head_hash(lines[-1] if lines else None)
     _out(app, {"events": len(lines), "head": head, "to": str(target)}, f"exported {len(lines)} events, head {head}")
 
 
@@ -745,11 +744,11 @@ def export_cmd(app: App, ref: str, target: Path) -> None:
 @pass_app
 def import_cmd(app: App, source: Path) -> None:
     """Create a cell from an exported log (verified first); prints its id."""
-    import hashlib
+    from .replay import head_hash
 
     lines = source.read_bytes().splitlines()
     c = app.root.import_log(lines)
-    head = hashlib.sha256(lines[-1]).hexdigest()
+    head = head_hash(lines[-1])
     _out(app, {"id": c.id, "events": len(lines), "head": head}, c.id)
 
 

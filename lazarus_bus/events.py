@@ -35,7 +35,6 @@ ENVELOPE = ("seq", "id", "ts", "cell", "type", "by", "prev")
 ASSIGNED = frozenset({"seq", "ts", "cell", "prev"})
 
 
-
 class Rule:
     """A name pattern that Event.__post_init__ checks (msgspec's `Meta(pattern=...)` would run the
     regex on every field of every line: three quarters of the cost of decoding a log)."""

@@ -11,17 +11,23 @@ from .errors import CorruptLog
 from .events import ZERO_HASH, Event, decode_event
 from .fold import CellView, fold, fold_all
 from .log import LogBackend
+from .log.base import check_link
 
-__all__ = ["replay_log", "verify_lines", "verify_log"]
+__all__ = ["head_hash", "replay_log", "verify_lines", "verify_log"]
 
 
 def verify_log(log: LogBackend) -> tuple[int, str]:
     """Every line decodes, seqs run 1..N, the chain holds: (N, SHA-256 of the last line)."""
-    count, last = 0, b""
+    count, last = 0, None
     for _, line in log.read_raw(0):
         count += 1
         last = line
-    return count, hashlib.sha256(last).hexdigest() if count else ZERO_HASH
+    return count, head_hash(last)
+
+
+def head_hash(last_line: bytes | None) -> str:
+    """What `verify` prints: the SHA-256 of the last line, 64 zeros for an empty log."""
+    return hashlib.sha256(last_line).hexdigest() if last_line is not None else ZERO_HASH
 
 
 def replay_log(log: LogBackend, until: int | None = None,
@@ -47,10 +53,7 @@ def verify_lines(lines: list[bytes], source: str = "import") -> CellView:
             event = decode_event(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise CorruptLog(f"{source}:{n}: corrupt log at seq {n}: {exc}") from None
-        if event.seq != n:
-            raise CorruptLog(f"{source}:{n}: corrupt log at seq {event.seq}: expected seq {n}")
-        if event.prev != prev:
-            raise CorruptLog(f"{source}:{n - 1}: corrupt log at seq {n - 1}: hash chain broken")
+        check_link(source, event, n - 1, prev)
         if view is not None and event.cell != view.id:
             raise CorruptLog(f"{source}:{n}: event of cell {event.cell} in the log of cell {view.id}")
         view = fold(view, event)

@@ -25,7 +25,6 @@ OnEvents = Callable[[Cell, list[Event]], None]
 SNAPSHOT_EVERY = 1000  # events folded since the last snapshot
 
 
-
 class Watcher:
     """Cells under a root and their projections; `run` follows the root and each cell's `logs/`."""
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from lazarus_bus import Conflict, LogBackend, Refused, TooLarge, parse_draft
-from lazarus_bus.events import ZERO_HASH, Event
+from lazarus_bus.events import ZERO_HASH, CellDestroyed, Event
 from lazarus_bus.log import Head
 
 MakeLog = Callable[..., LogBackend]
@@ -43,6 +43,15 @@ class LogContract:
         assert [e.seq for e in log.read(49)] == [50]
         assert list(log.read(50)) == []
         assert [e.payload for e in log.read(0, 3)] == [1, 2, 3]  # type: ignore[attr-defined]
+
+    def test_nothing_follows_cell_destroyed_in_a_batch(self, make_log: MakeLog) -> None:
+        log = make_log()
+        log.append(msg(1))
+        before = [line for _, line in log.read_raw()]
+        with pytest.raises(Refused, match="nothing may follow"):
+            log.append_many([CellDestroyed(by="operator"), msg(2)])
+        assert [line for _, line in log.read_raw()] == before
+        assert log.append(msg(2))[0].seq == 2  # the refused batch left the log open
 
     def test_expected_seq_conflict_writes_nothing(self, make_log: MakeLog) -> None:
         log = make_log()

@@ -228,3 +228,29 @@ def test_errors_are_one_line_for_usage_too(cli: Cli) -> None:
     assert r.code == 2 and r.err.startswith("error: ") and r.err.count("\n") == 1
     r = cli("frobnicate")
     assert r.code == 2 and r.err.startswith("error: ")
+
+
+def test_export_and_import_refuse_bad_input_with_one_line_and_change_nothing(cli: Cli, forge: Path,
+                                                                             tmp_path: Path) -> None:
+    before = forge.read_bytes()
+    r = cli("export", "forge", "--to", str(tmp_path / "no" / "such" / "dir" / "forge.jsonl"))
+    assert r.code == 1 and "cannot write" in r.err and len(r.err.strip().splitlines()) == 1
+    good = tmp_path / "forge.jsonl"
+    cli.ok("export", "forge", "--to", str(good))
+    assert good.read_bytes() == before
+    lines = before.splitlines(keepends=True)
+    bad = {
+        "empty": b"",
+        "not JSON": b"{nope\n",
+        "a middle line altered": before.replace(b'"role":"lead"', b'"role":"read"'),
+        "a line missing": b"".join(lines[:1] + lines[2:]),
+    }
+    for what, data in bad.items():
+        (tmp_path / "bad.jsonl").write_bytes(data)
+        r = cli("import", str(tmp_path / "bad.jsonl"))
+        assert r.code == 5 and len(r.err.strip().splitlines()) == 1, (what, r.err)
+    r = cli("import", str(good))
+    assert r.code == 4 and "is taken" in r.err
+    assert forge.read_bytes() == before
+    assert [c["name"] for c in json.loads(cli.ok("cell", "list", "--json"))] == ["forge"]
+    assert not list((cli.root / ".lazarus").glob("new-*"))  # no half-built cell left behind

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lazarus_bus import CorruptLog, FileLog, NotFound, Refused
+from lazarus_bus import CorruptLog, FileLog, NotFound
 from lazarus_bus import events as ev
 from lazarus_bus.log import file as file_mod
 
@@ -153,15 +153,6 @@ def test_a_destroyed_log_refuses_writers_that_hold_it_open_wherever_it_moves(
         FileLog(grave, CELL).append(msg(2))
     assert grave.read_bytes() == before
     assert [e.seq for e in writer.read()] == [1, 2]
-
-
-def test_nothing_follows_cell_destroyed_in_a_batch(make_log: MakeLog, log_path: Path) -> None:
-    log = make_log()
-    log.append(msg(1))
-    with pytest.raises(Refused, match="nothing may follow"):
-        log.append_many([ev.CellDestroyed(by="operator"), msg(2)])
-    assert [e.seq for e in log.read()] == [1]
-    log.append(msg(2))  # the refused batch left the log open
 
 
 def test_read_from_the_middle_of_a_large_log(make_log: MakeLog) -> None:

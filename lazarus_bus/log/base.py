@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+import operator
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
 from msgspec import Struct
+from msgspec.structs import replace as _replace
 
-from ..errors import Conflict
-from ..events import Event, encode_event
+from ..errors import Conflict, CorruptLog, Refused, TooLarge
+from ..events import CellDestroyed, Event, encode_event, encode_line
+from ..names import new_ids
 
-__all__ = ["Admit", "Appended", "Head", "LogBackend", "IdWindow", "same_payload", "ID_WINDOW"]
+__all__ = ["Admit", "Appended", "Head", "LogBackend", "IdWindow", "check_link", "same_payload", "stamp",
+           "ID_WINDOW"]
 
 ID_WINDOW = 10_000
 
@@ -45,6 +51,47 @@ def same_payload(a: Event, b: Event) -> bool:
     return encode_event(msgspec.structs.replace(a, **strip)) == encode_event(
         msgspec.structs.replace(b, **strip)
     )
+
+
+def check_link(source: str, event: Event, prev_seq: int, prev_hash: str) -> None:
+    """The line after seq `prev_seq` must carry the next seq and that line's hash; else CorruptLog."""
+    if event.seq != prev_seq + 1:
+        raise CorruptLog(f"{source}:{prev_seq + 1}: corrupt log at seq {event.seq}: expected seq {prev_seq + 1}")
+    if event.prev != prev_hash:
+        raise CorruptLog(
+            f"{source}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken "
+            f"(line {event.seq} records another hash for line {prev_seq}; one of the two was altered)"
+        )
+
+
+def stamp(drafts: Sequence[Event], head: Head, cell: str, limit: int) -> tuple[list[Event], list[bytes], str]:
+    """What the log assigns (seq, id, ts, cell, prev), each line encoded and size-checked before
+    anything is written; returns the events, their lines and the hash of the last one."""
+    seq, prev = head.seq, head.hash
+    now = time.time()
+    encode, sha = encode_line, hashlib.sha256
+    events: list[Event] = []
+    lines: list[bytes] = []
+    ended = False
+    for d, fresh in zip(drafts, new_ids(len(drafts))):
+        if ended:
+            raise Refused("cell.destroyed ends a log: nothing may follow it in the same batch")
+        ended = isinstance(d, CellDestroyed)
+        seq += 1
+        event = _replace(d, seq=seq, id=d.id or fresh, ts=now, cell=cell, prev=prev)
+        line = encode(event)
+        if len(line) >= limit:
+            raise TooLarge(
+                f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes ({limit}); "
+                "put large payloads in artifacts/ and reference them by path and sha256"
+            )
+        prev = sha(line).hexdigest()
+        events.append(event)
+        lines.append(line)
+    return events, lines, prev
+
+
+_first = operator.itemgetter(0)
 
 
 class IdWindow:
@@ -79,9 +126,9 @@ class LogBackend(abc.ABC):
     def head(self) -> Head:
         """The last complete event."""
 
-    @abc.abstractmethod
     def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
         """Verified events with since < seq <= until; corruption raises CorruptLog."""
+        return map(_first, self.read_raw(since, until))  # no generator frame per event
 
     @abc.abstractmethod
     def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:

@@ -7,7 +7,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import operator
 import os
 import threading
 import time
@@ -16,12 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-from msgspec.structs import replace as _replace
 
-from ..errors import Conflict, CorruptLog, LazarusError, NotFound, Refused, TooLarge
-from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line, encode_line
-from ..names import new_ids
-from .base import Admit, Appended, Head, IdWindow, LogBackend
+from ..errors import Conflict, CorruptLog, LazarusError, NotFound
+from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line
+from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
 
 __all__ = ["FileLog", "fsync_dir"]
 
@@ -47,9 +44,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_first = operator.itemgetter(0)
 
 
 def _sha(line: bytes) -> str:
@@ -264,24 +258,13 @@ class FileLog(LogBackend):
                 prev_seq, prev_hash = event.seq, hashlib.sha256(line).hexdigest()
                 at += len(line) + 1
                 continue
-            if event.seq != prev_seq + 1:
-                raise CorruptLog(
-                    f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: expected seq {prev_seq + 1}"
-                )
-            if event.prev != prev_hash:
-                raise CorruptLog(
-                    f"{self.path}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken "
-                    f"(line {event.seq} records another hash for line {prev_seq}; one of the two was altered)"
-                )
+            check_link(str(self.path), event, prev_seq, prev_hash)
             if until is not None and event.seq > until:
                 return prev_seq, prev_hash, at, True
             yield event, line
             prev_seq, prev_hash = event.seq, hashlib.sha256(line).hexdigest()
             at += len(line) + 1
         return prev_seq, prev_hash, at, False
-
-    def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
-        return map(_first, self.read_raw(since, until))  # no generator frame per event
 
     def follow(self, since: int = 0, stop: threading.Event | None = None) -> Iterator[tuple[Event, bytes]]:
         import watchfiles
@@ -407,28 +390,8 @@ class FileLog(LogBackend):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _write(self, drafts: Sequence[Event]) -> list[Appended]:
-        """Stamp, encode, chain, write: the hot path of every append, so kept lean (one write, no extra syscall)."""
-        seq, prev = self._head.seq, self._head.hash
-        now, cell, limit = time.time(), self.cell, self.max_event_bytes
-        encode, sha = encode_line, hashlib.sha256
-        out: list[Appended] = []
-        lines: list[bytes] = []
-        ended = False
-        for d, fresh in zip(drafts, new_ids(len(drafts))):
-            if ended:
-                raise Refused("cell.destroyed ends a log: nothing may follow it in the same batch")
-            ended = isinstance(d, CellDestroyed)
-            seq += 1
-            event = _replace(d, seq=seq, id=d.id or fresh, ts=now, cell=cell, prev=prev)
-            line = encode(event)
-            if len(line) >= limit:
-                raise TooLarge(
-                    f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes ({limit}); "
-                    "put large payloads in artifacts/ and reference them by path and sha256"
-                )
-            prev = sha(line).hexdigest()
-            lines.append(line)
-            out.append(Appended(seq, event))
+        """Stamp, encode, chain, write: the hot path of every append (one write, no extra syscall)."""
+        events, lines, prev = stamp(drafts, self._head, self.cell, self.max_event_bytes)
         lines.append(b"")
         data = b"\n".join(lines)
         start = self._end or 0
@@ -445,11 +408,13 @@ class FileLog(LogBackend):
                 pass
             reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else exc.strerror
             raise LazarusError(f"cannot append to {self.path}: {reason}; nothing was written") from None
+        seq = events[-1].seq if events else self._head.seq
         self._end = start + len(data)
-        self._ended = ended
+        self._ended = bool(events) and isinstance(events[-1], CellDestroyed)
         self._head = Head(seq, prev)
         self._mark = (seq, self._end, prev)
-        add = self._window.add
-        for a in out:
-            add(a.event.id, a.seq)
+        add, out = self._window.add, []
+        for event in events:
+            add(event.id, event.seq)
+            out.append(Appended(event.seq, event))
         return out

@@ -18,10 +18,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..errors import Conflict, CorruptLog, LazarusError, TooLarge
-from ..events import ZERO_HASH, Event, decode_event, encode_event
-from ..names import new_ids
-from .base import Admit, Appended, Head, IdWindow, LogBackend
+from ..errors import Conflict, CorruptLog, LazarusError
+from ..events import ZERO_HASH, Event, decode_event
+from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
 
 __all__ = ["NatsLog", "Nats", "subject_of", "SUBJECTS"]
 
@@ -331,19 +330,11 @@ class NatsLog(LogBackend):
                 if event.seq == since:
                     prev_seq, prev_hash = event.seq, hashlib.sha256(data).hexdigest()
                 continue
-            if event.seq != prev_seq + 1:
-                raise CorruptLog(f"{self.path}:{prev_seq + 1}: corrupt log at seq {event.seq}: "
-                                 f"expected seq {prev_seq + 1}")
-            if event.prev != prev_hash:
-                raise CorruptLog(f"{self.path}:{prev_seq}: corrupt log at seq {prev_seq}: hash chain broken")
+            check_link(self.path, event, prev_seq, prev_hash)
             if until is not None and event.seq > until:
                 return
             prev_seq, prev_hash = event.seq, hashlib.sha256(data).hexdigest()
             yield event, data
-
-    def read(self, since: int = 0, until: int | None = None) -> Iterator[Event]:
-        for event, _ in self.read_raw(since, until):
-            yield event
 
     def follow(self, since: int = 0, stop: threading.Event | None = None) -> Iterator[tuple[Event, bytes]]:
         seq = since
@@ -386,7 +377,7 @@ class NatsLog(LogBackend):
                 if not written and expected_seq is not None and expected_seq != head.seq:
                     raise Conflict(f"expected seq {expected_seq}, but the log is at seq {head.seq}")
                 todo = admit(head, list(pending)) if admit else list(pending)
-                events, lines = self._envelope(todo, head)
+                events, lines, _ = stamp(todo, head, self.cell, self.max_event_bytes)
                 try:
                     for draft, event, line in zip(todo, events, lines):
                         msg_id = f"{event.id}:{event.seq}"
@@ -401,23 +392,6 @@ class NatsLog(LogBackend):
                         return written
                     continue  # someone appended between two of ours: re-admit what is left
             raise Conflict(f"{self.path}: gave up after 1000 concurrent retries")
-
-    def _envelope(self, drafts: list[Event], head: Head) -> tuple[list[Event], list[bytes]]:
-        """Seq, id, ts, cell and prev for each draft, every size checked before anything is sent."""
-        seq, prev, now = head.seq, head.hash, time.time()
-        fresh = iter(new_ids(len(drafts)))
-        events, lines = [], []
-        for d in drafts:
-            seq += 1
-            event = msgspec.structs.replace(d, seq=seq, id=d.id or next(fresh), ts=now, cell=self.cell, prev=prev)
-            line = encode_event(event)
-            if len(line) >= self.max_event_bytes:
-                raise TooLarge(f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes "
-                               f"({self.max_event_bytes}); put large payloads in artifacts/")
-            prev = hashlib.sha256(line).hexdigest()
-            events.append(event)
-            lines.append(line)
-        return events, lines
 
     def import_lines(self, lines: list[bytes]) -> None:
         """Publish an exported log as it is (same bytes, seqs, ids and chain) into an empty subject."""
