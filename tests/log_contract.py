@@ -94,7 +94,7 @@ class LogContract:
 
     def test_append_many_is_all_or_nothing(self, make_log: MakeLog) -> None:
         log = make_log(max_event_bytes=4096)
-        with pytest.raises(TooLarge):
+        with pytest.raises(TooLarge, match="max_event_bytes"):
             log.append_many([msg(1), msg(2), msg("y" * 5000)])  # type: ignore[arg-type]
         assert log.head().seq == 0
 

@@ -17,7 +17,7 @@ from msgspec.structs import replace as _replace
 
 from ..errors import Conflict, CorruptLog, Refused, TooLarge
 from ..events import CellDestroyed, Event, encode_event, encode_line
-from ..names import new_ids
+from ..names import new_id, new_ids
 
 __all__ = ["Admit", "Appended", "Head", "LogBackend", "IdWindow", "check_link", "same_payload", "stamp",
            "ID_WINDOW"]
@@ -70,6 +70,13 @@ def stamp(drafts: Sequence[Event], head: Head, cell: str, limit: int) -> tuple[l
     seq, prev = head.seq, head.hash
     now = time.time()
     encode, sha = encode_line, hashlib.sha256
+    if len(drafts) == 1:  # every single append: no batch bookkeeping
+        d = drafts[0]
+        event = _replace(d, seq=seq + 1, id=d.id or new_id(), ts=now, cell=cell, prev=prev)
+        line = encode(event)
+        if len(line) >= limit:
+            raise _too_large(d, line, limit)
+        return [event], [line], sha(line).hexdigest()
     events: list[Event] = []
     lines: list[bytes] = []
     ended = False
@@ -81,14 +88,19 @@ def stamp(drafts: Sequence[Event], head: Head, cell: str, limit: int) -> tuple[l
         event = _replace(d, seq=seq, id=d.id or fresh, ts=now, cell=cell, prev=prev)
         line = encode(event)
         if len(line) >= limit:
-            raise TooLarge(
-                f"{d.type} event is {len(line) + 1} bytes, over max_event_bytes ({limit}); "
-                "put large payloads in artifacts/ and reference them by path and sha256"
-            )
+            raise _too_large(d, line, limit)
         prev = sha(line).hexdigest()
         events.append(event)
         lines.append(line)
     return events, lines, prev
+
+
+def _too_large(draft: Event, line: bytes, limit: int) -> TooLarge:
+    """One message for a single append and a batch: it names the cure, not only the limit."""
+    return TooLarge(
+        f"{draft.type} event is {len(line) + 1} bytes, over max_event_bytes ({limit}); "
+        "put large payloads in artifacts/ and reference them by path and sha256"
+    )
 
 
 _first = operator.itemgetter(0)

@@ -392,8 +392,7 @@ class FileLog(LogBackend):
     def _write(self, drafts: Sequence[Event]) -> list[Appended]:
         """Stamp, encode, chain, write: the hot path of every append (one write, no extra syscall)."""
         events, lines, prev = stamp(drafts, self._head, self.cell, self.max_event_bytes)
-        lines.append(b"")
-        data = b"\n".join(lines)
+        data = lines[0] + b"\n" if len(lines) == 1 else b"\n".join([*lines, b""])
         start = self._end or 0
         try:
             written = os.write(self._fd, data)  # with fsync "always" the file is O_DSYNC: on disk on return
