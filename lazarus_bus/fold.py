@@ -238,7 +238,7 @@ def _beaten(a: AgentView, beats: list[ev.AgentHeartbeat]) -> AgentView:
     )
 
 
-def _heartbeats(view: CellView, run: Sequence[ev.AgentHeartbeat]) -> CellView:
+def _heartbeats(view: CellView, run: Sequence[ev.AgentHeartbeat], envelope: bool = True) -> CellView:
     """A run of heartbeats at once: most of any log, so each view is rebuilt once per run, not per beat."""
     by_agent: dict[str, list[ev.AgentHeartbeat]] = {}
     for e in run:
@@ -250,6 +250,8 @@ def _heartbeats(view: CellView, run: Sequence[ev.AgentHeartbeat]) -> CellView:
     agents = dict(view.agents)
     for name, beats in by_agent.items():
         agents[name] = _beaten(agents[name], beats)
+    if not envelope:  # a later event's envelope is already on the view
+        return replace(view, agents=agents)
     last = run[-1]
     # the envelope's fields in the same replace (fold skips its own)
     return replace(view, agents=agents, seq=last.seq, last_id=last.id, updated_at=last.ts)
@@ -441,15 +443,34 @@ def fold(view: CellView | None, event: ev.Event) -> CellView:
 
 def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellView | None:
     """A whole stream, from `view` (or from nothing): the same result as `fold` one by one, with runs
-    of heartbeats folded together."""
+    of heartbeats folded together (messages, checkpoints, handoffs and tasks between them do not cut a run)."""
+    run: list[ev.AgentHeartbeat] = []
+    last_aside = False  # the last event so far was folded ahead of `run`: its envelope wins
     for kind, group in groupby(events, type):
         if kind is ev.AgentHeartbeat and view is not None:
-            while run := list(islice(group, RUN)):
-                view = _heartbeats(view, run)  # type: ignore[arg-type]
-        else:
+            last_aside = False
+            while True:  # at most RUN held at once: a log read lazily stays lazy
+                run.extend(islice(group, RUN - len(run)))  # type: ignore[arg-type]
+                if len(run) < RUN:
+                    break
+                view, run = _heartbeats(view, run), []
+        elif kind in _ASIDE and run:
             for event in group:
                 view = fold(view, event)
+            last_aside = True
+        else:
+            if run:
+                view, run = _heartbeats(view, run, envelope=not last_aside), []  # type: ignore[arg-type]
+            for event in group:
+                view = fold(view, event)
+    if run:
+        view = _heartbeats(view, run, envelope=not last_aside)  # type: ignore[arg-type]
     return view
+
+
+# folds that touch nothing a heartbeat reads or writes (a checkpoint sets only its author's
+# last_checkpoint): folded ahead of a pending run of heartbeats, the result is the same
+_ASIDE = frozenset({ev.BusMessage, ev.CheckpointCreated, ev.HandoffCreated, ev.TaskCreated, ev.TaskUpdated})
 
 
 def manifest(view: CellView) -> dict[str, Any]:
