@@ -238,7 +238,7 @@ def _beaten(a: AgentView, beats: list[ev.AgentHeartbeat]) -> AgentView:
     )
 
 
-def _heartbeats(view: CellView, run: Sequence[ev.AgentHeartbeat], envelope: bool = True) -> CellView:
+def _heartbeats(view: CellView, run: Sequence[ev.AgentHeartbeat]) -> CellView:
     """A run of heartbeats at once: most of any log, so each view is rebuilt once per run, not per beat."""
     by_agent: dict[str, list[ev.AgentHeartbeat]] = {}
     for e in run:
@@ -250,15 +250,7 @@ def _heartbeats(view: CellView, run: Sequence[ev.AgentHeartbeat], envelope: bool
     agents = dict(view.agents)
     for name, beats in by_agent.items():
         agents[name] = _beaten(agents[name], beats)
-    if not envelope:  # a later event's envelope is already on the view
-        return replace(view, agents=agents)
-    last = run[-1]
-    # the envelope's fields in the same replace (fold skips its own)
-    return replace(view, agents=agents, seq=last.seq, last_id=last.id, updated_at=last.ts)
-
-
-def _heartbeat(view: CellView, e: ev.AgentHeartbeat) -> CellView:
-    return _heartbeats(view, (e,))
+    return replace(view, agents=agents)
 
 
 def _left(view: CellView, e: ev.AgentLeft) -> CellView:
@@ -353,28 +345,37 @@ def _decided(decision: Literal["approved", "denied"]) -> Callable[[CellView, Any
     return handle
 
 
-def _message(view: CellView, e: ev.BusMessage) -> CellView:
+def _messages(view: CellView, run: Sequence[ev.BusMessage]) -> CellView:
     topics = dict(view.topics)
-    topics[e.topic] = topics.get(e.topic, 0) + 1
-    return replace(view, topics=topics, messages=view.messages + 1)
+    for e in run:
+        topics[e.topic] = topics.get(e.topic, 0) + 1
+    return replace(view, topics=topics, messages=view.messages + len(run))
 
 
-def _checkpoint(view: CellView, e: ev.CheckpointCreated) -> CellView:
+def _checkpoints(view: CellView, run: Sequence[ev.CheckpointCreated]) -> CellView:
+    """Checkpoints at once: copying the map per checkpoint would make a replay quadratic in their number."""
     checkpoints = dict(view.checkpoints)
-    checkpoints[e.checkpoint_id] = CheckpointView(
-        checkpoint_id=e.checkpoint_id, by=e.by, seq=e.seq, ts=e.ts, summary=e.summary, state=e.state,
-        artifacts=e.artifacts, archive=e.archive, sha256=e.sha256,
-    )
-    view = replace(view, checkpoints=checkpoints)
-    if e.by in view.agents:
-        view = _agent(view, e.by, last_checkpoint=e.checkpoint_id)
-    return view
+    latest: dict[str, str] = {}
+    for e in run:
+        checkpoints[e.checkpoint_id] = CheckpointView(
+            checkpoint_id=e.checkpoint_id, by=e.by, seq=e.seq, ts=e.ts, summary=e.summary, state=e.state,
+            artifacts=e.artifacts, archive=e.archive, sha256=e.sha256,
+        )
+        if e.by in view.agents:
+            latest[e.by] = e.checkpoint_id
+    agents = view.agents
+    if latest:
+        agents = dict(agents)
+        for name, checkpoint_id in latest.items():
+            agents[name] = replace(agents[name], last_checkpoint=checkpoint_id)
+    return replace(view, checkpoints=checkpoints, agents=agents)
 
 
-def _handoff(view: CellView, e: ev.HandoffCreated) -> CellView:
+def _handoffs(view: CellView, run: Sequence[ev.HandoffCreated]) -> CellView:
     handoffs = dict(view.handoffs)
-    handoffs[e.handoff_id] = HandoffView(handoff_id=e.handoff_id, by=e.by, to=e.to, seq=e.seq, ts=e.ts,
-                                         checkpoint_id=e.checkpoint_id, note=e.note)
+    for e in run:
+        handoffs[e.handoff_id] = HandoffView(handoff_id=e.handoff_id, by=e.by, to=e.to, seq=e.seq, ts=e.ts,
+                                             checkpoint_id=e.checkpoint_id, note=e.note)
     return replace(view, handoffs=handoffs)
 
 
@@ -388,18 +389,32 @@ def _restored(view: CellView, e: ev.CheckpointRestored) -> CellView:
     return view
 
 
-def _task_created(view: CellView, e: ev.TaskCreated) -> CellView:
+def _tasks(view: CellView, run: Sequence[ev.TaskCreated | ev.TaskUpdated]) -> CellView:
     tasks = dict(view.tasks)
-    tasks[e.task_id] = TaskView(task_id=e.task_id, title=e.title, by=e.by, seq=e.seq, assignee=e.assignee,
-                                depends_on=e.depends_on, priority=e.priority, updated_seq=e.seq)
+    for e in run:
+        if isinstance(e, ev.TaskCreated):
+            tasks[e.task_id] = TaskView(task_id=e.task_id, title=e.title, by=e.by, seq=e.seq, assignee=e.assignee,
+                                        depends_on=e.depends_on, priority=e.priority, updated_seq=e.seq)
+        else:
+            t = tasks[e.task_id]
+            tasks[e.task_id] = replace(t, status=e.status, assignee=e.assignee or t.assignee, updated_seq=e.seq)
     return replace(view, tasks=tasks)
 
 
-def _task_updated(view: CellView, e: ev.TaskUpdated) -> CellView:
-    tasks = dict(view.tasks)
-    t = tasks[e.task_id]
-    tasks[e.task_id] = replace(t, status=e.status, assignee=e.assignee or t.assignee, updated_seq=e.seq)
-    return replace(view, tasks=tasks)
+# Folds that touch nothing a heartbeat reads or writes, nor each other's fields (a checkpoint sets only
+# its author's last_checkpoint): fold_all holds them with the heartbeats and folds each kind at once.
+_BATCHED: dict[type, Callable[[CellView, Any], CellView]] = {
+    ev.BusMessage: _messages,
+    ev.CheckpointCreated: _checkpoints,
+    ev.HandoffCreated: _handoffs,
+    ev.TaskCreated: _tasks,
+    ev.TaskUpdated: _tasks,
+}
+
+
+def _one(batch: Callable[[CellView, Any], CellView]) -> Callable[[CellView, Any], CellView]:
+    """One event through its kind's batch fold: the live fold and a replay share one code path."""
+    return lambda view, e: batch(view, (e,))
 
 
 _HANDLERS: dict[str, Callable[[Any, Any], CellView]] = {
@@ -411,7 +426,7 @@ _HANDLERS: dict[str, Callable[[Any, Any], CellView]] = {
     "cell.destroyed": _lifecycle("destroyed"),
     "agent.invited": _invited,
     "agent.joined": _joined,
-    "agent.heartbeat": _heartbeat,
+    "agent.heartbeat": _one(_heartbeats),
     "agent.left": _left,
     "agent.spawned": _spawned,
     "agent.exited": _exited,
@@ -421,13 +436,13 @@ _HANDLERS: dict[str, Callable[[Any, Any], CellView]] = {
     "revival.approval_requested": _approval_requested,
     "revival.approved": _decided("approved"),
     "revival.denied": _decided("denied"),
-    "bus.message": _message,
-    "checkpoint.created": _checkpoint,
-    "handoff.created": _handoff,
+    "bus.message": _one(_messages),
+    "checkpoint.created": _one(_checkpoints),
+    "handoff.created": _one(_handoffs),
     "handoff.accepted": _accepted,
     "checkpoint.restored": _restored,
-    "task.created": _task_created,
-    "task.updated": _task_updated,
+    "task.created": _one(_tasks),
+    "task.updated": _one(_tasks),
 }
 
 assert _HANDLERS.keys() == ev.EVENT_TYPES.keys(), "every event type needs a fold handler"
@@ -442,35 +457,41 @@ def fold(view: CellView | None, event: ev.Event) -> CellView:
 
 
 def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellView | None:
-    """A whole stream, from `view` (or from nothing): the same result as `fold` one by one, with runs
-    of heartbeats folded together (messages, checkpoints, handoffs and tasks between them do not cut a run)."""
-    run: list[ev.AgentHeartbeat] = []
-    last_aside = False  # the last event so far was folded ahead of `run`: its envelope wins
+    """A whole stream, from `view` (or from nothing): the same result as `fold` one by one, with the
+    heartbeats, messages, checkpoints, handoffs and tasks between two other events folded kind by kind."""
+    beats: list[ev.AgentHeartbeat] = []
+    aside: list[ev.Event] = []
+    last: ev.Event | None = None
     for kind, group in groupby(events, type):
-        if kind is ev.AgentHeartbeat and view is not None:
-            last_aside = False
-            while True:  # at most RUN held at once: a log read lazily stays lazy
-                run.extend(islice(group, RUN - len(run)))  # type: ignore[arg-type]
-                if len(run) < RUN:
-                    break
-                view, run = _heartbeats(view, run), []
-        elif kind in _ASIDE and run:
+        if view is None or (kind is not ev.AgentHeartbeat and kind not in _BATCHED):
+            if last is not None:
+                view, beats, aside, last = _flush(view, beats, aside, last), [], [], None
             for event in group:
                 view = fold(view, event)
-            last_aside = True
-        else:
-            if run:
-                view, run = _heartbeats(view, run, envelope=not last_aside), []  # type: ignore[arg-type]
-            for event in group:
-                view = fold(view, event)
-    if run:
-        view = _heartbeats(view, run, envelope=not last_aside)  # type: ignore[arg-type]
+            continue
+        held = beats if kind is ev.AgentHeartbeat else aside
+        while chunk := list(islice(group, RUN)):  # at most 2 x RUN held: a log read lazily stays lazy
+            if len(beats) + len(aside) >= RUN:
+                view = _flush(view, beats, aside, last)  # type: ignore[arg-type]
+                beats.clear()
+                aside.clear()
+            held += chunk
+            last = chunk[-1]
+    if last is not None:
+        view = _flush(view, beats, aside, last)  # type: ignore[arg-type]
     return view
 
 
-# folds that touch nothing a heartbeat reads or writes (a checkpoint sets only its author's
-# last_checkpoint): folded ahead of a pending run of heartbeats, the result is the same
-_ASIDE = frozenset({ev.BusMessage, ev.CheckpointCreated, ev.HandoffCreated, ev.TaskCreated, ev.TaskUpdated})
+def _flush(view: CellView, beats: list[ev.AgentHeartbeat], aside: list[ev.Event], last: ev.Event) -> CellView:
+    """Held events folded a kind at once (they commute), then the envelope of the last one."""
+    if beats:
+        view = _heartbeats(view, beats)
+    kinds: dict[Callable[[CellView, Any], CellView], list[ev.Event]] = {}
+    for e in aside:
+        kinds.setdefault(_BATCHED[type(e)], []).append(e)
+    for batch, run in kinds.items():
+        view = batch(view, run)
+    return replace(view, seq=last.seq, last_id=last.id, updated_at=last.ts)
 
 
 def manifest(view: CellView) -> dict[str, Any]:

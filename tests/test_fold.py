@@ -158,3 +158,25 @@ def test_a_join_between_heartbeats_cuts_their_run() -> None:
     together, one_by_one = _folded_both_ways([BEAT, ev.AgentJoined(by="ada", agent="ada", pid=9), BEAT], strict=True)
     assert together == one_by_one
     assert together.agents["ada"].last_seen == together.agents["ada"].last_heartbeat  # the last beat's
+
+
+def test_messages_checkpoints_handoffs_and_tasks_project_what_they_say() -> None:
+    history = [
+        ev.BusMessage(by="ada", topic="plan"), BEAT, ev.BusMessage(by="bob", topic="plan"),
+        ev.BusMessage(by="bob", topic="done"),
+        ev.CheckpointCreated(by="ada", checkpoint_id="c1", summary="first"), BEAT,
+        ev.CheckpointCreated(by="ada", checkpoint_id="c2"), ev.CheckpointCreated(by="bob", checkpoint_id="c3"),
+        ev.HandoffCreated(by="ada", handoff_id="h1", to="bob", checkpoint_id="c2", note="yours"),
+        ev.TaskCreated(by="ada", task_id="t1", title="build", assignee="bob"), BEAT,
+        ev.TaskUpdated(by="bob", task_id="t1", status="in_progress"),
+        ev.TaskUpdated(by="bob", task_id="t1", status="done"),
+    ]
+    together, one_by_one = _folded_both_ways(history, strict=True)
+    for view in (together, one_by_one):
+        assert (view.messages, view.topics) == (3, {"plan": 2, "done": 1})
+        assert list(view.checkpoints) == ["c1", "c2", "c3"] and view.checkpoints["c1"].summary == "first"
+        assert (view.agents["ada"].last_checkpoint, view.agents["bob"].last_checkpoint) == ("c2", "c3")
+        assert (view.handoffs["h1"].to, view.handoffs["h1"].checkpoint_id, view.handoffs["h1"].note) == ("bob", "c2", "yours")
+        t1 = view.tasks["t1"]
+        assert (t1.status, t1.assignee, t1.updated_seq) == ("done", "bob", view.seq)
+        assert view.agents["ada"].heartbeats == 3
