@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 
 import msgspec
 
@@ -33,8 +34,14 @@ def head_hash(last_line: bytes | None) -> str:
 def replay_log(log: LogBackend, until: int | None = None,
                progress: Callable[[int], None] | None = None) -> CellView | None:
     """A fresh fold of the log, up to `until`; `progress` hears the seq every 10,000 events."""
-    events = log.read(0, until)
-    return fold_all(events if progress is None else _reporting(events, progress))
+    with closing(log.read_all(until)) as events:
+        try:
+            return fold_all(events if progress is None else _reporting(events, progress))
+        except CorruptLog:
+            raise
+        except Exception:  # a forged event can trip a fold before the chain check names it: name it
+            verify_log(log)
+            raise
 
 
 def _reporting(events: Iterable[Event], progress: Callable[[int], None]) -> Iterator[Event]:

@@ -192,6 +192,30 @@ def test_corrupt_log_stops_verify_and_replay(cli: Cli, forge: Path) -> None:
         assert f"{forge}:3" in r.err and "seq 3" in r.err
 
 
+def test_replay_of_a_big_log_checks_its_chain_on_a_second_core_and_names_faults_alike(cli: Cli, forge: Path) -> None:
+    from lazarus_bus import Config, Root
+    from lazarus_bus import events as ev
+    from lazarus_bus.log.file import ASIDE_BYTES
+
+    cell = Root(cli.root, Config(fsync="never")).open("forge")
+    while forge.stat().st_size < ASIDE_BYTES + (1 << 20):  # past where replay starts the chain helper
+        cell.append_many([ev.AgentHeartbeat(by="ezra", agent="ezra", cycle=c, status="working on it")
+                          for c in range(2, 10_002)])
+    cell.close()
+    head = json.loads(cli.ok("verify", "forge", "--json"))["events"]
+    whole = cli.ok("replay", "forge", "--json")  # read here, chain checked by the helper
+    assert json.loads(whole)["seq"] == head
+    assert whole == cli.ok("replay", "forge", "--json", "--until", str(head))  # read and checked in one process
+
+    lines = forge.read_bytes().split(b"\n")
+    at = len(lines) // 2  # a heartbeat of an agent never invited, its line edited in place: the chain breaks
+    lines[at] = lines[at].replace(b'"agent":"ezra"', b'"agent":"zed00"')
+    forge.write_bytes(b"\n".join(lines))
+    aside, inline = cli("replay", "forge"), cli("replay", "forge", "--until", str(head))
+    assert aside.code == inline.code == 5
+    assert aside.err == inline.err and f"{forge}:{at + 1}" in aside.err and "hash chain broken" in aside.err
+
+
 def test_eight_writers_at_once(cli: Cli, root_dir: Path, procs: Procs) -> None:
     cli.ok("cell", "create", "busy")
     writers = [procs.start([sys.executable, str(HELPERS / "appender.py"), str(root_dir), "busy", f"w{i}", "2000"])

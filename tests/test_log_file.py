@@ -112,6 +112,56 @@ def test_corruption_names_file_line_and_seq(make_log: MakeLog, log_path: Path, d
         list(log.read())
     assert f"{log_path}:4" in str(info.value) and what in str(info.value)
     assert "seq" in str(info.value)
+    with pytest.raises(CorruptLog) as aside:  # the chain checked by a second process: the same words
+        list(log.read_all(aside_from=0))
+    assert str(aside.value) == str(info.value)
+    assert not _children()
+
+
+def _children() -> list[str]:
+    """This process's live children, by command line."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def test_read_all_decodes_here_while_a_second_process_checks_the_chain(make_log: MakeLog) -> None:
+    log = make_log()
+    log.append_many([msg(i) for i in range(3000)])
+    events = log.read_all(aside_from=0)
+    first = next(events)
+    assert any("lazarus_bus.chain" in c for c in _children())  # the helper, on the other core
+    assert [first, *events] == list(log.read())
+    assert not _children()
+
+
+def test_read_all_stopped_early_stops_its_helper(make_log: MakeLog) -> None:
+    log = make_log()
+    log.append_many([msg(i) for i in range(3000)])
+    events = log.read_all(aside_from=0)
+    next(events)
+    events.close()
+    assert not _children()
+
+
+def test_read_all_without_its_helper_checks_the_chain_itself(make_log: MakeLog, log_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    log = make_log()
+    log.append_many([msg(i) for i in range(300)])
+    monkeypatch.setattr(file_mod.sys, "executable", "/bin/false")  # a helper that exits at once, no verdict
+    assert list(log.read_all(aside_from=0)) == list(log.read())
+    lines = log_path.read_bytes().split(b"\n")
+    lines[100] = lines[100].replace(b'"payload":100', b'"payload":101')
+    assert lines[100] != log_path.read_bytes().split(b"\n")[100]
+    log_path.write_bytes(b"\n".join(lines))
+    with pytest.raises(CorruptLog, match="hash chain broken"):
+        list(log.read_all(aside_from=0))
 
 
 def test_file_size_limit_is_a_clear_error_and_leaves_no_partial_line(

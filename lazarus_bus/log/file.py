@@ -8,11 +8,13 @@ import fcntl
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -20,9 +22,10 @@ from ..errors import Conflict, CorruptLog, LazarusError, NotFound
 from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line
 from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
 
-__all__ = ["FileLog", "fsync_dir"]
+__all__ = ["FileLog", "blocks", "fsync_dir", "link_block"]
 
 CHUNK = 1 << 16
+ASIDE_BYTES = 32 << 20  # a log this big is read with its chain checked by a second process: start-up paid back
 Fsync = Literal["always", "batch", "never"]
 
 
@@ -37,6 +40,13 @@ class _Ids(msgspec.Struct):
 _ids = msgspec.json.Decoder(_Ids)
 
 
+def _helper_env() -> dict[str, str]:
+    """The chain helper imports this very package, installed or not."""
+    here = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": here + os.pathsep + path if path else here}
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -48,6 +58,41 @@ def fsync_dir(path: Path) -> None:
 
 def _sha(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
+
+
+def blocks(fd: int, start: int, end: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
+    """Complete lines from `start`, a read's worth at a time with the first one's offset; never a torn tail."""
+    pos = start
+    rest = b""
+    rest_at = start
+    while end is None or pos < end:
+        want = CHUNK if end is None else min(CHUNK, end - pos)
+        block = os.pread(fd, want, pos)
+        if not block:
+            break
+        pos += len(block)
+        data = rest + block if rest else block
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if lines:
+            yield rest_at, lines
+            rest_at = pos - len(rest)
+
+
+def link_block(
+    lines: list[bytes], prev_seq: int, prev_hash: str, decode: Callable[[bytes], Any] = decode_line
+) -> tuple[list[Any], list[str]] | None:
+    """A block of lines decoded and chained at once, or None when anything is off (replay's hot path)."""
+    try:
+        events = list(map(decode, lines))
+    except DECODE_ERRORS:
+        return None
+    hashes = [hashlib.sha256(line).hexdigest() for line in lines]
+    if [e.seq for e in events] != list(range(prev_seq + 1, prev_seq + 1 + len(events))):
+        return None
+    if [e.prev for e in events] != [prev_hash, *hashes[:-1]]:
+        return None
+    return events, hashes
 
 
 class FileLog(LogBackend):
@@ -166,27 +211,9 @@ class FileLog(LogBackend):
                 break
         return -1
 
-    def _blocks(self, start: int, end: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
-        """Complete lines from `start`, a read's worth at a time with the first one's offset; never a torn tail."""
-        pos = start
-        rest = b""
-        rest_at = start
-        while end is None or pos < end:
-            want = CHUNK if end is None else min(CHUNK, end - pos)
-            block = os.pread(self._fd, want, pos)
-            if not block:
-                break
-            pos += len(block)
-            data = rest + block if rest else block
-            lines = data.split(b"\n")
-            rest = lines.pop()
-            if lines:
-                yield rest_at, lines
-                rest_at = pos - len(rest)
-
     def _lines(self, start: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Complete lines from `start` with their offsets."""
-        for at, lines in self._blocks(start, end):
+        for at, lines in blocks(self._fd, start, end):
             for line in lines:
                 yield at, line
                 at += len(line) + 1
@@ -203,8 +230,8 @@ class FileLog(LogBackend):
             start, prev_seq, prev_hash = 0, 0, ZERO_HASH
         first, at = prev_seq, start  # `at`: the offset after the last line handed out
         try:
-            for at, lines in self._blocks(start):
-                whole = None if prev_seq is None else self._whole(lines, prev_seq, prev_hash)
+            for at, lines in blocks(self._fd, start):
+                whole = None if prev_seq is None else link_block(lines, prev_seq, prev_hash)
                 if whole is None:  # an anchor to find, or a fault to name: line by line
                     prev_seq, prev_hash, at, done = yield from self._line_by_line(
                         lines, at, since, prev_seq, prev_hash, until)
@@ -225,20 +252,6 @@ class FileLog(LogBackend):
         finally:
             if prev_seq is not None and prev_seq != first:  # where the next read from this seq starts, no search
                 self._mark = (prev_seq, at, prev_hash)
-
-    @staticmethod
-    def _whole(lines: list[bytes], prev_seq: int, prev_hash: str) -> tuple[list[Event], list[str]] | None:
-        """A block of lines decoded and checked at once, or None when anything is off (replay's hot path)."""
-        try:
-            events: list[Event] = list(map(decode_line, lines))
-        except DECODE_ERRORS:
-            return None
-        hashes = [hashlib.sha256(line).hexdigest() for line in lines]
-        if [e.seq for e in events] != list(range(prev_seq + 1, prev_seq + 1 + len(events))):
-            return None
-        if [e.prev for e in events] != [prev_hash, *hashes[:-1]]:
-            return None
-        return events, hashes
 
     def _line_by_line(
         self, lines: list[bytes], at: int, since: int, prev_seq: int | None, prev_hash: str, until: int | None
@@ -265,6 +278,38 @@ class FileLog(LogBackend):
             prev_seq, prev_hash = event.seq, hashlib.sha256(line).hexdigest()
             at += len(line) + 1
         return prev_seq, prev_hash, at, False
+
+    def read_all(self, until: int | None = None, aside_from: int = ASIDE_BYTES) -> Generator[Event, None, None]:
+        """Events up to `until`, for a fold thrown away on error: a whole big log is decoded here while a
+        second process checks its hash chain, and a fault is raised at the end, as read() raises it."""
+        end = self._rfind_newline(self._size()) + 1  # the lines complete now: appended later, not read
+        if until is not None or end < aside_from or (os.cpu_count() or 1) < 2:
+            yield from self.read(0, until)
+            return
+        seq = 0
+        with subprocess.Popen([sys.executable, "-m", "lazarus_bus.chain", str(self.path), str(end)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env()) as helper:
+            try:
+                for _, lines in blocks(self._fd, 0, end):
+                    try:
+                        events = list(map(decode_line, lines))
+                    except DECODE_ERRORS:
+                        break
+                    if [e.seq for e in events] != list(range(seq + 1, seq + 1 + len(events))):
+                        break
+                    yield from events
+                    seq += len(events)
+                else:
+                    out = helper.communicate()[0]
+                    if helper.returncode == 0 and out.strip() == str(seq).encode():
+                        return
+            finally:
+                if helper.poll() is None:  # a fault here, or the reader stopped early
+                    helper.kill()
+        # a fault on either side, or no verdict: the checked reader names the fault (or finds none)
+        for event in self.read():
+            if event.seq > seq:
+                yield event
 
     def follow(self, since: int = 0, stop: threading.Event | None = None) -> Iterator[tuple[Event, bytes]]:
         import watchfiles
