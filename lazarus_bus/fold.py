@@ -451,8 +451,6 @@ assert _HANDLERS.keys() == ev.EVENT_TYPES.keys(), "every event type needs a fold
 def fold(view: CellView | None, event: ev.Event) -> CellView:
     """One event onto the projection; the log's admission rules guarantee references exist."""
     new = _HANDLERS[event.type](view, event)
-    if new.last_id == event.id and new.seq == event.seq:
-        return new
     return replace(new, seq=event.seq, last_id=event.id, updated_at=event.ts)
 
 
