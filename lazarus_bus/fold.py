@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from itertools import groupby, islice
+from operator import attrgetter
 from typing import Any, Literal
 
 import msgspec
@@ -11,6 +12,7 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from . import events as ev
+from .errors import CorruptLog
 
 __all__ = [
     "AgentView",
@@ -450,8 +452,18 @@ assert _HANDLERS.keys() == ev.EVENT_TYPES.keys(), "every event type needs a fold
 
 def fold(view: CellView | None, event: ev.Event) -> CellView:
     """One event onto the projection; the log's admission rules guarantee references exist."""
-    new = _HANDLERS[event.type](view, event)
+    if view is None and not isinstance(event, ev.CellProvisioned):
+        raise CorruptLog(f"corrupt log at seq {event.seq}: {event.type} before cell.provisioned")
+    try:
+        new = _HANDLERS[event.type](view, event)
+    except KeyError as exc:  # admission never lets such an event in: the log was written another way
+        raise _unknown(event, exc) from None
     return replace(new, seq=event.seq, last_id=event.id, updated_at=event.ts)
+
+
+def _unknown(event: ev.Event, exc: KeyError) -> CorruptLog:
+    return CorruptLog(f"corrupt log at seq {event.seq}: {event.type} names {exc.args[0]!r}, which the log "
+                      "never introduced (was it written or rechained outside lazarus?)")
 
 
 def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellView | None:
@@ -482,6 +494,18 @@ def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellVi
 
 def _flush(view: CellView, beats: list[ev.AgentHeartbeat], aside: list[ev.Event], last: ev.Event) -> CellView:
     """Held events folded a kind at once (they commute), then the envelope of the last one."""
+    try:
+        return _fold_kinds(view, beats, aside, last)
+    except KeyError:  # one of them names what the log never introduced: fold one by one to name it
+        for event in sorted([*beats, *aside], key=_SEQ):
+            view = fold(view, event)
+        raise
+
+
+_SEQ = attrgetter("seq")
+
+
+def _fold_kinds(view: CellView, beats: list[ev.AgentHeartbeat], aside: list[ev.Event], last: ev.Event) -> CellView:
     if beats:
         view = _heartbeats(view, beats)
     kinds: dict[Callable[[CellView, Any], CellView], list[ev.Event]] = {}

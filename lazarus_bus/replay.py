@@ -37,9 +37,7 @@ def replay_log(log: LogBackend, until: int | None = None,
     with closing(log.read_all(until)) as events:
         try:
             return fold_all(events if progress is None else _reporting(events, progress))
-        except CorruptLog:
-            raise
-        except Exception:  # a forged event can trip a fold before the chain check names it: name it
+        except Exception:  # the bytes first: a forged line can trip the fold before the chain check names it
             verify_log(log)
             raise
 

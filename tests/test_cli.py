@@ -254,6 +254,30 @@ def test_errors_are_one_line_for_usage_too(cli: Cli) -> None:
     assert r.code == 2 and r.err.startswith("error: ")
 
 
+def _rechained(log: bytes, old: bytes, new: bytes, only: bytes = b'"type":"agent.heartbeat"') -> bytes:
+    """The log with `old` replaced by `new` in the lines holding `only`, and every prev hash recomputed:
+    a chain that verifies."""
+    import hashlib
+
+    out, prev = [], "0" * 64
+    for line in log.splitlines():
+        event = json.loads(line.replace(old, new) if only in line else line)
+        event["prev"] = prev
+        data = json.dumps(event, separators=(",", ":")).encode()
+        out.append(data + b"\n")
+        prev = hashlib.sha256(data).hexdigest()
+    return b"".join(out)
+
+
+def test_a_rechained_log_whose_events_the_rules_would_refuse_is_corrupt_not_a_crash(cli: Cli, forge: Path) -> None:
+    forge.write_bytes(_rechained(forge.read_bytes(), b'"agent":"ezra"', b'"agent":"zed"'))
+    assert cli("verify", "forge").code == 0  # the chain holds: only the fold can tell
+    r = cli("replay", "forge")
+    assert r.code == 5 and r.err.strip().splitlines() == [
+        "error: corrupt log at seq 4: agent.heartbeat names 'zed', which the log never introduced "
+        "(was it written or rechained outside lazarus?)"]
+
+
 def test_export_and_import_refuse_bad_input_with_one_line_and_change_nothing(cli: Cli, forge: Path,
                                                                              tmp_path: Path) -> None:
     before = forge.read_bytes()
@@ -269,10 +293,12 @@ def test_export_and_import_refuse_bad_input_with_one_line_and_change_nothing(cli
         "a middle line altered": before.replace(b'"role":"lead"', b'"role":"read"'),
         "a line missing": b"".join(lines[:1] + lines[2:]),
     }
+    bad["rechained, naming an agent never invited"] = _rechained(before, b'"agent":"ezra"', b'"agent":"zed"')
     for what, data in bad.items():
         (tmp_path / "bad.jsonl").write_bytes(data)
         r = cli("import", str(tmp_path / "bad.jsonl"))
         assert r.code == 5 and len(r.err.strip().splitlines()) == 1, (what, r.err)
+    assert "seq 4: agent.heartbeat names 'zed', which the log never introduced" in r.err
     r = cli("import", str(good))
     assert r.code == 4 and "is taken" in r.err
     assert forge.read_bytes() == before

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from lazarus_bus import Cell, Config, Root
 from lazarus_bus import events as ev
 from lazarus_bus.errors import LazarusError
-from lazarus_bus.fold import INTERVALS_KEPT
+from lazarus_bus.fold import INTERVALS_KEPT, fold, fold_all
 from lazarus_bus.snapshot import load_snapshot, save_snapshot
 
 AGENTS = ["ada", "bob", "cy"]
@@ -180,3 +180,16 @@ def test_messages_checkpoints_handoffs_and_tasks_project_what_they_say() -> None
         t1 = view.tasks["t1"]
         assert (t1.status, t1.assignee, t1.updated_seq) == ("done", "bob", view.seq)
         assert view.agents["ada"].heartbeats == 3
+
+
+def test_an_event_naming_what_the_log_never_introduced_is_corrupt_wherever_it_is_folded() -> None:
+    from lazarus_bus import CorruptLog
+
+    _, view = _folded_both_ways([BEAT])
+    stranger = msgspec.structs.replace(BEAT, agent="zed", by="zed", seq=view.seq + 2)
+    events = [msgspec.structs.replace(BEAT, seq=view.seq + 1), stranger, ev.BusMessage(by="ada", topic="a", seq=view.seq + 3)]
+    for fold_them in (lambda: fold_all(events, view), lambda: fold(fold(view, events[0]), stranger)):
+        with pytest.raises(CorruptLog, match=f"seq {view.seq + 2}: agent.heartbeat names 'zed', which the log never"):
+            fold_them()
+    with pytest.raises(CorruptLog, match="seq 4: agent.heartbeat before cell.provisioned"):
+        fold(None, msgspec.structs.replace(BEAT, seq=4))
