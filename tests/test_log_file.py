@@ -158,6 +158,9 @@ def test_read_all_without_its_helper_checks_the_chain_itself(make_log: MakeLog, 
     log.append_many([msg(i) for i in range(300)])
     monkeypatch.setattr(file_mod.sys, "executable", "/bin/false")  # a helper that exits at once, no verdict
     assert list(log.read_all(aside_from=0)) == list(log.read())
+    monkeypatch.setattr(file_mod.sys, "executable", str(log_path.parent / "no-such-python"))  # none starts
+    assert list(log.read_all(aside_from=0)) == list(log.read())
+    monkeypatch.setattr(file_mod.sys, "executable", "/bin/false")
     lines = log_path.read_bytes().split(b"\n")
     lines[100] = lines[100].replace(b'"payload":100', b'"payload":101')
     assert lines[100] != log_path.read_bytes().split(b"\n")[100]

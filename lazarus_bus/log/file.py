@@ -287,8 +287,13 @@ class FileLog(LogBackend):
             yield from self.read(0, until)
             return
         seq = 0
-        with subprocess.Popen([sys.executable, "-m", "lazarus_bus.chain", str(self.path), str(end)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env()) as helper:
+        try:
+            helper = subprocess.Popen([sys.executable, "-m", "lazarus_bus.chain", str(self.path), str(end)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env())
+        except OSError:  # no interpreter to start (an embedded one): one process does it all
+            yield from self.read(0, until)
+            return
+        with helper:
             try:
                 for _, lines in blocks(self._fd, 0, end):
                     try:
