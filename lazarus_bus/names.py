@@ -95,4 +95,5 @@ def new_id() -> str:
     """A UUIDv7: unique and sortable by creation time (one format call: every single append makes one)."""
     ms = time.time_ns() // 1_000_000 & 0xFFFFFFFFFFFF
     r = _rng.getrandbits(74)
-    return "%08x-%04x-7%03x-%04x-%012x" % (ms >> 16, ms & 0xFFFF, r >> 62, 0x8000 | r >> 48 & 0x3FFF, r & 0xFFFFFFFFFFFF)
+    return "%08x-%04x-7%03x-%04x-%012x" % (
+        ms >> 16, ms & 0xFFFF, r >> 62, 0x8000 | r >> 48 & 0x3FFF, r & 0xFFFFFFFFFFFF)

@@ -140,11 +140,13 @@ def test_fold_all_folds_runs_of_heartbeats_as_fold_does_one_by_one(history: list
 
 BEAT = ev.AgentHeartbeat(by="ada", agent="ada", cycle=1, pid=7)
 ASIDE = [ev.BusMessage(by="ada", topic="a"), ev.CheckpointCreated(by="ada", checkpoint_id="c1"),
-         ev.HandoffCreated(by="ada", handoff_id="h1", to="bob", checkpoint_id="c0"), ev.TaskCreated(by="ada", task_id="t1", title="t")]
+         ev.HandoffCreated(by="ada", handoff_id="h1", to="bob", checkpoint_id="c0"),
+         ev.TaskCreated(by="ada", task_id="t1", title="t")]
 
 
 @pytest.mark.parametrize("aside", ASIDE, ids=lambda e: e.type)
-@pytest.mark.parametrize("after", [[], [BEAT], [ev.AgentJoined(by="ada", agent="ada", pid=9)]], ids=["end", "beat", "joined"])
+@pytest.mark.parametrize("after", [[], [BEAT], [ev.AgentJoined(by="ada", agent="ada", pid=9)]],
+                         ids=["end", "beat", "joined"])
 def test_events_folded_ahead_of_a_run_of_heartbeats_change_nothing(aside: ev.Event, after: list[ev.Event]) -> None:
     """A message, checkpoint, handoff or task between heartbeats does not cut their run, and the
     view's envelope (seq, last id) is still the last event's."""
@@ -176,7 +178,8 @@ def test_messages_checkpoints_handoffs_and_tasks_project_what_they_say() -> None
         assert (view.messages, view.topics) == (3, {"plan": 2, "done": 1})
         assert list(view.checkpoints) == ["c1", "c2", "c3"] and view.checkpoints["c1"].summary == "first"
         assert (view.agents["ada"].last_checkpoint, view.agents["bob"].last_checkpoint) == ("c2", "c3")
-        assert (view.handoffs["h1"].to, view.handoffs["h1"].checkpoint_id, view.handoffs["h1"].note) == ("bob", "c2", "yours")
+        h1 = view.handoffs["h1"]
+        assert (h1.to, h1.checkpoint_id, h1.note) == ("bob", "c2", "yours")
         t1 = view.tasks["t1"]
         assert (t1.status, t1.assignee, t1.updated_seq) == ("done", "bob", view.seq)
         assert view.agents["ada"].heartbeats == 3
@@ -187,7 +190,8 @@ def test_an_event_naming_what_the_log_never_introduced_is_corrupt_wherever_it_is
 
     _, view = _folded_both_ways([BEAT])
     stranger = msgspec.structs.replace(BEAT, agent="zed", by="zed", seq=view.seq + 2)
-    events = [msgspec.structs.replace(BEAT, seq=view.seq + 1), stranger, ev.BusMessage(by="ada", topic="a", seq=view.seq + 3)]
+    events = [msgspec.structs.replace(BEAT, seq=view.seq + 1), stranger,
+              ev.BusMessage(by="ada", topic="a", seq=view.seq + 3)]
     for fold_them in (lambda: fold_all(events, view), lambda: fold(fold(view, events[0]), stranger)):
         with pytest.raises(CorruptLog, match=f"seq {view.seq + 2}: agent.heartbeat names 'zed', which the log never"):
             fold_them()
