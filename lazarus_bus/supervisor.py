@@ -213,16 +213,14 @@ class ProcessBackend:
             self.forget(cell, a.name, pid)
             raise
         # from here the start is in the log: whatever happens, the shim records how the agent ends
-        try:
+        # only re-adoption after a daemon restart needs this record, and it falls back to the pid
+        with contextlib.suppress(OSError):
             atomic_write(sdir / f"{a.name}.json", json.dumps(
                 {"pid": pid, "start_time": started, "shim_pid": shim, "shim_start": shim_start,
                  "attempt": attempt}).encode())
-        except OSError:
-            pass  # only re-adoption after a daemon restart needs it, and it falls back to the pid
         try:
-            os.write(go_w, GO)
-        except OSError:
-            pass  # the agent was killed before it could be told to go: its exit is recorded all the same
+            with contextlib.suppress(OSError):  # killed before its go byte: its exit is recorded all the same
+                os.write(go_w, GO)
         finally:
             os.close(go_w)
         return proc

@@ -291,7 +291,7 @@ class FileLog(LogBackend):
             helper = subprocess.Popen([sys.executable, "-m", "lazarus_bus.chain", str(self.path), str(end)],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env())
         except OSError:  # no interpreter to start (an embedded one): one process does it all
-            yield from self.read(0, until)
+            yield from self.read()
             return
         with helper:
             try:
@@ -417,8 +417,7 @@ class FileLog(LogBackend):
     def append_many(
         self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
     ) -> list[Appended]:
-        if len(drafts) > 1:
-            self.check_batch_ids(drafts)
+        self.check_batch_ids(drafts)
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
@@ -427,10 +426,9 @@ class FileLog(LogBackend):
                     self._sync(size)
                 if self._ended:
                     raise NotFound(f"{self.path} ends with cell.destroyed: its cell is gone, it takes no more events")
-                if len(drafts) != 1 or drafts[0].id:  # a fresh single event (the common case) repeats nothing
-                    repeats = self._repeats(drafts, self._window)
-                    if repeats is not None:
-                        return repeats
+                repeats = self._repeats(drafts, self._window)
+                if repeats is not None:
+                    return repeats
                 if expected_seq is not None and expected_seq != self._head.seq:
                     raise Conflict(f"expected seq {expected_seq}, but the log is at seq {self._head.seq}")
                 return self._write(admit(self._head, list(drafts)) if admit else drafts)
