@@ -3,11 +3,28 @@
 from .cells import Cell, Root
 from .client import Agent, connect
 from .config import Config, load_config, resolve
-from .errors import Conflict, CorruptLog, Forbidden, LazarusError, MalformedInput, NotFound, Refused, TooLarge
-from .events import EVENT_TYPES, AnyEvent, Event, Policy, decode_event, encode_event, parse_draft
+from .errors import (
+    Conflict,
+    CorruptLog,
+    Forbidden,
+    LazarusError,
+    MalformedInput,
+    NotFound,
+    Refused,
+    TooLarge,
+)
+from .events import (
+    EVENT_TYPES,
+    AnyEvent,
+    Event,
+    Policy,
+    decode_event,
+    encode_event,
+    parse_draft,
+)
 from .fold import AgentView, CellView, fold, fold_all
-from .planner import plan
 from .log import Appended, FileLog, Head, LogBackend
+from .planner import plan
 
 __version__ = "0.1.0"
 

@@ -362,7 +362,7 @@ def status(app: App, ref: str | None) -> None:
     data = []
     for c in cells:
         try:
-            view = c.view
+            view = c.refresh()
         except LazarusError as exc:
             if ref:
                 raise
@@ -446,7 +446,7 @@ def plan(app: App, ref: str | None) -> None:
     now, host = time.time(), socket.gethostname()
     found = []
     for c in [app.cell(ref)] if ref else app.root.cells():
-        view = c.view
+        view = c.refresh()
         found.extend((view, action) for action in plan_cell(view, app.config, now, host))
     if app.json:
         click.echo(json.dumps([{"cell": v.id, "cell_name": v.name, **msgspec.to_builtins(a)} for v, a in found]))
@@ -461,7 +461,7 @@ def _pending(app: App) -> list[tuple[Cell, Any]]:
     out = []
     for c in app.root.cells():
         try:
-            view = c.view
+            view = c.refresh()
         except LazarusError:
             continue
         out.extend((c, a) for a in view.approvals.values() if a.decision is None)
@@ -473,7 +473,7 @@ def _pending(app: App) -> list[tuple[Cell, Any]]:
 @pass_app
 def approvals(app: App) -> None:
     """Pending approval requests, oldest first."""
-    rows = [{"key": a.key, "cell": c.id, "cell_name": c.name, "agent": a.agent, "requested_at": a.requested_at,
+    rows = [{"key": a.key, "cell": c.id, "cell_name": c.read_name(), "agent": a.agent, "requested_at": a.requested_at,
              "message": a.message, "substitute": a.substitute, "channels": a.channels} for c, a in _pending(app)]
     if app.json:
         click.echo(json.dumps(rows))
@@ -490,7 +490,7 @@ def _decide(app: App, key: str, note: str, cls: type[ev.Event]) -> None:
     check_ref_id("approval key", key)
     for c in app.root.cells():
         try:
-            view = c.view
+            view = c.refresh()
         except LazarusError:
             continue
         if key in view.approvals:
@@ -531,7 +531,7 @@ def revive(app: App, ref: str, name: str) -> None:
     from .planner import manual_revival
 
     c = app.cell(ref)
-    _appended(app, c.append_many(manual_revival(c.view, app.config, name, time.time())))
+    _appended(app, c.append_many(manual_revival(c.refresh(), app.config, name, time.time())))
 
 
 @cli.command()
@@ -606,7 +606,7 @@ def bus_publish(app: App, ref: str, topic: str, by: str, data: str | None, to: s
 def bus_checkpoint(app: App, ref: str, by: str, summary: str, state: str | None, paths: tuple[str, ...],
                    checkpoint_id: str | None) -> None:
     """Record a checkpoint; prints its seq and id."""
-    from .bus import checkpoint
+    from .checkpoints import checkpoint
     from .names import check_by
 
     a = checkpoint(app.cell(ref), check_by(by), summary=summary, state=read_data(state), paths=list(paths),
@@ -622,7 +622,7 @@ def bus_checkpoint(app: App, ref: str, by: str, summary: str, state: str | None,
 @pass_app
 def bus_restore(app: App, ref: str, checkpoint_id: str, by: str) -> None:
     """Unpack a checkpoint's archive into the workspace after checking its hash."""
-    from .bus import restore
+    from .checkpoints import restore
     from .names import check_by
 
     a = restore(app.cell(ref), checkpoint_id, check_by(by))
@@ -640,7 +640,7 @@ def bus_restore(app: App, ref: str, checkpoint_id: str, by: str) -> None:
 @pass_app
 def bus_handoff(app: App, ref: str, by: str, to: str, checkpoint_id: str, note: str, handoff_id: str | None) -> None:
     """Hand work to another agent; prints its seq and id."""
-    from .bus import handoff
+    from .checkpoints import handoff
     from .names import check_agent, check_by
 
     a = handoff(app.cell(ref), check_by(by), check_agent(to), checkpoint_id, note, handoff_id)
@@ -656,15 +656,15 @@ def bus_handoff(app: App, ref: str, by: str, to: str, checkpoint_id: str, note: 
 @pass_app
 def bus_resume(app: App, ref: str, handoff_id: str, accept: bool, by: str | None) -> None:
     """Print the resume packet of a handoff as JSON."""
-    from .bus import resume_packet
+    from .resume import resume_packet
 
     c = app.cell(ref)
     if accept:
         if not by:
             raise MalformedInput("--accept needs --by (the recipient)")
-        resume_packet(c.view, handoff_id)  # not found before anything is written
+        resume_packet(c.refresh(), handoff_id)  # not found before anything is written
         _emit(app, c, {"type": "handoff.accepted", "handoff_id": handoff_id}, by=by)
-    click.echo(json.dumps(resume_packet(c.view, handoff_id), indent=None if app.json else 2))
+    click.echo(json.dumps(resume_packet(c.refresh(), handoff_id), indent=None if app.json else 2))
 
 
 @bus.command("task")
@@ -708,7 +708,7 @@ def bus_task_update(app: App, ref: str, task_id: str, status: str, by: str, assi
 @pass_app
 def bus_tasks(app: App, ref: str) -> None:
     """Tasks with status and dependencies."""
-    view = app.cell(ref).view
+    view = app.cell(ref).refresh()
     rows = [msgspec.to_builtins(t) for t in sorted(view.tasks.values(), key=lambda t: t.seq)]
     if app.json:
         click.echo(json.dumps(rows))

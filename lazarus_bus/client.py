@@ -12,11 +12,12 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from . import events as ev
-from .bus import checkpoint, handoff, restore, resume_packet
 from .cells import Cell, Root
+from .checkpoints import checkpoint, handoff, restore
 from .config import resolve
 from .errors import LazarusError, MalformedInput
 from .names import check_agent
+from .resume import resume_packet
 
 __all__ = ["Agent", "connect"]
 
@@ -40,7 +41,7 @@ class Agent:
         self.name = name
         self.cycle = 0
         self.status = ""
-        invited = cell.view.agents.get(name)
+        invited = cell.refresh().agents.get(name)
         self.interval = heartbeat or (invited.heartbeat_interval if invited else 0) or 5.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -117,15 +118,15 @@ class Agent:
 
     def accept(self, handoff_id: str) -> dict[str, Any]:
         """Take up a handoff addressed to this agent; returns its resume packet."""
-        if not self.cell.view.handoffs[handoff_id].accepted:
+        if not self.cell.refresh().handoffs[handoff_id].accepted:
             self._append(ev.HandoffAccepted(by=self.name, handoff_id=handoff_id))
-        return resume_packet(self.cell.view, handoff_id)
+        return resume_packet(self.cell.refresh(), handoff_id)
 
     def resume(self) -> dict[str, Any] | None:
         """What `LAZARUS_RESUME` points at: a resume packet, a checkpoint, or None for a fresh start."""
         pointer = os.environ.get("LAZARUS_RESUME", "")
         kind, _, ref = pointer.partition(":")
-        view = self.cell.view
+        view = self.cell.refresh()
         if kind == "handoff" and ref in view.handoffs:
             return self.accept(ref)
         if kind == "checkpoint" and ref in view.checkpoints:
@@ -157,7 +158,7 @@ class Agent:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop_heartbeat()
-        invited = self.cell.view.agents.get(self.name)
+        invited = self.cell.refresh().agents.get(self.name)
         if kind is None and invited is not None and not invited.command and invited.phase != "left":
             with contextlib.suppress(LazarusError):
                 self.leave("completed")  # unsupervised and done: not a death (the daemon says so for the others)

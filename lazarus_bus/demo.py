@@ -117,7 +117,7 @@ async def _story(root: Root, out: Console) -> Cell:
     daemon = Daemon(root, http="", on_event=on_event)
     task = asyncio.create_task(daemon.run())
     try:
-        view = lambda: cell.view  # noqa: E731
+        view = lambda: cell.refresh()  # noqa: E731
         await _wait(lambda: sum(1 for c in view().checkpoints.values() if c.by == "writer") >= 2,
                     "the writer's second checkpoint", 30, changed)
         victim = view().agents["writer"]

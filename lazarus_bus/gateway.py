@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import hashlib
 import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -20,20 +22,39 @@ from prometheus_client.registry import Collector
 
 from . import events as ev
 from .cells import Cell
+from .config import Config
 from .errors import Forbidden, LazarusError, MalformedInput, NotFound, Refused
-from .fold import manifest
+from .fold import CellView, manifest
 from .health import agent_rows, judge
 from .names import check_agent
 from .policy import effective
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
-
-__all__ = ["Gateway", "Identity", "load_tokens", "parse_listen"]
+__all__ = ["Gateway", "Identity", "Served", "load_tokens", "parse_listen"]
 
 log = logging.getLogger(__name__)
 KEEPALIVE = 15.0
 SSE_QUEUE = 10_000
+IO_THREADS = 4  # appends and backlog reads: a slow disk or a long backlog never stalls the daemon's loop
+T = TypeVar("T")
+
+
+class Served(Protocol):
+    """What the gateway needs of the daemon it serves: watched cells, their projections, counters."""
+
+    started_at: float
+    appended: dict[str, int]
+
+    @property
+    def revivals(self) -> dict[str, int]: ...
+
+    @property
+    def lag(self) -> float: ...
+
+    def cell(self, ref: str) -> Cell | None: ...
+
+    def views(self) -> dict[str, CellView]: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 class Token(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -115,7 +136,7 @@ class _Metrics(Collector):
         self.g = gateway
 
     def collect(self) -> Any:
-        d = self.g.daemon
+        d = self.g.served
         appended = CounterMetricFamily("lazarus_events_appended", "Events appended, by type", labels=["type"])
         for t, n in sorted(d.appended.items()):
             appended.add_metric([t], n)
@@ -126,7 +147,7 @@ class _Metrics(Collector):
         for h, n in sorted(self.g.health_counts().items()):
             agents.add_metric([h], n)
         lag = GaugeMetricFamily("lazarus_watcher_lag_seconds", "From an event's ts to its fold")
-        lag.add_metric([], d.watcher.lag)
+        lag.add_metric([], d.lag)
         requests = CounterMetricFamily("lazarus_http_requests", "HTTP requests, by status", labels=["status"])
         for s, n in sorted(self.g.requests.items()):
             requests.add_metric([str(s)], n)
@@ -136,9 +157,10 @@ class _Metrics(Collector):
 class Gateway:
     """Serves the daemon's projections and appends through the same cells the daemon folds."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.config = daemon.config
+    def __init__(self, served: Served, config: Config) -> None:
+        self.served = served
+        self.config = config
+        self.io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="lazarus-http-io")
         self.tokens: dict[str, Identity] | None = None
         if self.config.http.tokens_file:
             self.tokens = load_tokens(Path(self.config.http.tokens_file))
@@ -188,10 +210,15 @@ class Gateway:
                 q.put_nowait(None)
         if self.runner is not None:
             await self.runner.cleanup()
+        self.io.shutdown(wait=True)
 
-    def publish(self, cell: Cell, events: list[ev.Event]) -> None:
-        """New events of a cell, to every live stream of it."""
-        for q in self.subscribers.get(cell.id, ()):
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking work (the log, the disk) in a worker thread, off the daemon's loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.io, functools.partial(fn, *args))
+
+    def publish(self, cell_id: str, events: list[ev.Event]) -> None:
+        """New events of a cell, to every live stream of it (on the loop)."""
+        for q in self.subscribers.get(cell_id, ()):
             for e in events:
                 if q.full():
                     q.put_nowait(None)  # too slow a reader: it reconnects with Last-Event-ID, losing nothing
@@ -237,18 +264,18 @@ class Gateway:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _cell(self, request: web.Request) -> Cell:
-        """The cell named in the path, as the daemon folds it; an agent token sees its own cell only."""
+    async def _cell(self, request: web.Request) -> tuple[Cell, CellView]:
+        """The cell named in the path as the daemon folds it, brought up to date; an agent token sees
+        its own cell only."""
         ref = request.match_info["cell"]
-        cell = self.daemon.watcher.cells.get(ref)
-        if cell is None:
-            cell = self.daemon.watcher.cells.get(self.daemon.root.open(ref).id)
+        cell = await self._io(self.served.cell, ref)
         if cell is None:
             raise NotFound(f"no cell {ref!r}")
+        view = await self._io(cell.refresh)
         ident: Identity = request["identity"]
-        if ident.kind == "agent" and ident.cell not in (cell.id, cell.view.name):
+        if ident.kind == "agent" and ident.cell not in (cell.id, view.name):
             raise Forbidden(f"token of agent {ident.agent} is for cell {ident.cell}, not {ref}")
-        return cell
+        return cell, view
 
     @staticmethod
     def _author(request: web.Request, claimed: str | None) -> str | None:
@@ -278,18 +305,17 @@ class Gateway:
             raise MalformedInput("the body must be a JSON object")
         return body
 
-    def _written(self, cell: Cell, draft: ev.Event, expected: Any) -> web.Response:
+    async def _written(self, cell: Cell, draft: ev.Event, expected: Any) -> web.Response:
         if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool) or expected < 0):
             raise MalformedInput("expected_seq must be a non-negative integer")
-        written = cell.append(draft, expected_seq=expected)
-        self.daemon._on_events(cell, [w.event for w in written])
+        written = await self._io(functools.partial(cell.append, draft, expected_seq=expected))
         first = written[0]
         return _json({"seq": first.seq, "id": first.event.id, "type": first.event.type,
                       "duplicate": first.duplicate}, status=200 if first.duplicate else 201)
 
     def health_counts(self) -> dict[str, int]:
         now, out = time.time(), {}
-        for view in self.daemon.watcher.views().values():
+        for view in self.served.views().values():
             for r in agent_rows(view, self.config, now):
                 out[r["health"]] = out.get(r["health"], 0) + 1
         return out
@@ -297,14 +323,15 @@ class Gateway:
     # -- endpoints ------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        d = self.daemon
+        d = self.served
         states: dict[str, int] = {}
-        for view in d.watcher.views().values():
+        for view in d.views().values():
             states[view.state] = states.get(view.state, 0) + 1
-        return _json({"status": "ok", "version": d.status()["version"], "pid": d.status()["pid"],
+        status = d.status()
+        return _json({"status": "ok", "version": status["version"], "pid": status["pid"],
                       "uptime": round(time.time() - d.started_at, 3), "cells": states,
-                      "agents": self.health_counts(), "watcher_lag": round(d.watcher.lag, 6),
-                      "errors": len(d.watcher.errors)})
+                      "agents": self.health_counts(), "watcher_lag": round(d.lag, 6),
+                      "errors": len(status["errors"])})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
@@ -313,7 +340,7 @@ class Gateway:
     async def cells(self, request: web.Request) -> web.Response:
         ident: Identity = request["identity"]
         now, out = time.time(), []
-        for cid, view in sorted(self.daemon.watcher.views().items()):
+        for cid, view in sorted(self.served.views().items()):
             if ident.kind == "agent" and ident.cell not in (cid, view.name):
                 continue
             rows = agent_rows(view, self.config, now)
@@ -322,7 +349,7 @@ class Gateway:
         return _json(out)
 
     async def cell(self, request: web.Request) -> web.Response:
-        view = self._cell(request).view
+        _, view = await self._cell(request)
         body = manifest(view)
         body["seq"] = view.seq
         body["agents"] = agent_rows(view, self.config, time.time())
@@ -330,7 +357,7 @@ class Gateway:
         return _json(body)
 
     async def agent(self, request: web.Request) -> web.Response:
-        view = self._cell(request).view
+        _, view = await self._cell(request)
         name = request.match_info["agent"]
         a = view.agents.get(check_agent(name))
         if a is None:
@@ -340,7 +367,7 @@ class Gateway:
                       "reason": verdict.reason, "detail": verdict.detail})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        cell = self._cell(request)
+        cell, _ = await self._cell(request)
         agent = check_agent(request.match_info["agent"])
         body = await self._body(request)
         expected = body.pop("expected_seq", None)
@@ -351,18 +378,18 @@ class Gateway:
         if "agent" in body and body["agent"] != agent:
             raise MalformedInput(f"the body names agent {body['agent']!r} but the path {agent!r}")
         draft = ev.parse_draft({**body, "type": "agent.heartbeat", "agent": agent}, by=by)
-        return self._written(cell, draft, expected)
+        return await self._written(cell, draft, expected)
 
     async def append(self, request: web.Request) -> web.Response:
-        cell = self._cell(request)
+        cell, _ = await self._cell(request)
         body = await self._body(request)
         expected = body.pop("expected_seq", None)
         by = self._author(request, body.get("by"))
         draft = ev.parse_draft(body, by=by)
-        return self._written(cell, draft, expected)
+        return await self._written(cell, draft, expected)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        cell = self._cell(request)
+        cell, _ = await self._cell(request)
         since = self._since(request)
         types = request.query.getall("type", [])
 
@@ -370,7 +397,7 @@ class Gateway:
             return not types or any(fnmatch.fnmatchcase(e.type, t) for t in types)
 
         if "text/event-stream" not in request.headers.get("Accept", ""):
-            lines = [line for e, line in cell.log.read_raw(since) if wanted(e)]
+            lines = await self._io(lambda: [line for e, line in cell.log.read_raw(since) if wanted(e)])
             return web.Response(body=b"[" + b",".join(lines) + b"]", content_type="application/json")
         return await self._stream(request, cell, since, wanted)
 
@@ -395,10 +422,7 @@ class Gateway:
         await resp.prepare(request)
         last = since
         try:
-            for e, line in cell.log.read_raw(since):
-                last = e.seq
-                if wanted(e):
-                    await resp.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (e.seq, e.type.encode(), line))
+            last = await self._backlog(resp, cell, last, None, wanted)
             while True:
                 try:
                     e_or_none = await asyncio.wait_for(queue.get(), KEEPALIVE)
@@ -409,11 +433,8 @@ class Gateway:
                     break
                 if e_or_none.seq <= last:
                     continue
-                if e_or_none.seq > last + 1:  # a gap (never expected): fill it from the log
-                    for e, line in cell.log.read_raw(last, e_or_none.seq):
-                        last = e.seq
-                        if wanted(e):
-                            await resp.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (e.seq, e.type.encode(), line))
+                if e_or_none.seq > last + 1:  # a gap (a write from another thread delivered later): fill it
+                    last = await self._backlog(resp, cell, last, e_or_none.seq, wanted)
                     continue
                 last = e_or_none.seq
                 if wanted(e_or_none):
@@ -424,4 +445,26 @@ class Gateway:
         finally:
             self.subscribers.get(cell.id, set()).discard(queue)
         return resp
+
+    async def _backlog(self, resp: web.StreamResponse, cell: Cell, since: int, until: int | None,
+                       wanted: Callable[[ev.Event], bool]) -> int:
+        """The stored events after `since` (up to `until`), read in a worker thread a block at a time;
+        the seq of the last one sent."""
+        last = since
+        while True:
+            block = await self._io(_read_block, cell, last, until)
+            for e, line in block:
+                last = e.seq
+                if wanted(e):
+                    await resp.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (e.seq, e.type.encode(), line))
+            if len(block) < BACKLOG_BLOCK:
+                return last
+
+
+BACKLOG_BLOCK = 1000
+
+
+def _read_block(cell: Cell, since: int, until: int | None) -> list[tuple[ev.Event, bytes]]:
+    stop = since + BACKLOG_BLOCK if until is None else min(until, since + BACKLOG_BLOCK)
+    return list(cell.log.read_raw(since, stop))
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
-from .fold import AgentView, CellView
 from .config import Config
+from .fold import AgentView, CellView
 from .policy import Effective, effective
 
 __all__ = ["Health", "Verdict", "agent_rows", "judge", "phi"]

@@ -8,11 +8,11 @@ from typing import Any
 from msgspec import Struct
 
 from . import events as ev
-from .bus import resume_pointer
 from .config import Config
 from .fold import AgentView, CellView
 from .health import judge
 from .policy import Effective, effective
+from .resume import resume_pointer
 
 __all__ = ["Action", "Append", "Start", "Stop", "attempts_in_window", "backoff", "channels_of", "manual_revival",
            "plan"]
@@ -26,13 +26,13 @@ class Action(Struct, frozen=True, kw_only=True, tag_field="do"):
     cell: str
     agent: str
     why: str = ""
+    at_seq: int = 0  # the projection's seq it was planned on: it holds only while the log is still there
 
 
 class Append(Action, frozen=True, kw_only=True, tag="append"):
-    """Events to append together, valid only against the projection at `at_seq`."""
+    """Events to append together."""
 
     events: list[ev.AnyEvent]
-    at_seq: int = 0
 
 
 class Start(Action, frozen=True, kw_only=True, tag="start"):
@@ -111,7 +111,7 @@ def _revive_now(view: CellView, config: Config, a: AgentView, p: Effective, now:
         events: list[ev.Event] = [_planned(a, "restart", attempt=k + 1, delay=delay)]
         later: list[AnyAction] = []
         if delay <= 0:
-            later.append(Start(cell=view.id, agent=a.name, attempt=k + 2, revived=k + 1,
+            later.append(Start(cell=view.id, at_seq=view.seq, agent=a.name, attempt=k + 2, revived=k + 1,
                                resume=resume_pointer(view, a.name), why="restart"))
         return events, later
     sub = _candidate(view, config, a, p, now, prefer)
@@ -175,7 +175,7 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
     if a.phase == "left":
         return [Stop(cell=cid, agent=name, why="agent left")] if running_per_log else []
     if a.phase in ("invited", "stopped") and supervised:
-        return [Start(cell=cid, agent=name, attempt=1, resume=resume_pointer(view, name),
+        return [Start(cell=cid, at_seq=view.seq, agent=name, attempt=1, resume=resume_pointer(view, name),
                       why="first start" if a.phase == "invited" else "cell thawed")]
     if a.phase == "exited":
         if a.returncode == 0 and p.restart_on == "failure":
@@ -203,7 +203,7 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
         if now < a.revival_at + a.revival_delay:
             return []
         k = a.revival_attempt
-        return [Start(cell=cid, agent=name, attempt=k + 1, revived=k, resume=resume_pointer(view, name),
+        return [Start(cell=cid, at_seq=view.seq, agent=name, attempt=k + 1, revived=k, resume=resume_pointer(view, name),
                       why="restart due")]
     if a.revival == "ask" and a.approval:
         request = view.approvals.get(a.approval)

@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
+from .admission import CAPABILITIES
 from .config import Config
 from .events import ENVELOPE, EVENT_TYPES, AnyEvent, Event
-from .rules import CAPABILITIES
 
 __all__ = ["catalogue", "export", "openapi", "schemas"]
 

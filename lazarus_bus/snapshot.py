@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import msgspec
 
 from .errors import LazarusError
+from .files import atomic_write
 from .fold import PROJECTION_VERSION, CellView
-
-if TYPE_CHECKING:
-    from .cells import Cell
+from .log import LogBackend
 
 __all__ = ["Snapshot", "load_snapshot", "save_snapshot"]
 
@@ -30,9 +29,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 _decoder = msgspec.json.Decoder(Snapshot)
 
 
-def load_snapshot(cell: Cell) -> CellView | None:
+def load_snapshot(state_dir: Path, log_: LogBackend, cell_id: str) -> CellView | None:
     """The snapshot's view, or None when it is missing, corrupt, outdated or not of this log."""
-    path = cell.state_dir / "projection.json"
+    path = state_dir / "projection.json"
     try:
         snap = _decoder.decode(path.read_bytes())
     except FileNotFoundError:
@@ -43,11 +42,11 @@ def load_snapshot(cell: Cell) -> CellView | None:
     why = None
     if snap.version != PROJECTION_VERSION:
         why = f"projection version {snap.version}, expected {PROJECTION_VERSION}"
-    elif snap.view.seq != snap.seq or snap.view.last_id != snap.last_id or snap.view.id != cell.id:
+    elif snap.view.seq != snap.seq or snap.view.last_id != snap.last_id or snap.view.id != cell_id:
         why = "inconsistent"
     else:
         try:
-            at = next(cell.log.read(snap.seq - 1, snap.seq), None)
+            at = next(log_.read(snap.seq - 1, snap.seq), None)
         except LazarusError as exc:
             at, why = None, str(exc)
         if at is None:
@@ -60,9 +59,7 @@ def load_snapshot(cell: Cell) -> CellView | None:
     return snap.view
 
 
-def save_snapshot(cell: Cell, view: CellView) -> None:
+def save_snapshot(state_dir: Path, view: CellView) -> None:
     """Write the snapshot atomically; it is only ever a cache of the log."""
-    from .cells import atomic_write
-
     snap = Snapshot(version=PROJECTION_VERSION, seq=view.seq, last_id=view.last_id, view=view)
-    atomic_write(cell.state_dir / "projection.json", msgspec.json.encode(snap))
+    atomic_write(state_dir / "projection.json", msgspec.json.encode(snap))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lazarus_bus import Config, Root
-from lazarus_bus.supervisor import alive
+from lazarus_bus.backends.process import alive
 
 HELPERS = Path(__file__).parent / "helpers"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from lazarus_bus import Cell
 from lazarus_bus.fold import CellView
-from lazarus_bus.supervisor import alive
+from lazarus_bus.backends.process import alive
 from tests.conftest import Cli, Procs
 from tests.support import BASE, Up, wait
 
 def view_of(cell: Cell) -> CellView:
-    return cell.view
+    return cell.refresh()
 
 
 def types_after(cell: Cell, seq: int, agent: str) -> list[str]:
@@ -139,7 +139,7 @@ def test_crash_loop_backs_off_and_is_escalated_until_revive(up: Up, cli: Cli) ->
     wait(lambda: json.loads(status.read_bytes())["ticks"] >= ticks + 3, "ticks")
     assert view_of(cell).agents["w"].spawns == 3  # nothing more happens by itself
     cli.ok("revive", "forge", "w")
-    wait(lambda: view_of(cell).agents["w"].spawns == 4, "manual revival")
+    wait(lambda: view_of(cell).agents["w"].spawns >= 4, "manual revival")  # it crashes on: more follow
     assert cli("revive", "forge", "nobody").code == 3
 
 

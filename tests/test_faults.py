@@ -77,8 +77,8 @@ def test_daemon_killed_and_restarted_twenty_times(up: Up, cli: Cli) -> None:
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
     up.start()
-    spawns = {n: cell.view.agents[n].spawns for n in AGENTS}
-    wait(lambda: all(cell.view.agents[n].spawns >= spawns[n] + 2 for n in AGENTS), "revivals go on")
+    spawns = {n: cell.refresh().agents[n].spawns for n in AGENTS}
+    wait(lambda: all(cell.refresh().agents[n].spawns >= spawns[n] + 2 for n in AGENTS), "revivals go on")
     up.stop()
     assert cli.ok("verify", "forge").startswith("ok:")
     events = list(cell.log.read())

@@ -126,7 +126,7 @@ def _helpers() -> list[str]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[1]) == os.getpid() and fields[0] != "Z":
                 cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                if "lazarus_bus.chain" in cmdline:
+                if "lazarus_bus.log.chain_check" in cmdline:
                     found.append(cmdline)
         except (OSError, IndexError):
             continue

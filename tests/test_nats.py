@@ -140,10 +140,10 @@ def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats:
         leading = lambda h: cid in (json.loads(status[h].read_bytes()).get("leading") or [])  # noqa: E731
         wait(lambda: leading("alpha"), "alpha leads")
         assert not leading("beta")
-        first = wait(lambda: (x := cell.view.agents["keeper"]).phase == "running" and x.heartbeats and x, "started")
+        first = wait(lambda: (x := cell.refresh().agents["keeper"]).phase == "running" and x.heartbeats and x, "started")
         assert first.host == "alpha"
         os.kill(first.pid, signal.SIGKILL)
-        wait(lambda: cell.view.agents["keeper"].spawns == 2 and cell.view.agents["keeper"].heartbeats
+        wait(lambda: cell.refresh().agents["keeper"].spawns == 2 and cell.refresh().agents["keeper"].heartbeats
              > first.heartbeats, "one revival")
         ticks = json.loads(status["beta"].read_bytes())["ticks"]
         wait(lambda: json.loads(status["beta"].read_bytes())["ticks"] >= ticks + 5, "both keep watching")
@@ -151,12 +151,12 @@ def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats:
         assert sum(1 for e in events if e.type == "revival.planned") == 1
         assert [e.host for e in events if e.type == "agent.spawned"] == ["alpha", "alpha"]  # type: ignore[attr-defined]
         # the leader's machine dies: its daemon and its agent
-        second = cell.view.agents["keeper"]
+        second = cell.refresh().agents["keeper"]
         a_proc.send_signal(signal.SIGKILL)
         a_proc.wait(10)
         os.killpg(second.pid, signal.SIGKILL)
         wait(lambda: leading("beta"), "beta takes the lease", timeout=1.5 + 5)
-        third = wait(lambda: (x := cell.view.agents["keeper"]).spawns == 3 and x.phase == "running" and x,
+        third = wait(lambda: (x := cell.refresh().agents["keeper"]).spawns == 3 and x.phase == "running" and x,
                      "beta revives it", timeout=1.5 + 1.5 + 10)
         assert third.host == "beta"
         dead = [e for e in cell.log.read() if e.type == "agent.declared_dead"]

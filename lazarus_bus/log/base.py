@@ -164,6 +164,10 @@ class LogBackend(abc.ABC):
         """One event (plus any follow-up the admit hook adds)."""
         return self.append_many([draft], expected_seq=expected_seq, admit=admit)
 
+    @abc.abstractmethod
+    def import_lines(self, lines: Sequence[bytes]) -> None:
+        """Write an exported log as it is (same bytes, seqs, ids and chain) into this empty log."""
+
     def close(self) -> None:
         """Release files or connections."""
 

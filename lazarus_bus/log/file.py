@@ -20,9 +20,10 @@ import msgspec
 
 from ..errors import Conflict, CorruptLog, LazarusError, NotFound
 from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line
+from ..files import fsync_dir
 from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
 
-__all__ = ["FileLog", "blocks", "fsync_dir", "link_block"]
+__all__ = ["FileLog", "blocks", "link_block"]
 
 CHUNK = 1 << 16
 ASIDE_BYTES = 32 << 20  # a log this big is read with its chain checked by a second process: start-up paid back
@@ -45,15 +46,6 @@ def _helper_env() -> dict[str, str]:
     here = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": here + os.pathsep + path if path else here}
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha(line: bytes) -> str:
@@ -288,7 +280,7 @@ class FileLog(LogBackend):
             return
         seq = 0
         try:
-            helper = subprocess.Popen([sys.executable, "-m", "lazarus_bus.chain", str(self.path), str(end)],
+            helper = subprocess.Popen([sys.executable, "-m", "lazarus_bus.log.chain_check", str(self.path), str(end)],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env())
         except OSError:  # no interpreter to start (an embedded one): one process does it all
             yield from self.read()
@@ -432,6 +424,17 @@ class FileLog(LogBackend):
                 if expected_seq is not None and expected_seq != self._head.seq:
                     raise Conflict(f"expected seq {expected_seq}, but the log is at seq {self._head.seq}")
                 return self._write(admit(self._head, list(drafts)) if admit else drafts)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def import_lines(self, lines: Sequence[bytes]) -> None:
+        with self._thread_lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                if self._size():
+                    raise Conflict(f"{self.path} is not empty")
+                self._write_all(self._fd, b"".join(line + b"\n" for line in lines))
+                os.fsync(self._fd)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 

@@ -244,8 +244,8 @@ class Nats:
 
     async def wakeups(self, durable: str, notify: Any, stop: asyncio.Event) -> None:
         """A durable consumer per daemon over every cell's subject: each message names a cell to re-read."""
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         sub = await self.js.pull_subscribe(SUBJECTS, durable=durable, stream=self.stream, config=ConsumerConfig(
             deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE, max_ack_pending=-1))
@@ -393,7 +393,7 @@ class NatsLog(LogBackend):
                     continue  # someone appended between two of ours: re-admit what is left
             raise Conflict(f"{self.path}: gave up after 1000 concurrent retries")
 
-    def import_lines(self, lines: list[bytes]) -> None:
+    def import_lines(self, lines: Sequence[bytes]) -> None:
         """Publish an exported log as it is (same bytes, seqs, ids and chain) into an empty subject."""
         with self._thread_lock:
             if self._fetch_head().seq:
@@ -402,8 +402,3 @@ class NatsLog(LogBackend):
                 event = decode_event(line)
                 self._last = self.nats.run(self.nats.publish(self.subject, line, f"{event.id}:{event.seq}",
                                                              self._last))
-
-    def destroy(self) -> None:
-        """Remove the cell's messages from the stream (after the graveyard copy)."""
-        self.nats.run(self.nats.purge(self.subject))
-

@@ -10,7 +10,7 @@ import lazarus_bus
 with lazarus_bus.connect(heartbeat=0.5) as me:
     packet = me.resume()  # a handoff named by LAZARUS_RESUME, if the daemon gave one
     while packet is None or "handoff_id" not in packet:
-        waiting = [h for h in me.cell.view.handoffs.values() if h.to == me.name and not h.accepted]
+        waiting = [h for h in me.cell.refresh().handoffs.values() if h.to == me.name and not h.accepted]
         if waiting:
             packet = me.accept(waiting[0].handoff_id)
             break

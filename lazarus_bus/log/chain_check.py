@@ -1,6 +1,6 @@
 """The hash chain checked by a second process: a full replay's other core.
 
-`python -m lazarus_bus.chain LOG END` checks that the lines before byte END carry seqs 1..N and each
+`python -m lazarus_bus.log.chain_check LOG END` checks that the lines before byte END carry seqs 1..N and each
 the SHA-256 of the line before; it prints N and exits 0, or exits 1 at the first fault."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import msgspec
 
-from .events import ZERO_HASH
-from .log.file import blocks, link_block
+from ..events import ZERO_HASH
+from .file import blocks, link_block
 
 __all__ = ["chain_length"]
 

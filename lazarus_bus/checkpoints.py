@@ -1,4 +1,4 @@
-"""The mission bus: checkpoints with workspace archives, restores, handoffs and resume packets."""
+"""Checkpoints with workspace archives, their restores, and handoffs that point at them."""
 
 from __future__ import annotations
 
@@ -12,21 +12,14 @@ from typing import Any
 import msgspec
 
 from . import events as ev
-from .cells import Cell, fsync_dir
+from .admission import admit
+from .cells import Cell
 from .errors import LazarusError, NotFound, Refused, TooLarge
-from .fold import CellView
+from .files import fsync_dir
 from .log import Appended
 from .names import check_ref_id, new_id
-from .rules import admit
 
-__all__ = [
-    "checkpoint",
-    "handoff",
-    "restore",
-    "resume_packet",
-    "resume_pointer",
-    "PathEscape",
-]
+__all__ = ["PathEscape", "checkpoint", "handoff", "restore"]
 
 CHUNK = 1 << 20
 
@@ -120,7 +113,7 @@ def checkpoint(cell: Cell, by: str, *, summary: str = "", state: Any = None, pat
     checkpoint_id = check_ref_id("checkpoint", checkpoint_id) if checkpoint_id else new_id()
     draft = ev.CheckpointCreated(by=by, checkpoint_id=checkpoint_id, summary=summary, state=state,
                                  artifacts=list(artifacts or []))
-    admit(cell.view, draft)  # refuse early, before archiving anything
+    admit(cell.refresh(), draft)  # refuse early, before archiving anything
     if not paths:
         return cell.append(draft)[0]
     archive, digest = _archive(cell, checkpoint_id, paths, cell.root.config.max_archive_bytes)
@@ -151,7 +144,7 @@ def _check_member(workspace: Path, m: tarfile.TarInfo) -> None:
 
 def restore(cell: Cell, checkpoint_id: str, by: str = "operator") -> Appended:
     """Unpack a checkpoint's archive into the workspace after checking its hash and every member."""
-    view = cell.view
+    view = cell.refresh()
     cp = view.checkpoints.get(checkpoint_id)
     if cp is None:
         raise NotFound(f"no checkpoint {checkpoint_id} in cell {view.name}")
@@ -186,38 +179,3 @@ def handoff(cell: Cell, by: str, to: str, checkpoint_id: str, note: str = "",
     handoff_id = check_ref_id("handoff", handoff_id) if handoff_id else new_id()
     return cell.append(ev.HandoffCreated(by=by, handoff_id=handoff_id, to=to, checkpoint_id=checkpoint_id,
                                          note=note))[0]
-
-
-def resume_packet(view: CellView, handoff_id: str) -> dict[str, Any]:
-    """Everything the recipient needs to pick up where the sender stopped."""
-    h = view.handoffs.get(handoff_id)
-    if h is None:
-        raise NotFound(f"no handoff {handoff_id} in cell {view.name}")
-    cp = view.checkpoints.get(h.checkpoint_id or "")
-    return {
-        "cell": view.id,
-        "cell_name": view.name,
-        "mission": view.mission,
-        "handoff_id": h.handoff_id,
-        "from": h.by,
-        "to": h.to,
-        "note": h.note,
-        "accepted": h.accepted,
-        "checkpoint": None if cp is None else {
-            "checkpoint_id": cp.checkpoint_id, "by": cp.by, "summary": cp.summary, "state": cp.state,
-            "artifacts": cp.artifacts, "archive": cp.archive, "sha256": cp.sha256, "seq": cp.seq,
-        },
-        "participants": {a.name: a.role for a in view.agents.values() if a.phase != "left"},
-        "seq": view.seq,
-    }
-
-
-def resume_pointer(view: CellView, agent: str) -> str:
-    """`LAZARUS_RESUME`: the newest unaccepted handoff to the agent, else its own newest checkpoint."""
-    for h in sorted(view.handoffs.values(), key=lambda h: h.seq, reverse=True):
-        if h.to == agent and not h.accepted:
-            return f"handoff:{h.handoff_id}"
-    a = view.agents.get(agent)
-    if a is not None and a.last_checkpoint:
-        return f"checkpoint:{a.last_checkpoint}"
-    return ""

@@ -1,4 +1,4 @@
-"""The chain helper a full replay starts: run as `python -m lazarus_bus.chain LOG END`, as read_all runs it."""
+"""The chain helper a full replay starts: run as `python -m lazarus_bus.log.chain_check LOG END`, as read_all runs it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lazarus_bus import FileLog
-from lazarus_bus.chain import chain_length
+from lazarus_bus.log.chain_check import chain_length
 from lazarus_bus.log.file import _helper_env
 
 from .log_contract import msg
@@ -24,7 +24,7 @@ def log_path(tmp_path: Path) -> Path:
 
 
 def helper(path: Path, end: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lazarus_bus.chain", str(path), str(end)], env=_helper_env(),
+    return subprocess.run([sys.executable, "-m", "lazarus_bus.log.chain_check", str(path), str(end)], env=_helper_env(),
                           capture_output=True, text=True, timeout=60, start_new_session=True)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from lazarus_bus import Root
 from lazarus_bus import events as ev
-from lazarus_bus.supervisor import ProcessBackend, alive, start_time_of
+from lazarus_bus.backends.process import ProcessBackend, alive, start_time_of
 
 
 def _cell(root: Root, command: list[str]):  # type: ignore[no-untyped-def]
@@ -30,7 +30,7 @@ def test_an_unrecorded_start_never_runs_the_agent(root: Root, tmp_path: Path) ->
         raise OSError("disk full")  # the daemon could not make agent.spawned durable
 
     with pytest.raises(OSError):
-        ProcessBackend("here").spawn(cell, cell.view.agents["w"], attempt=1, resume="", record=record)
+        ProcessBackend("here").spawn(cell, cell.refresh().agents["w"], attempt=1, resume="", record=record)
     [pid] = seen
     deadline = time.monotonic() + 10
     while start_time_of(pid) is not None:
@@ -44,7 +44,7 @@ def test_spawn_records_then_runs_with_its_environment_and_exit_status(root: Root
     cell = _cell(root, ["sh", "-c", 'echo "$LAZARUS_AGENT $LAZARUS_ROLE $MARK $PWD"; exit 7'])
     backend = ProcessBackend("here")
     recorded: list[tuple[int, float]] = []
-    proc = backend.spawn(cell, cell.view.agents["w"], attempt=1, resume="", record=lambda p, s: recorded.append((p, s)))
+    proc = backend.spawn(cell, cell.refresh().agents["w"], attempt=1, resume="", record=lambda p, s: recorded.append((p, s)))
     assert recorded == [(proc.pid, proc.start_time)]
     deadline = time.monotonic() + 10
     while (got := backend.read_exit(cell, "w", proc.pid)) is None:
@@ -66,7 +66,7 @@ def test_a_reused_pid_is_not_the_agent(root: Root) -> None:
 def test_stop_signals_the_agents_group(root: Root) -> None:
     cell = _cell(root, ["sh", "-c", "sleep 30 & sleep 30; wait"])
     backend = ProcessBackend("here")
-    proc = backend.spawn(cell, cell.view.agents["w"], attempt=1, resume="", record=lambda p, s: None)
+    proc = backend.spawn(cell, cell.refresh().agents["w"], attempt=1, resume="", record=lambda p, s: None)
     assert os.getpgid(proc.pid) == proc.pid
     assert backend.signal(proc, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -88,7 +88,7 @@ def test_an_agent_killed_right_after_its_start_is_recorded_still_has_its_exit_re
         while start_time_of(pid) is not None:
             time.sleep(0.001)
 
-    proc = backend.spawn(cell, cell.view.agents["w"], attempt=1, resume="", record=record_then_die)
+    proc = backend.spawn(cell, cell.refresh().agents["w"], attempt=1, resume="", record=record_then_die)
     deadline = time.monotonic() + 10
     while (got := backend.read_exit(cell, "w", proc.pid)) is None:
         assert time.monotonic() < deadline, "the shim must record the exit"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from msgspec import Struct
 
-from .cells import Cell, atomic_write
-from .errors import LazarusError
-from .fold import AgentView
+from ..cells import Cell
+from ..errors import LazarusError
+from ..files import atomic_write
+from ..fold import AgentView
 
 __all__ = ["Exit", "Proc", "ProcessBackend", "alive", "start_time_of"]
 

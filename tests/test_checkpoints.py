@@ -14,7 +14,8 @@ import pytest
 
 from lazarus_bus import Cell, Forbidden, Refused, Root
 from lazarus_bus import events as ev
-from lazarus_bus.bus import PathEscape, checkpoint, restore, resume_packet
+from lazarus_bus.checkpoints import PathEscape, checkpoint, restore
+from lazarus_bus.resume import resume_packet
 from lazarus_bus.errors import LazarusError, NotFound, TooLarge
 from tests.conftest import Cli, Procs
 
@@ -244,7 +245,7 @@ def _agent_env(cli: Cli, cell_id: str, agent: str, **extra: str) -> dict[str, st
 
 def _wait(cell: Cell, check, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
-    while not check(cell.view):
+    while not check(cell.refresh()):
         assert time.monotonic() < deadline, "timed out waiting for the log"
         time.sleep(0.02)
 
@@ -261,7 +262,7 @@ def test_full_handoff_between_two_real_agent_processes(root: Root, cli: Cli, pro
                          env=_agent_env(cli, cell.id, "writer", WRITER_LINES="3", WRITER_PAUSE="0"))
     assert writer.wait(30) == 0, writer.stderr.read()  # type: ignore[union-attr]
     assert reviewer.wait(30) == 0, reviewer.stderr.read()  # type: ignore[union-attr]
-    view = cell.view
+    view = cell.refresh()
     [h] = view.handoffs.values()
     assert h.by == "writer" and h.to == "reviewer" and h.accepted
     packet = resume_packet(view, h.handoff_id)
@@ -292,7 +293,7 @@ def test_client_heartbeat_keeps_agent_healthy_and_stops_on_exit(root: Root, cli:
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     exited_at = float(out.split()[-1])
-    view = cell.view
+    view = cell.refresh()
     a = view.agents["hb"]
     assert a.heartbeats >= 5
     beats = [e.ts for e in cell.log.read() if e.type == "agent.heartbeat"]
@@ -309,7 +310,7 @@ def test_client_stops_on_sigterm(root: Root, cli: Cli, procs: Procs) -> None:
     _wait(cell, lambda v: v.agents["hb"].heartbeats >= 2)
     p.terminate()
     assert p.wait(10) == 128 + 15  # SIGTERM unwound the context manager: thread stopped, process gone
-    assert cell.view.agents["hb"].phase == "running"  # a signal is not a clean leave: the daemon judges it
+    assert cell.refresh().agents["hb"].phase == "running"  # a signal is not a clean leave: the daemon judges it
 
 
 def test_client_needs_a_cell_and_an_agent(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,215 @@
+"""The executor: carries out the planner's actions, agent by agent, and appends what it did.
+
+Its rule (DESIGN section 13): one agent's actions run in order and stop at the first that fails; an
+action holds only while the log is where the plan was made (plus this agent's own appends before it),
+so a start whose death declaration or plan conflicted is planned again on the fresh view, never run
+blind, and every start that follows a death has that death's `agent.declared_dead` and
+`revival.planned` before its `agent.spawned`, for simultaneous deaths too."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable, Sequence
+
+import msgspec
+
+from . import events as ev
+from .backends.process import Exit, Proc, ProcessBackend
+from .cells import Cell
+from .errors import Conflict, LazarusError
+from .planner import AnyAction, Append, Start, Stop
+
+__all__ = ["Executor"]
+
+log = logging.getLogger(__name__)
+LOG_TAIL_BYTES = 2048
+LOG_TAIL_LINES = 10
+
+
+class _Failed(Exception):
+    """An action that did not happen; `moved` when the log moved under the plan (plan again)."""
+
+    def __init__(self, moved: bool) -> None:
+        super().__init__()
+        self.moved = moved
+
+
+class Executor:
+    """Runs and stops the agent processes this daemon supervises, and records their ends."""
+
+    def __init__(self, backend: ProcessBackend, *, grace: float, cells: Callable[[str], Cell | None],
+                 on_exit: Callable[[str], None]) -> None:
+        self.backend = backend
+        self.grace = grace
+        self.cells = cells
+        self.on_exit = on_exit
+        self.procs: dict[tuple[str, str], Proc] = {}
+        self.revivals: dict[str, int] = {}
+        self._stopping: dict[tuple[str, str], asyncio.TimerHandle] = {}
+
+    def carry_out(self, cell: Cell, actions: Sequence[AnyAction]) -> bool:
+        """Every agent's actions, each agent's in order up to the first that fails; True when the log
+        moved, so the caller plans again on the fresh view."""
+        moved = False
+        for todo in _by_agent(actions):
+            expected: int | None = todo[0].at_seq or None
+            for action in todo:
+                try:
+                    seq = self._act(cell, action, expected)
+                except _Failed as failed:
+                    moved = moved or failed.moved
+                    break
+                if seq is not None:
+                    moved, expected = True, seq
+        return moved
+
+    def _act(self, cell: Cell, action: AnyAction, expected: int | None) -> int | None:
+        """Carry out one action; the log's seq after it when it appended, else None."""
+        try:
+            if isinstance(action, Append):
+                written = cell.append_many([self._with_log_tail(cell, e) for e in action.events],
+                                           expected_seq=expected)
+                for w in written:
+                    if isinstance(w.event, ev.RevivalPlanned):
+                        self.revivals[w.event.action] = self.revivals.get(w.event.action, 0) + 1
+                return written[-1].seq if written else None
+            if isinstance(action, Start):
+                return self._start(cell, action, expected)
+            self.stop(cell.id, action.agent)
+            return None
+        except Conflict as exc:
+            log.info("cell %s, agent %s: %s; planning again", cell.id, action.agent, exc)
+            raise _Failed(moved=True) from None
+        except (LazarusError, OSError) as exc:
+            log.error("cell %s, agent %s: %s", cell.id, action.agent, exc)
+            raise _Failed(moved=False) from None
+
+    @staticmethod
+    def _with_log_tail(cell: Cell, e: ev.Event) -> ev.Event:
+        """A death of a supervised process carries the end of its output: why it died, at a glance."""
+        if not isinstance(e, ev.AgentDeclaredDead) or e.reason != "exited":
+            return e
+        try:
+            with open(cell.agent_logs / f"{e.agent}.log", "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+                tail = f.read().decode(errors="replace")
+        except OSError:
+            return e
+        lines = tail.splitlines()[-LOG_TAIL_LINES:]
+        return msgspec.structs.replace(e, detail={**e.detail, "log_tail": "\n".join(lines)})
+
+    def _start(self, cell: Cell, action: Start, expected: int | None) -> int:
+        key = (cell.id, action.agent)
+        if key in self.procs:
+            self.stop(cell.id, action.agent)  # the old process goes first; its exit plans again
+            raise _Failed(moved=False)
+        if expected is not None and cell.head().seq != expected:
+            raise Conflict(f"the log moved past seq {expected} since the start was planned")
+        view = cell.projection or cell.refresh()
+        a = view.agents[action.agent]
+        host = self.backend.host
+        last = 0
+
+        def record(pid: int, started: float) -> None:
+            nonlocal last
+            drafts: list[ev.Event] = [ev.AgentSpawned(by="lazarus", agent=a.name, pid=pid, start_time=started,
+                                                      host=host, attempt=action.attempt, resume=action.resume)]
+            if action.revived:
+                drafts.append(ev.AgentRevived(by="lazarus", agent=a.name, pid=pid, attempt=action.revived))
+            last = cell.append_many(drafts, expected_seq=expected)[-1].seq
+
+        proc = self.backend.spawn(cell, a, attempt=action.attempt, resume=action.resume, record=record)
+        self.watch(cell, proc)
+        return last
+
+    # -- processes ------------------------------------------------------------------------
+
+    def watch(self, cell: Cell, proc: Proc) -> None:
+        """Know of the agent's end at once: a pidfd on its shim in the event loop."""
+        self.procs[(proc.cell, proc.agent)] = proc
+        fd = self.backend.watch_fd(proc)
+        loop = asyncio.get_running_loop()
+        if fd is None:
+            loop.call_soon(self._ended, proc, None)
+            return
+        loop.add_reader(fd, self._ended, proc, fd)
+
+    def _ended(self, proc: Proc, fd: int | None) -> None:
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+        self.backend.reap(proc)
+        key = (proc.cell, proc.agent)
+        if self.procs.get(key) == proc:
+            del self.procs[key]
+        timer = self._stopping.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        cell = self.cells(proc.cell)
+        if cell is None:
+            return
+        # without the shim's record (adopted without its shim, or the shim was killed) the status is unknown
+        seen = self.backend.read_exit(cell, proc.agent, proc.pid) or Exit(pid=proc.pid)
+        self.record_exit(cell, proc.agent, seen)
+        self.on_exit(cell.id)
+
+    def record_exit(self, cell: Cell, agent: str, seen: Exit) -> None:
+        """Append `agent.exited` unless the log already has this pid's end."""
+        try:
+            a = cell.refresh().agents.get(agent)
+            if a is not None and a.pid == seen.pid and a.spawned_at >= a.exited_at:
+                cell.append(ev.AgentExited(by="lazarus", agent=agent, pid=seen.pid, returncode=seen.returncode,
+                                           signal=seen.signal))
+            self.backend.forget(cell, agent, seen.pid)
+        except LazarusError as exc:
+            log.error("cell %s: exit of %s not recorded: %s", cell.id, agent, exc)
+
+    def stop(self, cell_id: str, agent: str) -> None:
+        """SIGTERM to the group, then SIGKILL after the grace period."""
+        key = (cell_id, agent)
+        proc = self.procs.get(key)
+        if proc is None or key in self._stopping:
+            return
+        if not self.backend.signal(proc, signal.SIGTERM):
+            return
+        self._stopping[key] = asyncio.get_running_loop().call_later(self.grace, self._kill, proc)
+
+    def _kill(self, proc: Proc) -> None:
+        self._stopping.pop((proc.cell, proc.agent), None)
+        self.backend.signal(proc, signal.SIGKILL)
+
+    def adopt(self, cells: Iterable[Cell]) -> None:
+        """After a restart: watch the agents spawned earlier on this host, record the ends we missed."""
+        for cell in cells:
+            view = cell.projection
+            if view is None:
+                continue
+            for a in view.agents.values():
+                if not a.command or a.host != self.backend.host or not a.pid or a.spawned_at < a.exited_at:
+                    continue
+                if (cell.id, a.name) in self.procs:
+                    continue
+                found = self.backend.adopt(cell, a)
+                if isinstance(found, Exit):
+                    self.record_exit(cell, a.name, found)
+                else:
+                    log.info("re-adopted %s/%s pid %d", view.name, a.name, a.pid)
+                    self.watch(cell, found)
+
+    def kill_orphans(self, live: Iterable[str]) -> None:
+        """The agents of a cell that vanished (destroyed) are killed."""
+        keep = set(live)
+        for (cid, _), proc in list(self.procs.items()):
+            if cid not in keep:
+                self.backend.signal(proc, signal.SIGKILL)
+
+
+def _by_agent(actions: Sequence[AnyAction]) -> list[list[AnyAction]]:
+    """The actions grouped per agent, each group in plan order, agents in order of first action."""
+    groups: dict[str, list[AnyAction]] = {}
+    for a in actions:
+        groups.setdefault(a.agent, []).append(a)
+    return list(groups.values())

@@ -1,0 +1,96 @@
+"""The shared store: cells as subjects of one JetStream stream, a KV registry of names, KV leases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator
+from pathlib import Path
+
+from ..errors import Refused
+from ..files import atomic_write
+from ..log.base import LogBackend
+from ..log.nats import Nats, NatsLog, subject_of
+from .base import Store, Wakeup
+
+__all__ = ["NatsStore"]
+
+log = logging.getLogger(__name__)
+
+
+class NatsStore(Store):
+    """Every daemon and command of every host sees the same cells; a cell's leader holds its lease."""
+
+    spans_hosts = True
+
+    @property
+    def nats(self) -> Nats:
+        """The process's shared connection, made on first use (a command that needs no cell never connects)."""
+        c = self.config
+        return Nats.get(c.nats_url, c.nats_stream, c.nats_replicas, c.nats_storage)
+
+    def cells(self) -> dict[str, str | None]:
+        nats = self.nats
+        return dict(sorted(nats.run(nats.cells()).items()))
+
+    def open_log(self, cell_id: str, *, create: bool = False, base: Path | None = None) -> LogBackend:
+        return NatsLog(self.nats, cell_id, max_event_bytes=self.config.max_event_bytes)
+
+    @contextlib.contextmanager
+    def claim(self, cell_id: str, name: str, names: Callable[[], dict[str, str]]) -> Iterator[None]:
+        nats = self.nats
+        if cell_id in nats.run(nats.cells()):
+            raise Refused(f"cell id {cell_id} is taken (in NATS stream {self.config.nats_stream})")
+        if not nats.run(nats.register(cell_id, name)):
+            raise Refused(f"cell name {name!r} is taken (in NATS stream {self.config.nats_stream})")
+        try:
+            yield
+        except BaseException:
+            nats.run(nats.unregister(cell_id, name))
+            raise
+
+    def bury(self, cell_id: str, name: str, log: LogBackend, cell_dir: Path, grave: Path) -> None:
+        """The graveyard keeps a verified copy; then the subject and its names go."""
+        atomic_write(grave, b"".join(line + b"\n" for _, line in log.read_raw()))
+        nats = self.nats
+        nats.run(nats.purge(subject_of(cell_id)))
+        nats.run(nats.unregister(cell_id, name))
+        log.close()
+        shutil.rmtree(cell_dir, ignore_errors=True)
+
+    async def wakeups(self, stop: asyncio.Event, watched: Callable[[], Collection[str]], *, tick: float,
+                      debounce: float, consumer: str) -> AsyncGenerator[Wakeup, None]:
+        """A durable JetStream consumer per daemon names the cells that changed."""
+        nats = self.nats
+        loop = asyncio.get_running_loop()
+        changed: asyncio.Queue[set[str]] = asyncio.Queue()
+        halt = asyncio.Event()  # lives on the NATS loop's side
+
+        def notify(cells: set[str]) -> None:
+            loop.call_soon_threadsafe(changed.put_nowait, cells)
+
+        follow = asyncio.run_coroutine_threadsafe(nats.wakeups(consumer, notify, halt), nats.loop)
+        try:
+            while not stop.is_set():
+                try:
+                    cells = await asyncio.wait_for(changed.get(), tick)
+                except asyncio.TimeoutError:
+                    yield Wakeup(rescan=True)
+                    continue
+                while not changed.empty():
+                    cells |= changed.get_nowait()
+                yield Wakeup(cells=frozenset(cells), rescan=bool(cells - set(watched())))
+        finally:
+            nats.loop.call_soon_threadsafe(halt.set)
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(follow)
+
+    def lease(self, cell_id: str, holder: str, ttl: float, revision: int | None) -> int | None:
+        nats = self.nats
+        return nats.run(nats.lease(cell_id, holder, ttl, revision))
+
+    def release(self, cell_id: str, holder: str) -> None:
+        nats = self.nats
+        nats.run(nats.release(cell_id, holder))
