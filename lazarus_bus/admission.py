@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from msgspec import Struct
 from msgspec.structs import replace
 
 from . import events as ev
@@ -9,21 +10,9 @@ from .errors import Conflict, Forbidden, MalformedInput, NotFound, Refused
 from .fold import CellView, fold
 from .names import SYSTEM_AUTHORS, check_agent
 
-__all__ = ["admit", "admit_batch", "TRANSITIONS", "CAPABILITIES"]
+__all__ = ["ADMISSION", "CAPABILITIES", "Admission", "admit", "admit_batch"]
 
-# cell.* event -> the states it may leave from
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "cell.activated": ("provisioned",),
-    "cell.frozen": ("active",),
-    "cell.thawed": ("frozen",),
-    "cell.archived": ("provisioned", "active", "frozen"),
-    "cell.destroyed": ("archived",),
-}
-FROZEN_REFUSES = ("agent.joined", "agent.spawned", "agent.revived", "bus.", "checkpoint.", "handoff.", "task.")
-ARCHIVED_ACCEPTS = ("agent.exited", "agent.left", "cell.destroyed")
-ACTIVATES = ("agent.joined", "agent.heartbeat", "agent.spawned")
-
-# capability -> roles holding it; types not listed here are for operator and lazarus only
+# capability -> roles holding it; types that need none are for operator and lazarus only
 CAPABILITIES: dict[str, tuple[str, ...]] = {
     "presence": ("lead", "write", "read", "audit"),
     "bus.message": ("lead", "write"),
@@ -31,18 +20,52 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "handoff": ("lead", "write"),
     "task": ("lead",),
 }
-_CAPABILITY_OF = {
-    "agent.joined": "presence",
-    "agent.heartbeat": "presence",
-    "agent.left": "presence",
-    "bus.message": "bus.message",
-    "checkpoint.created": "checkpoint",
-    "checkpoint.restored": "checkpoint",
-    "handoff.created": "handoff",
-    "handoff.accepted": "handoff",
-    "task.created": "task",
-    "task.updated": "task",
+States = tuple[str, ...]
+ANY_STATE: States = ("provisioned", "active", "frozen", "archived")
+
+
+class Admission(Struct, frozen=True, kw_only=True):
+    """What one event type needs to be let in."""
+
+    capability: str | None = None  # the role capability an agent needs to append it; None: operator/lazarus
+    states: States = ("provisioned", "active", "frozen")  # cell states that accept it
+    activates: bool = False  # the first one in a provisioned cell appends cell.activated after it
+
+
+_LIFE = Admission(states=ANY_STATE)  # an agent's end is recorded whatever the cell's state
+_WORK = Admission(states=("provisioned", "active"))  # starts or advances work: a frozen cell refuses it
+
+# every event type, one row: a new type that is not listed here fails at import and in the tests
+ADMISSION: dict[type[ev.Event], Admission] = {
+    ev.CellProvisioned: Admission(states=()),  # only ever the first event, admitted on its own
+    ev.CellActivated: Admission(states=("provisioned",)),
+    ev.CellFrozen: Admission(states=("active",)),
+    ev.CellThawed: Admission(states=("frozen",)),
+    ev.CellArchived: Admission(states=("provisioned", "active", "frozen")),
+    ev.CellDestroyed: Admission(states=("archived",)),
+    ev.AgentInvited: Admission(),
+    ev.AgentJoined: Admission(capability="presence", states=_WORK.states, activates=True),
+    ev.AgentHeartbeat: Admission(capability="presence", activates=True),
+    ev.AgentLeft: Admission(capability="presence", states=ANY_STATE),
+    ev.AgentSpawned: Admission(states=_WORK.states, activates=True),
+    ev.AgentExited: _LIFE,
+    ev.AgentDeclaredDead: Admission(),
+    ev.AgentRevived: _WORK,
+    ev.RevivalPlanned: Admission(),
+    ev.RevivalApprovalRequested: Admission(),
+    ev.RevivalApproved: Admission(),
+    ev.RevivalDenied: Admission(),
+    ev.BusMessage: Admission(capability="bus.message", states=_WORK.states),
+    ev.CheckpointCreated: Admission(capability="checkpoint", states=_WORK.states),
+    ev.CheckpointRestored: Admission(capability="checkpoint", states=_WORK.states),
+    ev.HandoffCreated: Admission(capability="handoff", states=_WORK.states),
+    ev.HandoffAccepted: Admission(capability="handoff", states=_WORK.states),
+    ev.TaskCreated: Admission(capability="task", states=_WORK.states),
+    ev.TaskUpdated: Admission(capability="task", states=_WORK.states),
 }
+assert ADMISSION.keys() == set(ev.EVENT_TYPES.values()), "every event type needs an admission rule"
+_LIFECYCLE = (ev.CellActivated, ev.CellFrozen, ev.CellThawed, ev.CellArchived, ev.CellDestroyed)
+_CELL_EVENTS = (ev.CellProvisioned, *_LIFECYCLE)
 
 
 def _check_author(view: CellView, e: ev.Event) -> None:
@@ -52,13 +75,13 @@ def _check_author(view: CellView, e: ev.Event) -> None:
     agent = view.agents.get(e.by)
     if agent is None:
         raise Forbidden(f"{e.by!r} is not invited in cell {view.name} and may append nothing")
-    cap = _CAPABILITY_OF.get(e.type)
+    cap = ADMISSION[type(e)].capability
     if cap is None:
         raise Forbidden(f"agent {e.by} (role {agent.role}) may not append {e.type}: only operator and lazarus may")
     if cap == "presence":
         if getattr(e, "agent", None) != e.by:
             raise Forbidden(f"agent {e.by} may append {e.type} only for itself")
-        if agent.phase == "left" and e.type != "agent.joined":
+        if agent.phase == "left" and not isinstance(e, ev.AgentJoined):
             raise Refused(f"agent {e.by} has left cell {view.name}; it must join again first")
         return
     if isinstance(e, ev.HandoffAccepted):
@@ -78,17 +101,15 @@ def _check_author(view: CellView, e: ev.Event) -> None:
 
 def _check_state(view: CellView, e: ev.Event) -> None:
     """The lifecycle state machine and what a frozen or archived cell accepts."""
-    t = e.type
     if view.state == "destroyed":
         raise Refused(f"cell {view.name} is destroyed")
-    if t == "cell.provisioned":
+    if isinstance(e, ev.CellProvisioned):
         raise Refused(f"cell {view.name} is already provisioned")
-    if t in TRANSITIONS and view.state not in TRANSITIONS[t]:
-        raise Refused(f"{t} is not allowed: cell {view.name} is {view.state}")
-    if view.state == "frozen" and t.startswith(FROZEN_REFUSES):
-        raise Refused(f"cell {view.name} is frozen and refuses {t}")
-    if view.state == "archived" and t not in ARCHIVED_ACCEPTS:
-        raise Refused(f"cell {view.name} is archived and refuses {t}")
+    if view.state in ADMISSION[type(e)].states:
+        return
+    if isinstance(e, _LIFECYCLE):
+        raise Refused(f"{e.type} is not allowed: cell {view.name} is {view.state}")
+    raise Refused(f"cell {view.name} is {view.state} and refuses {e.type}")
 
 
 def _known_agent(view: CellView, name: str | None, what: str) -> None:
@@ -176,11 +197,11 @@ def admit(view: CellView | None, e: ev.Event) -> list[ev.Event]:
     _check_author(view, e)
     _check_state(view, e)
     _check_refs(view, e)
-    if view.state == "provisioned" and e.type in ACTIVATES:
+    if view.state == "provisioned" and ADMISSION[type(e)].activates:
         who = getattr(e, "agent", e.by)
         return [e, ev.CellActivated(by="lazarus", reason=f"first {e.type} ({who})")]
     seen = any(a.last_seen for a in view.agents.values())
-    if view.state == "provisioned" and not e.type.startswith("cell.") and seen:
+    if view.state == "provisioned" and not isinstance(e, _CELL_EVENTS) and seen:
         # a writer that crashed between a first sign of life and its activation (possible on NATS,
         # where a batch is published event by event): the next writer completes it
         return [ev.CellActivated(by="lazarus", reason="an agent was already seen"), e]

@@ -18,7 +18,7 @@ from .admission import admit_batch
 from .config import Config
 from .errors import MalformedInput, NotFound, Refused
 from .files import atomic_write, flock, fsync_dir
-from .fold import CellView, fold, fold_all, manifest
+from .fold import CellView, fold_all, manifest
 from .log import Appended, Head, LogBackend
 from .names import check_cell_id, check_cell_name, new_id
 from .snapshot import load_snapshot

@@ -20,7 +20,9 @@ from . import events as ev
 from .cells import Cell, Root
 from .config import Config, resolve
 from .errors import LazarusError, MalformedInput, NotFound
+from .fold import ApprovalView, CellView
 from .log import Appended
+from .planner import AnyAction, Append, Start
 
 __all__ = ["cli", "main"]
 
@@ -359,7 +361,7 @@ def status(app: App, ref: str | None) -> None:
 
     now = time.time()
     cells = [app.cell(ref)] if ref else app.root.cells()
-    data = []
+    data: list[dict[str, Any]] = []
     for c in cells:
         try:
             view = c.refresh()
@@ -410,25 +412,25 @@ def verify(app: App, ref: str) -> None:
 # -- resurrection -------------------------------------------------------------------------
 
 
-def _describe_action(action: Any) -> str:
-    from .planner import Append, Start
+def _describe_event(e: ev.Event) -> str:
+    match e:
+        case ev.AgentDeclaredDead():
+            return f"declare dead ({e.reason})"
+        case ev.RevivalPlanned():
+            extra = f" {e.substitute}" if e.substitute else ""
+            delay = f" in {e.delay:g}s" if e.delay else ""
+            return f"{e.action}{extra} (attempt {e.attempt}){delay}"
+        case ev.RevivalApprovalRequested():
+            return f"ask for approval (key {e.key})"
+    return e.type
 
-    if isinstance(action, Append):
-        parts = []
-        for e in action.events:
-            if e.type == "agent.declared_dead":
-                parts.append(f"declare dead ({e.reason})")
-            elif e.type == "revival.planned":
-                extra = f" {e.substitute}" if e.substitute else ""
-                delay = f" in {e.delay:g}s" if e.delay else ""
-                parts.append(f"{e.action}{extra} (attempt {e.attempt}){delay}")
-            elif e.type == "revival.approval_requested":
-                parts.append(f"ask for approval (key {e.key})")
-            else:
-                parts.append(e.type)
-        return ", then ".join(parts)
-    if isinstance(action, Start):
-        return f"start (attempt {action.attempt}{', resume ' + action.resume if action.resume else ''})"
+
+def _describe_action(action: AnyAction) -> str:
+    match action:
+        case Append():
+            return ", then ".join(_describe_event(e) for e in action.events)
+        case Start():
+            return f"start (attempt {action.attempt}{', resume ' + action.resume if action.resume else ''})"
     return f"stop ({action.why})"
 
 
@@ -444,7 +446,7 @@ def plan(app: App, ref: str | None) -> None:
     from .planner import plan as plan_cell
 
     now, host = time.time(), socket.gethostname()
-    found = []
+    found: list[tuple[CellView, AnyAction]] = []
     for c in [app.cell(ref)] if ref else app.root.cells():
         view = c.refresh()
         found.extend((view, action) for action in plan_cell(view, app.config, now, host))
@@ -457,8 +459,8 @@ def plan(app: App, ref: str | None) -> None:
             click.echo(f"{view.name}/{action.agent}: {_describe_action(action)}")
 
 
-def _pending(app: App) -> list[tuple[Cell, Any]]:
-    out = []
+def _pending(app: App) -> list[tuple[Cell, ApprovalView]]:
+    out: list[tuple[Cell, ApprovalView]] = []
     for c in app.root.cells():
         try:
             view = c.refresh()
@@ -726,7 +728,7 @@ def bus_tasks(app: App, ref: str) -> None:
 @pass_app
 def export_cmd(app: App, ref: str, target: Path) -> None:
     """Write a cell's verified log to a JSONL file, to import on another backend or root."""
-    from .cells import atomic_write
+    from .files import atomic_write
     from .replay import head_hash
 
     lines = [line for _, line in app.cell(ref).log.read_raw()]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from . import events as ev
 from .cells import Cell, Root
 from .config import load_config
 from .daemon import Daemon
@@ -43,41 +44,42 @@ mode = "yes"
 [notify]
 min_interval = 0
 """
-STYLE = {"agent.declared_dead": "bold red", "agent.exited": "red", "revival.planned": "yellow",
-         "agent.revived": "bold green", "agent.spawned": "green", "handoff.created": "cyan",
-         "handoff.accepted": "cyan", "bus.message": "magenta", "checkpoint.created": "blue"}
+STYLE: dict[type[ev.Event], str] = {
+    ev.AgentDeclaredDead: "bold red", ev.AgentExited: "red", ev.RevivalPlanned: "yellow",
+    ev.AgentRevived: "bold green", ev.AgentSpawned: "green", ev.HandoffCreated: "cyan",
+    ev.HandoffAccepted: "cyan", ev.BusMessage: "magenta", ev.CheckpointCreated: "blue",
+}
+QUIET = (ev.AgentHeartbeat, ev.CellActivated)  # not worth a line of the timeline
 
 
 def describe(e: Event) -> str:
     """One line of the timeline."""
-    g = e.__getattribute__
-    match e.type:
-        case "agent.spawned":
-            resume = f" resume {g('resume')}" if g("resume") else ""
-            return f"{g('agent')} started, pid {g('pid')} (attempt {g('attempt')}){resume}"
-        case "agent.exited":
-            how = f"signal {g('signal')}" if g("signal") else f"exit code {g('returncode')}"
-            return f"{g('agent')} (pid {g('pid')}) ended: {how}"
-        case "agent.declared_dead":
-            return f"{g('agent')} declared dead: {g('reason')}"
-        case "revival.planned":
-            return f"{g('agent')}: {g('action')} planned (restart {g('attempt')}, delay {g('delay'):g}s)"
-        case "agent.revived":
-            return f"{g('agent')} revived, pid {g('pid')}"
-        case "checkpoint.created":
-            return f"{e.by} checkpoint: {g('summary')}"
-        case "handoff.created":
-            return f"{e.by} hands off to {g('to')}: {g('note')}"
-        case "handoff.accepted":
+    match e:
+        case ev.AgentSpawned():
+            resume = f" resume {e.resume}" if e.resume else ""
+            return f"{e.agent} started, pid {e.pid} (attempt {e.attempt}){resume}"
+        case ev.AgentExited():
+            how = f"signal {e.signal}" if e.signal else f"exit code {e.returncode}"
+            return f"{e.agent} (pid {e.pid}) ended: {how}"
+        case ev.AgentDeclaredDead():
+            return f"{e.agent} declared dead: {e.reason}"
+        case ev.RevivalPlanned():
+            return f"{e.agent}: {e.action} planned (restart {e.attempt}, delay {e.delay:g}s)"
+        case ev.AgentRevived():
+            return f"{e.agent} revived, pid {e.pid}"
+        case ev.CheckpointCreated():
+            return f"{e.by} checkpoint: {e.summary}"
+        case ev.HandoffCreated():
+            return f"{e.by} hands off to {e.to}: {e.note}"
+        case ev.HandoffAccepted():
             return f"{e.by} accepted the handoff"
-        case "bus.message":
-            return f"{e.by} on {g('topic')}: {g('payload')}"
-        case "agent.left":
-            return f"{g('agent')} left ({g('reason') or 'no reason'})"
-        case "agent.joined":
-            return f"{g('agent')} joined"
-        case _:
-            return f"{e.type} by {e.by}"
+        case ev.BusMessage():
+            return f"{e.by} on {e.topic}: {e.payload}"
+        case ev.AgentLeft():
+            return f"{e.agent} left ({e.reason or 'no reason'})"
+        case ev.AgentJoined():
+            return f"{e.agent} joined"
+    return f"{e.type} by {e.by}"
 
 
 async def _wait(flag: Callable[[], bool], what: str, timeout: float, changed: asyncio.Event) -> None:
@@ -90,15 +92,13 @@ async def _wait(flag: Callable[[], bool], what: str, timeout: float, changed: as
         changed.clear()
         try:
             await asyncio.wait_for(changed.wait(), min(left, 0.5))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
 async def _story(root: Root, out: Console) -> Cell:
     py = shlex.quote(sys.executable)
     cell = root.create("demo", mission="write a draft, review it, keep a tally")
-    from . import events as ev
-
     for name, script, env in (("writer", "writer.py", {"WRITER_LINES": "6", "WRITER_PAUSE": "0.25"}),
                               ("reviewer", "reviewer.py", {}), ("keeper", "keeper.py", {})):
         cell.append(ev.AgentInvited(by="operator", agent=name, role="write", env=env,
@@ -109,15 +109,15 @@ async def _story(root: Root, out: Console) -> Cell:
 
     def on_event(c: Cell, e: Event) -> None:
         changed.set()
-        if e.type != "agent.heartbeat" and e.type != "cell.activated":
-            style = STYLE.get(e.type, "")
+        if not isinstance(e, QUIET):
+            style = STYLE.get(type(e), "")
             out.print(f"[dim]{time.monotonic() - t0:6.2f}s[/] [{style}]{describe(e)}[/]" if style else
                       f"[dim]{time.monotonic() - t0:6.2f}s[/] {describe(e)}")
 
     daemon = Daemon(root, http="", on_event=on_event)
     task = asyncio.create_task(daemon.run())
     try:
-        view = lambda: cell.refresh()  # noqa: E731
+        view = cell.refresh
         await _wait(lambda: sum(1 for c in view().checkpoints.values() if c.by == "writer") >= 2,
                     "the writer's second checkpoint", 30, changed)
         victim = view().agents["writer"]

@@ -369,7 +369,7 @@ AnyEvent = Union[
 ]
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined,misc]
+    cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]
 }
 
 
@@ -403,7 +403,7 @@ encode_line = _encoder.encode  # encode_event without a Python frame, for the ap
 def decode_event(line: bytes) -> Event:
     """Decode one stored line; raises msgspec errors for the reader to turn into CorruptLog."""
     try:
-        return _decoder.decode(line)  # type: ignore[no-any-return]
+        return _decoder.decode(line)
     except UnicodeDecodeError as exc:
         raise msgspec.DecodeError(f"invalid UTF-8: {exc}") from None
     except RecursionError:

@@ -20,7 +20,7 @@ from . import events as ev
 from .backends.process import Exit, Proc, ProcessBackend
 from .cells import Cell
 from .errors import Conflict, LazarusError
-from .planner import AnyAction, Append, Start, Stop
+from .planner import AnyAction, Append, Start
 
 __all__ = ["Executor"]
 

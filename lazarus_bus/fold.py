@@ -285,6 +285,7 @@ def _exited(view: CellView, e: ev.AgentExited) -> CellView:
     a = view.agents[e.agent]
     if e.pid and a.pid and e.pid != a.pid:
         return view  # an older incarnation's exit, reported late
+    phase: Phase
     if a.phase in ("left", "dead"):
         phase = a.phase  # a stop the log already explains
     elif view.state in ("frozen", "archived") and e.returncode != 0:
@@ -419,35 +420,35 @@ def _one(batch: Callable[[CellView, Any], CellView]) -> Callable[[CellView, Any]
     return lambda view, e: batch(view, (e,))
 
 
-_HANDLERS: dict[str, Callable[[Any, Any], CellView]] = {
-    "cell.provisioned": _provisioned,
-    "cell.activated": _lifecycle("active"),
-    "cell.frozen": _lifecycle("frozen"),
-    "cell.thawed": _lifecycle("active"),
-    "cell.archived": _lifecycle("archived"),
-    "cell.destroyed": _lifecycle("destroyed"),
-    "agent.invited": _invited,
-    "agent.joined": _joined,
-    "agent.heartbeat": _one(_heartbeats),
-    "agent.left": _left,
-    "agent.spawned": _spawned,
-    "agent.exited": _exited,
-    "agent.declared_dead": _declared_dead,
-    "agent.revived": _revived,
-    "revival.planned": _planned,
-    "revival.approval_requested": _approval_requested,
-    "revival.approved": _decided("approved"),
-    "revival.denied": _decided("denied"),
-    "bus.message": _one(_messages),
-    "checkpoint.created": _one(_checkpoints),
-    "handoff.created": _one(_handoffs),
-    "handoff.accepted": _accepted,
-    "checkpoint.restored": _restored,
-    "task.created": _one(_tasks),
-    "task.updated": _one(_tasks),
+_HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
+    ev.CellProvisioned: _provisioned,
+    ev.CellActivated: _lifecycle("active"),
+    ev.CellFrozen: _lifecycle("frozen"),
+    ev.CellThawed: _lifecycle("active"),
+    ev.CellArchived: _lifecycle("archived"),
+    ev.CellDestroyed: _lifecycle("destroyed"),
+    ev.AgentInvited: _invited,
+    ev.AgentJoined: _joined,
+    ev.AgentHeartbeat: _one(_heartbeats),
+    ev.AgentLeft: _left,
+    ev.AgentSpawned: _spawned,
+    ev.AgentExited: _exited,
+    ev.AgentDeclaredDead: _declared_dead,
+    ev.AgentRevived: _revived,
+    ev.RevivalPlanned: _planned,
+    ev.RevivalApprovalRequested: _approval_requested,
+    ev.RevivalApproved: _decided("approved"),
+    ev.RevivalDenied: _decided("denied"),
+    ev.BusMessage: _one(_messages),
+    ev.CheckpointCreated: _one(_checkpoints),
+    ev.HandoffCreated: _one(_handoffs),
+    ev.HandoffAccepted: _accepted,
+    ev.CheckpointRestored: _restored,
+    ev.TaskCreated: _one(_tasks),
+    ev.TaskUpdated: _one(_tasks),
 }
 
-assert _HANDLERS.keys() == ev.EVENT_TYPES.keys(), "every event type needs a fold handler"
+assert _HANDLERS.keys() == set(ev.EVENT_TYPES.values()), "every event type needs a fold handler"
 
 
 def fold(view: CellView | None, event: ev.Event) -> CellView:
@@ -455,7 +456,7 @@ def fold(view: CellView | None, event: ev.Event) -> CellView:
     if view is None and not isinstance(event, ev.CellProvisioned):
         raise CorruptLog(f"corrupt log at seq {event.seq}: {event.type} before cell.provisioned")
     try:
-        new = _HANDLERS[event.type](view, event)
+        new = _HANDLERS[type(event)](view, event)
     except KeyError as exc:  # admission never lets such an event in: the log was written another way
         raise _unknown(event, exc) from None
     return replace(new, seq=event.seq, last_id=event.id, updated_at=event.ts)
@@ -475,7 +476,7 @@ def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellVi
     for kind, group in groupby(events, type):
         if view is None or (kind is not ev.AgentHeartbeat and kind not in _BATCHED):
             if last is not None:
-                view, beats, aside, last = _flush(view, beats, aside, last), [], [], None
+                view, beats, aside, last = _flush(view, beats, aside, last), [], [], None  # type: ignore[arg-type]
             for event in group:
                 view = fold(view, event)
             continue

@@ -200,7 +200,8 @@ class Gateway:
         except OSError as exc:
             await self.runner.cleanup()
             raise LazarusError(f"cannot serve HTTP on {listen}: {exc.strerror}") from None
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        server = site._server
+        sockets = server.sockets if isinstance(server, asyncio.Server) else []
         bound = sockets[0].getsockname() if sockets else (host, port)
         self.address = f"{bound[0]}:{bound[1]}"
 
@@ -314,7 +315,7 @@ class Gateway:
                       "duplicate": first.duplicate}, status=200 if first.duplicate else 201)
 
     def health_counts(self) -> dict[str, int]:
-        now, out = time.time(), {}
+        now, out = time.time(), dict[str, int]()
         for view in self.served.views().values():
             for r in agent_rows(view, self.config, now):
                 out[r["health"]] = out.get(r["health"], 0) + 1
@@ -426,7 +427,7 @@ class Gateway:
             while True:
                 try:
                     e_or_none = await asyncio.wait_for(queue.get(), KEEPALIVE)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await resp.write(b": keepalive\n\n")
                     continue
                 if e_or_none is None:

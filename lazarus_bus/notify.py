@@ -9,7 +9,13 @@ from typing import Any
 import aiohttp
 
 from .config import NotifyConfig
-from .events import Event, encode_event
+from .events import (
+    AgentDeclaredDead,
+    Event,
+    RevivalApprovalRequested,
+    RevivalPlanned,
+    encode_event,
+)
 
 __all__ = ["Notifier", "kind_of"]
 
@@ -19,12 +25,13 @@ RETRIES = (1.0, 2.0, 4.0, 8.0)  # seconds between attempts, then the notificatio
 
 def kind_of(event: Event) -> str | None:
     """Which notifications an event is: a death, an approval request or an escalation."""
-    if event.type == "agent.declared_dead":
-        return "death"
-    if event.type == "revival.approval_requested":
-        return "approval"
-    if event.type == "revival.planned" and getattr(event, "action", "") == "escalated":
-        return "escalation"
+    match event:
+        case AgentDeclaredDead():
+            return "death"
+        case RevivalApprovalRequested():
+            return "approval"
+        case RevivalPlanned(action="escalated"):
+            return "escalation"
     return None
 
 
@@ -92,7 +99,7 @@ class Notifier:
             stderr=asyncio.subprocess.PIPE, start_new_session=True)
         try:
             _, err = await asyncio.wait_for(proc.communicate(body + b"\n"), 30)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise RuntimeError("command timed out after 30 s") from None

@@ -105,10 +105,10 @@ def _planned(a: AgentView, action: str, **kw: Any) -> ev.RevivalPlanned:
 
 
 def _revive_now(view: CellView, config: Config, a: AgentView, p: Effective, now: float, host: str | None, *,
-                k: int, delay: float, prefer: str | None = None) -> tuple[list[ev.Event], list[AnyAction]]:
+                k: int, delay: float, prefer: str | None = None) -> tuple[list[ev.AnyEvent], list[AnyAction]]:
     """Mode `yes`: restart when supervised here, else a healthy substitute, else unrecoverable."""
     if a.command and _own_host(a, host):
-        events: list[ev.Event] = [_planned(a, "restart", attempt=k + 1, delay=delay)]
+        events: list[ev.AnyEvent] = [_planned(a, "restart", attempt=k + 1, delay=delay)]
         later: list[AnyAction] = []
         if delay <= 0:
             later.append(Start(cell=view.id, at_seq=view.seq, agent=a.name, attempt=k + 2, revived=k + 1,
@@ -120,9 +120,9 @@ def _revive_now(view: CellView, config: Config, a: AgentView, p: Effective, now:
     return _substitute(view, a, sub, k + 1, "lazarus"), []
 
 
-def _substitute(view: CellView, a: AgentView, sub: AgentView, attempt: int, by: str) -> list[ev.Event]:
+def _substitute(view: CellView, a: AgentView, sub: AgentView, attempt: int, by: str) -> list[ev.AnyEvent]:
     """The substitute takes over: a handoff from the dead agent's newest checkpoint, then its revival."""
-    events: list[ev.Event] = [ev.RevivalPlanned(by=by, agent=a.name, action="substitute", substitute=sub.name,
+    events: list[ev.AnyEvent] = [ev.RevivalPlanned(by=by, agent=a.name, action="substitute", substitute=sub.name,
                                                 attempt=attempt)]
     if a.last_checkpoint:
         events.append(ev.HandoffCreated(by="lazarus", handoff_id=f"takeover-{_key(view, a.name, 'handoff')}",
@@ -133,7 +133,7 @@ def _substitute(view: CellView, a: AgentView, sub: AgentView, attempt: int, by: 
 
 
 def _decide(view: CellView, config: Config, a: AgentView, p: Effective, now: float, host: str | None,
-            reason: str, detail: dict[str, Any]) -> tuple[list[ev.Event], list[AnyAction]]:
+            reason: str, detail: dict[str, Any]) -> tuple[list[ev.AnyEvent], list[AnyAction]]:
     """What the policy does with a death: the revival.planned and what follows it."""
     if p.mode == "no":
         return [_planned(a, "suppressed")], []
@@ -203,8 +203,8 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
         if now < a.revival_at + a.revival_delay:
             return []
         k = a.revival_attempt
-        return [Start(cell=cid, at_seq=view.seq, agent=name, attempt=k + 1, revived=k, resume=resume_pointer(view, name),
-                      why="restart due")]
+        return [Start(cell=cid, at_seq=view.seq, agent=name, attempt=k + 1, revived=k,
+                      resume=resume_pointer(view, name), why="restart due")]
     if a.revival == "ask" and a.approval:
         request = view.approvals.get(a.approval)
         if request is None:
@@ -231,7 +231,7 @@ def plan(view: CellView, config: Config, now: float, host: str | None) -> list[A
     return out
 
 
-def manual_revival(view: CellView, config: Config, agent: str, now: float) -> list[ev.Event]:
+def manual_revival(view: CellView, config: Config, agent: str, now: float) -> list[ev.AnyEvent]:
     """`lazarus revive`: the operator's restart (or substitute), which resets the attempt window."""
     from .errors import NotFound, Refused
 
@@ -242,7 +242,7 @@ def manual_revival(view: CellView, config: Config, agent: str, now: float) -> li
         raise Refused(f"agent {agent} is {a.phase}, not dead: nothing to revive")
     if view.state not in RUNNABLE:
         raise Refused(f"cell {view.name} is {view.state}: thaw it first")
-    out: list[ev.Event] = []
+    out: list[ev.AnyEvent] = []
     if a.phase == "exited":
         out.append(ev.AgentDeclaredDead(by="operator", agent=agent, reason="exited", last_seen=a.last_seen,
                                         detail={"returncode": a.returncode, "signal": a.signal}))

@@ -80,7 +80,9 @@ def catalogue() -> str:
                "cell": "the cell id (assigned by the log)", "type": "the event type, the union's tag",
                "by": "an agent name, `operator` or `lazarus`",
                "prev": "SHA-256 hex of the previous line's bytes; 64 zeros for seq 1 (assigned by the log)"}
-    env = {f.name: f for f in msgspec.inspect.type_info(Event).fields}  # type: ignore[union-attr]
+    info = msgspec.inspect.type_info(Event)
+    assert isinstance(info, msgspec.inspect.StructType)
+    env = {f.name: f for f in info.fields}
     for name in ENVELOPE:
         kind = "string" if name == "type" else _type_name(env[name].type)
         lines.append(f"| `{name}` | {kind} | {meaning[name]} |")
@@ -98,7 +100,8 @@ def catalogue() -> str:
         lines += [f"### `{name}`", "", (cls.__doc__ or "").strip(), "", "| field | type | required | default |",
                   "|---|---|---|---|"]
         info = msgspec.inspect.type_info(cls)
-        for f in info.fields:  # type: ignore[union-attr]
+        assert isinstance(info, msgspec.inspect.StructType)
+        for f in info.fields:
             if f.name in ENVELOPE:
                 continue
             default = "" if f.required else json.dumps(msgspec.to_builtins(

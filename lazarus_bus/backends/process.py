@@ -130,6 +130,9 @@ def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_di
         if pid == 0:
             os.close(info_w)
             _agent_child(argv, env, cwd, log_path, go_r)
+        # in the parent too, so the agent's group exists before its pid is reported (whichever runs first)
+        with contextlib.suppress(PermissionError, ProcessLookupError):  # the child did it and exec'd, or is gone
+            os.setpgid(pid, pid)
         os.close(go_r)
         os.write(info_w, pid.to_bytes(4, "little"))
         os.close(info_w)

@@ -171,7 +171,7 @@ class LogBackend(abc.ABC):
     def close(self) -> None:
         """Release files or connections."""
 
-    def __enter__(self) -> "LogBackend":
+    def __enter__(self) -> LogBackend:
         return self
 
     def __exit__(self, *exc: Any) -> None:

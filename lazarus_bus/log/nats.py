@@ -137,7 +137,7 @@ class Nats:
             msg = await self.js.get_last_msg(self.stream, subject)
         except NotFoundError:
             return None
-        return msg.seq, msg.data or b""
+        return int(msg.seq or 0), msg.data or b""
 
     async def fetch(self, subject: str, start: int, last: int) -> list[tuple[int, bytes]]:
         """The subject's messages with stream sequences in [start, last], in order."""
@@ -252,7 +252,7 @@ class Nats:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(256, timeout=0.5)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 continue
             cells = {m.subject.split(".")[2] for m in msgs if m.subject.count(".") == 3}
             if cells:

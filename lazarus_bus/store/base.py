@@ -42,7 +42,8 @@ class Store(abc.ABC):
         """One cell's log; `base` is the directory of a cell still being built."""
 
     @abc.abstractmethod
-    def claim(self, cell_id: str, name: str, names: Callable[[], dict[str, str]]) -> contextlib.AbstractContextManager[None]:
+    def claim(self, cell_id: str, name: str,
+              names: Callable[[], dict[str, str]]) -> contextlib.AbstractContextManager[None]:
         """Reserve an id and a unique name for the block; a failure inside releases them.
 
         The caller holds the root's creation lock; `names` lists the cells' names (id -> name)."""

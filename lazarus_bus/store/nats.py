@@ -76,7 +76,7 @@ class NatsStore(Store):
             while not stop.is_set():
                 try:
                     cells = await asyncio.wait_for(changed.get(), tick)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield Wakeup(rescan=True)
                     continue
                 while not changed.empty():

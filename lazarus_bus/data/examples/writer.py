@@ -17,9 +17,9 @@ REVIEWER = os.environ.get("WRITER_REVIEWER", "reviewer")
 
 with lazarus_bus.connect(heartbeat=0.5) as me:
     resumed = me.resume()  # None on a first start; the newest checkpoint after a revival
-    done = resumed["checkpoint"]["state"]["lines"] if resumed else 0
+    done = resumed["checkpoint"]["state"]["lines"] if resumed is not None else 0
     draft = me.workspace / "draft.txt"
-    if done:
+    if done and resumed is not None:
         me.restore(resumed["checkpoint"]["checkpoint_id"])  # the draft exactly as checkpointed
         print(f"resuming after line {done}", flush=True)
     else:
