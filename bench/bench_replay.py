@@ -62,7 +62,7 @@ def bare(path: Path) -> float:
 
 
 def ours(root: Root, cell_id: str) -> float:
-    log = root.log_for(cell_id)
+    log = root.store.open_log(cell_id)
     try:
         return rate(EVENTS, lambda: replay_log(log) and None)
     finally:
