@@ -56,7 +56,7 @@ def _checked(rule: Rule, description: str) -> Meta:
 NAME = Rule(AGENT_PATTERN, "agent name")
 REF = Rule(REF_PATTERN, "reference")
 CELL = Rule(f"^(?:{CELL_ID_PATTERN})?$", "cell id")
-BY = Rule(r"^(?:(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62})?$", "author")
+BY = Rule(r"^(?:(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62})?(?!\n)$", "author")
 Name = Annotated[str, _checked(NAME, "an agent name"), NAME]
 Ref = Annotated[str, _checked(REF, "a reference id"), REF]
 # list items are checked by msgspec itself (lists of names are rare: a few per cell)

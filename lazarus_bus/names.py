@@ -22,11 +22,12 @@ __all__ = [
     "new_ids",
 ]
 
-AGENT_PATTERN = r"^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62}$"
-SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+# `(?!\n)$`: a regex `$` also matches before a trailing newline, and "forge\n" must never pass for "forge"
+AGENT_PATTERN = r"^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62}(?!\n)$"
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}(?!\n)$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}(?!\n)$"
 CELL_ID_PATTERN = f"(?:{SLUG_PATTERN})|(?:{UUID_PATTERN})"
-REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+REF_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(?!\n)$"
 RESERVED = frozenset({"operator", "lazarus", "auditor"})
 SYSTEM_AUTHORS = frozenset({"operator", "lazarus"})
 

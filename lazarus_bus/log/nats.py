@@ -9,6 +9,7 @@ the loser re-reads the head, re-admits its drafts against the new state and trie
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -20,6 +21,7 @@ import msgspec
 
 from ..errors import Conflict, CorruptLog, LazarusError
 from ..events import ZERO_HASH, Event, decode_event
+from ..names import new_id
 from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
 
 __all__ = ["NatsLog", "Nats", "subject_of", "SUBJECTS"]
@@ -48,6 +50,7 @@ class Nats:
         import nats
 
         self.url, self.stream = url, stream
+        self._ttls: dict[str, float] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="lazarus-nats", daemon=True)
         self.thread.start()
@@ -121,13 +124,20 @@ class Nats:
                 storage=StorageType.MEMORY if storage == "memory" else StorageType.FILE, allow_direct=True))
 
     async def kv(self, bucket: str, ttl: float | None = None) -> Any:
-        """A KV bucket, created on first use."""
+        """A KV bucket, created on first use; a `ttl` given later applies to a bucket made earlier."""
         from nats.js.errors import BucketNotFoundError
 
         try:
-            return await self.js.key_value(bucket)
+            kv = await self.js.key_value(bucket)
         except BucketNotFoundError:
             return await self.js.create_key_value(bucket=bucket, ttl=ttl, history=1)
+        if ttl is not None and self._ttls.get(bucket) != ttl:
+            info = await self.js.stream_info(f"KV_{bucket}")
+            if abs((info.config.max_age or 0) - ttl) > 1e-3:
+                window = min(info.config.duplicate_window or ttl, ttl)  # NATS: it may not exceed max_age
+                await self.js.update_stream(dataclasses.replace(info.config, max_age=ttl, duplicate_window=window))
+            self._ttls[bucket] = ttl
+        return kv
 
     async def last(self, subject: str) -> tuple[int, bytes] | None:
         """(stream sequence, data) of the subject's last message."""
@@ -232,12 +242,12 @@ class Nats:
         return None
 
     async def release(self, cell_id: str, holder: str) -> None:
-        from nats.js.errors import KeyNotFoundError
+        from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
-        kv = await self.kv(LEASES_BUCKET)
-        try:
+        try:  # no bucket: nothing to release (and a bucket made here would have no ttl)
+            kv = await self.js.key_value(LEASES_BUCKET)
             entry = await kv.get(cell_id)
-        except KeyNotFoundError:
+        except (BucketNotFoundError, KeyNotFoundError):
             return
         if entry.value == holder.encode():
             await kv.purge(cell_id)
@@ -398,7 +408,11 @@ class NatsLog(LogBackend):
         with self._thread_lock:
             if self._fetch_head().seq:
                 raise Conflict(f"{self.path} is not empty")
+            batch = new_id()  # a cell destroyed and imported again within NATS's dedup window is new to it
             for line in lines:
                 event = decode_event(line)
-                self._last = self.nats.run(self.nats.publish(self.subject, line, f"{event.id}:{event.seq}",
-                                                             self._last))
+                try:
+                    self._last = self.nats.run(self.nats.publish(self.subject, line, f"{batch}:{event.seq}",
+                                                                 self._last))
+                except _Moved:
+                    raise Conflict(f"{self.path} was written to during the import") from None

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterator
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class FileStore(Store):
         """watchfiles on the root (cells come and go) and each watched cell's `logs/` (not recursive, so
         the daemon's own writes elsewhere in a cell wake nobody); watchfiles' default 1.6 s debounce
         would make every fold that late, a few ms batch a busy root's appends into one wake-up."""
+        rescanned = time.monotonic()
         while not stop.is_set():
             ids = set(watched())
             paths = [p for p in (self.path, *(self.path / cid / "logs" for cid in ids)) if p.exists()]
@@ -78,7 +80,12 @@ class FileStore(Store):
                 recursive=False, stop_event=stop, rust_timeout=int(tick * 1000), yield_on_timeout=True,
                 ignore_permission_denied=True,
             ):
-                yield self._route(changes) if changes else Wakeup(rescan=True)
+                wake = self._route(changes) if changes else Wakeup(rescan=True)
+                if time.monotonic() - rescanned >= tick:  # a busy root is rescanned every tick all the same
+                    wake = Wakeup(cells=wake.cells, rescan=True)
+                if wake.rescan:
+                    rescanned = time.monotonic()
+                yield wake
                 if set(watched()) != ids:
                     break  # cells came or went: watch the new set of directories
 

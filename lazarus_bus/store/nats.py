@@ -47,7 +47,8 @@ class NatsStore(Store):
             raise Refused(f"cell name {name!r} is taken (in NATS stream {self.config.nats_stream})")
         try:
             yield
-        except BaseException:
+        except BaseException:  # what the failed create published goes too, so the id is free again
+            nats.run(nats.purge(subject_of(cell_id)))
             nats.run(nats.unregister(cell_id, name))
             raise
 
@@ -72,16 +73,19 @@ class NatsStore(Store):
             loop.call_soon_threadsafe(changed.put_nowait, cells)
 
         follow = asyncio.run_coroutine_threadsafe(nats.wakeups(consumer, notify, halt), nats.loop)
+        rescanned = loop.time()
         try:
             while not stop.is_set():
                 try:
-                    cells = await asyncio.wait_for(changed.get(), tick)
+                    cells = await asyncio.wait_for(changed.get(), max(0.0, rescanned + tick - loop.time()))
                 except TimeoutError:
-                    yield Wakeup(rescan=True)
-                    continue
+                    cells = set()
                 while not changed.empty():
                     cells |= changed.get_nowait()
-                yield Wakeup(cells=frozenset(cells), rescan=bool(cells - set(watched())))
+                rescan = bool(cells - set(watched())) or loop.time() - rescanned >= tick
+                if rescan:  # a busy root is rescanned every tick all the same
+                    rescanned = loop.time()
+                yield Wakeup(cells=frozenset(cells), rescan=rescan)
         finally:
             nats.loop.call_soon_threadsafe(halt.set)
             with contextlib.suppress(Exception):
