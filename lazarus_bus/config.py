@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from .errors import MalformedInput
-from .events import Policy
+from .events import Policy, non_finite
 
 __all__ = [
     "Config",
@@ -119,11 +119,15 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise MalformedInput(f"config {path}: {exc.strerror}") from None
     try:
-        return msgspec.toml.decode(raw, type=Config)
+        config = msgspec.toml.decode(raw, type=Config)
     except msgspec.ValidationError as exc:
         raise MalformedInput(f"config {path}: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"config {path}: invalid TOML: {exc}") from None
+    where = non_finite(msgspec.to_builtins(config), "")
+    if where is not None:
+        raise MalformedInput(f"config {path}: {where.lstrip('.')} must be a finite number (TOML's inf and nan are not)")
+    return config
 
 
 def _default_root() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 import typing
@@ -26,6 +27,8 @@ __all__ = [
     "encode_line",
     "decode_json",
     "encode_event",
+    "check_finite",
+    "non_finite",
     "parse_draft",
     "payload_of",
 ]
@@ -391,6 +394,52 @@ class _Rules:
 
 _RULES: dict[type, _Rules] = {cls: _Rules(cls) for cls in EVENT_TYPES.values()}
 _FIELDS: dict[str, frozenset[str]] = {t: frozenset(c.__struct_fields__) for t, c in EVENT_TYPES.items()}
+
+
+def _numeric_fields(cls: type) -> tuple[str, ...]:
+    """The fields that may hold a float: a number typed field, or free JSON (payload, state, detail)."""
+    out = []
+    for field, hint in typing.get_type_hints(cls).items():
+        args = {hint, *typing.get_args(hint)}
+        if float in args or Any in args or any(typing.get_origin(a) is dict for a in args):
+            out.append(field)
+    return tuple(out)
+
+
+_NUMERIC: dict[type, tuple[str, ...]] = {cls: _numeric_fields(cls) for cls in EVENT_TYPES.values()}
+
+
+def non_finite(value: Any, where: str) -> str | None:
+    """The path of the first inf or nan in a JSON-like value (JSON has no way to write them)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (found := non_finite(v, f"{where}.{k}")) is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if (found := non_finite(v, f"{where}[{i}]")) is not None:
+                return found
+    return None
+
+
+def check_finite(event: Event) -> None:
+    """Non-finite numbers are malformed input: JSON would store them as null, which nothing reads back."""
+    for field in _NUMERIC[type(event)]:
+        value = getattr(event, field)
+        if value is None or isinstance(value, (str, int)):
+            continue
+        where = non_finite(value, field)
+        if where is not None:
+            raise MalformedInput(f"{event.type}: {where} must be a finite number, not {_show(event, where)}")
+
+
+def _show(event: Event, where: str) -> str:
+    found: Any = msgspec.to_builtins(event, builtin_types=(float,))
+    for part in where.replace("[", ".").replace("]", "").split("."):
+        found = found[int(part)] if isinstance(found, list) else found[part]
+    return repr(found)
 
 _decoder = msgspec.json.Decoder(AnyEvent)
 _encoder = msgspec.json.Encoder()

@@ -15,8 +15,8 @@ import msgspec
 from msgspec import Struct
 from msgspec.structs import replace as _replace
 
-from ..errors import Conflict, CorruptLog, Refused, TooLarge
-from ..events import CellDestroyed, Event, encode_event, encode_line
+from ..errors import Conflict, CorruptLog, MalformedInput, Refused, TooLarge
+from ..events import DECODE_ERRORS, CellDestroyed, Event, check_finite, decode_line, encode_event, encode_line
 from ..names import new_id, new_ids
 
 __all__ = ["Admit", "Appended", "Head", "LogBackend", "IdWindow", "check_link", "same_payload", "stamp",
@@ -76,6 +76,7 @@ def stamp(drafts: Sequence[Event], head: Head, cell: str, limit: int) -> tuple[l
         line = encode(event)
         if len(line) >= limit:
             raise _too_large(d, line, limit)
+        _readable(event, line)
         return [event], [line], sha(line).hexdigest()
     events: list[Event] = []
     lines: list[bytes] = []
@@ -89,10 +90,21 @@ def stamp(drafts: Sequence[Event], head: Head, cell: str, limit: int) -> tuple[l
         line = encode(event)
         if len(line) >= limit:
             raise _too_large(d, line, limit)
+        _readable(event, line)
         prev = sha(line).hexdigest()
         events.append(event)
         lines.append(line)
     return events, lines, prev
+
+
+def _readable(event: Event, line: bytes) -> None:
+    """What is written can always be read back: the very line decodes as its type, on every path
+    (a Struct built in Python is not type-checked by msgspec, and inf or nan would be stored as null)."""
+    check_finite(event)
+    try:
+        decode_line(line)
+    except DECODE_ERRORS as exc:
+        raise MalformedInput(f"{event.type}: {exc}") from None
 
 
 def _too_large(draft: Event, line: bytes, limit: int) -> TooLarge:

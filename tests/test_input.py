@@ -1,0 +1,108 @@
+"""Bad input gets one clear line and a documented exit code, and the log stays readable: non-finite
+numbers, wrong types from Python callers, names with a trailing newline, on every path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lazarus_bus import EVENT_TYPES, Config, LazarusError, MalformedInput, Root
+from lazarus_bus import events as ev
+from lazarus_bus.replay import verify_log
+from tests.conftest import Cli
+
+SIMPLE = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
+                   st.text(max_size=300), st.binary(max_size=8))
+WILD = st.recursive(SIMPLE, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                        max_size=4), max_leaves=8)
+
+
+def _cell(tmp_path: Path) -> Root:
+    root = Root(tmp_path / "missions", Config(fsync="never"))
+    root.path.mkdir(exist_ok=True)
+    return root
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(EVENT_TYPES)), data=st.data())
+def test_whatever_a_python_caller_builds_is_either_refused_or_read_back(tmp_path_factory: pytest.TempPathFactory,
+                                                                         kind: str, data: st.DataObject) -> None:
+    """A Struct built in Python is not type-checked: any field may hold anything. Either the append
+    refuses it with a LazarusError, or every reader decodes what was written."""
+    root = _cell(tmp_path_factory.mktemp("hostile"))
+    cell = root.create("forge")
+    cell.append(ev.AgentInvited(by="operator", agent="w", role="lead"))
+    cell.append(ev.CheckpointCreated(by="operator", checkpoint_id="c1"))
+    cls = EVENT_TYPES[kind]
+    fields = [f for f in cls.__struct_fields__ if f not in ev.ENVELOPE]
+    kw: dict[str, object] = {"by": "operator"}
+    for f in fields:
+        if data.draw(st.booleans(), label=f"wild {f}"):
+            kw[f] = data.draw(WILD, label=f)
+    try:
+        draft = cls(**kw)  # type: ignore[arg-type]
+    except TypeError:
+        return  # a required field left out: not an event at all
+    head = cell.head()
+    try:
+        cell.append(draft)
+    except LazarusError:
+        assert cell.head() == head  # refused: nothing written
+    assert verify_log(cell.log)[0] == cell.head().seq  # every line still decodes and chains
+    assert cell.replay().seq == cell.head().seq
+
+
+def test_non_finite_numbers_are_malformed_on_the_cli(cli: Cli) -> None:
+    cli.ok("cell", "create", "forge")
+    before = cli.ok("verify", "forge")
+    for bad in ("inf", "-inf", "nan"):
+        r = cli("agent", "invite", "forge", "w", "--role", "write", "--heartbeat-interval", bad)
+        assert r.code == 2 and r.err.startswith("error: ") and "heartbeat_interval" in r.err, r.err
+        assert len(r.err.strip().splitlines()) == 1
+    assert cli.ok("verify", "forge") == before  # the log byte for byte as it was
+    assert cli("emit", "forge", "bus.message", "--by", "operator", "--data", '{"topic": "t", "payload": 1e999}').code == 2
+    assert cli.ok("verify", "forge") == before
+
+
+def test_non_finite_numbers_in_config_are_malformed(cli: Cli, root_dir: Path) -> None:
+    for key, section in (("backoff_initial", "resurrection"), ("dead_after", "health"), ("tick", "daemon")):
+        (root_dir / "lazarus.toml").write_text(f"[{section}]\n{key} = inf\n")
+        r = cli("status")
+        assert r.code == 2 and key in r.err and "finite" in r.err or ">" in r.err, r.err
+
+
+def test_python_callers_get_the_cli_errors_before_anything_is_written(tmp_path: Path) -> None:
+    """The agent client's calls end in the same door: wrong types and bad values raise, nothing is written."""
+    from lazarus_bus import connect
+
+    root = _cell(tmp_path)
+    cell = root.create("forge")
+    cell.append(ev.AgentInvited(by="operator", agent="w", role="lead"))
+    me = connect(cell.id, "w", root=root.path)
+    head = cell.head()
+    for call in (lambda: me.publish("", 1), lambda: me.publish("x" * 300, 1),
+                 lambda: me.heartbeat(cycle=1.5),  # type: ignore[arg-type]
+                 lambda: me.publish("t", math.inf), lambda: me.checkpoint("s", state={"v": math.nan})):
+        with pytest.raises(MalformedInput):
+            call()
+    cp = me.checkpoint("ok")
+    with pytest.raises(MalformedInput):
+        me.handoff("w", cp, note=None)  # type: ignore[arg-type]
+    assert verify_log(cell.log)[0] == head.seq + 1  # only the good checkpoint landed
+
+
+@pytest.mark.parametrize("bad", ["forge\n", "w\n", "../x", "a..b"])
+def test_names_with_a_trailing_newline_or_dots_are_refused_everywhere(cli: Cli, bad: str) -> None:
+    cli.ok("cell", "create", "forge")
+    before = cli.ok("verify", "forge")
+    assert cli("cell", "create", bad).code == 2
+    assert cli("agent", "invite", "forge", bad, "--role", "write").code == 2
+    data = '{"agent": "%s", "role": "write"}' % bad.replace("\n", "\\n")
+    assert cli("emit", "forge", "agent.invited", "--by", "operator", "--data", data).code == 2
+    assert cli("heartbeat", "forge", bad).code == 2
+    assert cli("bus", "checkpoint", "forge", "--by", "operator", "--id", bad).code == 2
+    assert cli.ok("verify", "forge") == before
