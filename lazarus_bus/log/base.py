@@ -76,7 +76,6 @@ def stamp(drafts: Sequence[Event], head: Head, cell: str, limit: int) -> tuple[l
         line = encode(event)
         if len(line) >= limit:
             raise _too_large(d, line, limit)
-        _readable(event, line)
         return [event], [line], sha(line).hexdigest()
     events: list[Event] = []
     lines: list[bytes] = []
@@ -90,21 +89,23 @@ def stamp(drafts: Sequence[Event], head: Head, cell: str, limit: int) -> tuple[l
         line = encode(event)
         if len(line) >= limit:
             raise _too_large(d, line, limit)
-        _readable(event, line)
         prev = sha(line).hexdigest()
         events.append(event)
         lines.append(line)
     return events, lines, prev
 
 
-def _readable(event: Event, line: bytes) -> None:
-    """What is written can always be read back: the very line decodes as its type, on every path
-    (a Struct built in Python is not type-checked by msgspec, and inf or nan would be stored as null)."""
-    check_finite(event)
+def readable(draft: Event) -> None:
+    """What is written can always be read back: the draft's own line decodes as its type, before the
+    state or the log sees it (a Struct built in Python is not type-checked by msgspec, and inf or nan
+    would be stored as null); the envelope the log adds later is its own, always valid."""
+    check_finite(draft)
     try:
-        decode_line(line)
+        decode_line(encode_line(draft))
     except DECODE_ERRORS as exc:
-        raise MalformedInput(f"{event.type}: {exc}") from None
+        raise MalformedInput(f"{draft.type}: {exc}") from None
+    except (TypeError, OverflowError) as exc:  # not JSON at all (bytes in a payload, an int past 64 bits)
+        raise MalformedInput(f"{draft.type}: {exc}") from None
 
 
 def _too_large(draft: Event, line: bytes, limit: int) -> TooLarge:
@@ -210,7 +211,9 @@ class LogBackend(abc.ABC):
 
     @staticmethod
     def check_batch_ids(drafts: Sequence[Event]) -> None:
-        """Two drafts of one batch may not share an id."""
+        """Every draft reads back as its type, and two drafts of one batch may not share an id."""
+        for d in drafts:
+            readable(d)
         if len(drafts) < 2:
             return
         seen: set[str] = set()
