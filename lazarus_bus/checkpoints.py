@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -14,7 +17,7 @@ import msgspec
 from . import events as ev
 from .admission import admit
 from .cells import Cell
-from .errors import LazarusError, NotFound, Refused, TooLarge
+from .errors import NotFound, Refused, TooLarge
 from .files import fsync_dir
 from .log import Appended
 from .names import check_ref_id, new_id
@@ -125,25 +128,115 @@ def checkpoint(cell: Cell, by: str, *, summary: str = "", state: Any = None, pat
         raise
 
 
-def _check_member(workspace: Path, m: tarfile.TarInfo) -> None:
-    """A member lands inside the workspace, and a link inside it points inside it too."""
-    rel = _check_relative(m.name, "archive member")
-    real_ws = workspace.resolve()
-    if not (m.isfile() or m.isdir() or m.issym()):
-        raise PathEscape(f"archive member {m.name} is not a file, directory or symlink")
-    dest = (workspace / rel).resolve()
-    if not _inside(real_ws, dest):
-        raise PathEscape(f"archive member {m.name} would land outside the workspace")
-    if m.issym():
-        if os.path.isabs(m.linkname):
-            raise PathEscape(f"archive member {m.name} links to an absolute path")
-        target = ((workspace / rel).parent / m.linkname).resolve()
-        if not _inside(real_ws, target):
-            raise PathEscape(f"archive member {m.name} links out of the workspace")
+MAX_MEMBERS = 100_000
+
+
+def _plan_members(members: list[tarfile.TarInfo], budget: int) -> list[tuple[tarfile.TarInfo, PurePosixPath]]:
+    """Every member checked before anything is written: a plain relative name, a file, directory or a
+    symlink that stays inside the workspace, and the unpacked total within the budget."""
+    if len(members) > MAX_MEMBERS:
+        raise PathEscape(f"archive holds {len(members)} members, over {MAX_MEMBERS}")
+    out = []
+    total = 0
+    for m in members:
+        rel = _check_relative(m.name, "archive member")
+        rel = PurePosixPath(*[p for p in rel.parts if p != "."])
+        if not rel.parts:
+            continue  # "." itself: the workspace
+        if not (m.isreg() or m.isdir() or m.issym()):
+            raise PathEscape(f"archive member {m.name} is not a file, directory or symlink")
+        if m.issym():
+            link = PurePosixPath(m.linkname)
+            if not m.linkname or link.is_absolute():
+                raise PathEscape(f"archive member {m.name} links to an absolute path")
+            # `..` only leading (the link's own directories are real ones: nothing is unpacked through a
+            # link), then names going down: by induction every link of the archive resolves inside
+            parts = [q for q in link.parts if q != "."]
+            ups = next((n for n, q in enumerate(parts) if q != ".."), len(parts))
+            if ups > len(rel.parts) - 1 or ".." in parts[ups:]:
+                raise PathEscape(f"archive member {m.name} links out of the workspace (or through '..')")
+        total += m.size if m.isreg() else 0
+        if total > budget:
+            raise TooLarge(f"archive unpacks to more than max_archive_bytes ({budget}); not restored")
+        out.append((m, rel))
+    return out
+
+
+def _open_dir(root_fd: int, parts: tuple[str, ...], made: list[tuple[tuple[str, ...], bool]] | None) -> int:
+    """The directory `parts` under the workspace, never through a symlink; made where missing (and
+    noted in `made`) unless `made` is None."""
+    fd = os.dup(root_fd)
+    for n, part in enumerate(parts):
+        if made is not None:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                made.append((parts[:n + 1], True))
+            except FileExistsError:
+                pass
+        try:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            raise PathEscape(f"{'/'.join(parts)}: {part} is not a directory of the workspace (a symlink?)") from None
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
+def _unpack(tar: tarfile.TarFile, plan: list[tuple[tarfile.TarInfo, PurePosixPath]], workspace: Path,
+            budget: int) -> None:
+    """Member by member, relative to directory descriptors with no symlink followed; bytes counted as
+    they are written. On any failure what this restore created is removed again."""
+    made: list[tuple[tuple[str, ...], bool]] = []  # (path, is a directory) of what this restore made
+    root_fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    written = 0
+    try:
+        for m, rel in plan:
+            parent = _open_dir(root_fd, rel.parts[:-1], made)
+            name = rel.parts[-1]
+            try:
+                if m.isdir():
+                    os.close(_open_dir(root_fd, rel.parts, made))
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                        raise PathEscape(f"archive member {m.name} would replace the directory {rel}")
+                    os.unlink(name, dir_fd=parent)  # a link or file already there is replaced, never followed
+                made.append((rel.parts, False))
+                if m.issym():
+                    os.symlink(m.linkname, name, dir_fd=parent)
+                    continue
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o755 if m.mode & 0o111 else 0o644, dir_fd=parent)
+                src = tar.extractfile(m)
+                assert src is not None
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        written += len(chunk)
+                        if written > budget:
+                            raise TooLarge(f"archive unpacks to more than max_archive_bytes ({budget}); not restored")
+                        out.write(chunk)
+            finally:
+                os.close(parent)
+    except BaseException:
+        for parts, is_dir in reversed(made):
+            with contextlib.suppress(OSError, PathEscape):
+                parent = _open_dir(root_fd, parts[:-1], None)
+                try:
+                    if is_dir:
+                        os.rmdir(parts[-1], dir_fd=parent)  # only if this restore left it empty
+                    else:
+                        os.unlink(parts[-1], dir_fd=parent)
+                finally:
+                    os.close(parent)
+        raise
+    finally:
+        os.close(root_fd)
 
 
 def restore(cell: Cell, checkpoint_id: str, by: str = "operator") -> Appended:
-    """Unpack a checkpoint's archive into the workspace after checking its hash and every member."""
+    """Unpack a checkpoint's archive into the workspace after checking its hash and every member,
+    trusting no tarfile filter: nothing lands outside the workspace, and nothing past the byte budget."""
     view = cell.refresh()
     cp = view.checkpoints.get(checkpoint_id)
     if cp is None:
@@ -159,17 +252,14 @@ def restore(cell: Cell, checkpoint_id: str, by: str = "operator") -> Appended:
         raise Refused(f"archive {cp.archive} fails its SHA-256 check (expected {cp.sha256}); not restored")
     draft = ev.CheckpointRestored(by=by, checkpoint_id=checkpoint_id)
     admit(view, draft)
+    budget = cell.root.config.max_archive_bytes
     try:
         with tarfile.open(path, "r:gz") as tar:
-            members = tar.getmembers()
-            for m in members:
-                _check_member(cell.workspace, m)
-            tar.extractall(cell.workspace, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, LazarusError):
-            raise
+            plan = _plan_members(tar.getmembers(), budget)
+            _unpack(tar, plan, cell.workspace, budget)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise Refused(f"archive {cp.archive} cannot be unpacked: {exc}") from None
-    tops = sorted({PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts})
+    tops = sorted({rel.parts[0] for _, rel in plan})
     return cell.append(msgspec.structs.replace(draft, paths=tops))[0]
 
 

@@ -172,6 +172,96 @@ def test_restore_refuses_members_that_land_outside(cell: Cell, members: list[tar
     assert (cell.dir / "logs" / "events.jsonl").read_bytes() == log
 
 
+def _chain(n: int, last: str) -> list[tarfile.TarInfo]:
+    """Nested symlinks with long names, past the path-length limit: the shape that slipped through
+    tarfile's data filter on Python 3.11.7 (each name 250 characters, each link to the next)."""
+    names = [f"{i:03d}" + "d" * 247 for i in range(n)]
+    members = [_member(names[i], tarfile.SYMTYPE, names[i + 1]) for i in range(n - 1)]
+    return [*members, _member(names[-1], tarfile.SYMTYPE, last), _member(names[0] + "/pwned.txt")]
+
+
+@pytest.mark.parametrize("members", [
+    [_member("fifo", tarfile.FIFOTYPE)],
+    [_member("up", tarfile.SYMTYPE, "sub/../..")],
+    [_member("sub/up", tarfile.SYMTYPE, "../..")],
+    [_member("d", tarfile.SYMTYPE, "sub"), _member("sub", tarfile.DIRTYPE), _member("d/through-a-link.txt")],
+    _chain(20, "../../../../../../.."),
+    _chain(20, "."),
+], ids=["fifo", "link-dotdot-inside", "link-up-from-subdir", "file-through-own-link", "long-chain-out",
+        "long-chain-in"])
+def test_crafted_archives_write_nothing_anywhere(cell: Cell, members: list[tarfile.TarInfo], tmp_path: Path) -> None:
+    cid = _evil_archive(cell, "evil", members)
+    log = (cell.dir / "logs" / "events.jsonl").read_bytes()
+    outside = sorted(p.name for p in cell.dir.parent.parent.iterdir())
+    with pytest.raises(PathEscape):
+        restore(cell, cid)
+    assert list(cell.workspace.iterdir()) == []  # nothing half-written stays behind
+    assert sorted(p.name for p in cell.dir.parent.parent.iterdir()) == outside
+    assert (cell.dir / "logs" / "events.jsonl").read_bytes() == log
+
+
+def test_restore_never_follows_a_link_already_in_the_workspace(cell: Cell, tmp_path: Path, cli: Cli) -> None:
+    """A link an agent left in the workspace is replaced, never written through."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    target_dir = tmp_path / "elsewhere"
+    target_dir.mkdir()
+    (cell.workspace / "f.txt").write_text("v1")
+    (cell.workspace / "sub").mkdir()
+    (cell.workspace / "sub" / "g.txt").write_text("g1")
+    e = checkpoint(cell, "operator", paths=["f.txt", "sub"]).event
+    (cell.workspace / "f.txt").unlink()
+    (cell.workspace / "f.txt").symlink_to(victim)
+    restored = restore(cell, e.checkpoint_id)  # type: ignore[attr-defined]
+    assert victim.read_text() == "untouched"
+    assert not (cell.workspace / "f.txt").is_symlink() and (cell.workspace / "f.txt").read_text() == "v1"
+    assert restored.event.paths == ["f.txt", "sub"]  # type: ignore[attr-defined]
+    # a directory swapped for a link out: refused with exit 4, nothing written there
+    import shutil
+
+    shutil.rmtree(cell.workspace / "sub")
+    (cell.workspace / "sub").symlink_to(target_dir)
+    r = cli("bus", "restore", "forge", e.checkpoint_id)  # type: ignore[attr-defined]
+    assert r.code == 4 and "symlink" in r.err, r.err
+    assert list(target_dir.iterdir()) == []
+
+
+def test_restore_stops_at_the_byte_budget(root_dir: Path, cli: Cli) -> None:
+    """A small archive that unpacks far past max_archive_bytes: refused (exit 4), nothing left."""
+    (root_dir / "lazarus.toml").write_text('fsync = "never"\nmax_archive_bytes = 1048576\n')
+    cid = cli.ok("cell", "create", "forge").strip()
+    cell = Root(root_dir).open(cid)
+    bomb = tarfile.TarInfo("zeros.bin")
+    bomb.size = 64 * 1024 * 1024
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tar:
+        tar.addfile(_member("small.txt"), io.BytesIO(b"x"))
+
+        class Zeros(io.RawIOBase):
+            left = bomb.size
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+                n = min(len(b), self.left)
+                b[:n] = bytes(n)
+                self.left -= n
+                return n
+
+        tar.addfile(bomb, io.BufferedReader(Zeros()))
+    data = buf.getvalue()
+    assert len(data) < 1024 * 1024  # the archive itself is small
+    (cell.checkpoints / "bomb.tar.gz").write_bytes(data)
+    cell.append(ev.CheckpointCreated(by="operator", checkpoint_id="bomb", archive="checkpoints/bomb.tar.gz",
+                                     sha256=hashlib.sha256(data).hexdigest()))
+    log = (cell.dir / "logs" / "events.jsonl").read_bytes()
+    r = cli("bus", "restore", "forge", "bomb")
+    assert r.code == 4 and "max_archive_bytes" in r.err, r.err
+    assert list(cell.workspace.iterdir()) == []
+    assert (cell.dir / "logs" / "events.jsonl").read_bytes() == log
+
+
 def test_tampered_archive_is_refused_on_restore(cell: Cell, cli: Cli) -> None:
     (cell.workspace / "f.txt").write_text("good")
     e = checkpoint(cell, "a-write", paths=["f.txt"]).event
