@@ -6,6 +6,7 @@ from .config import Config, load_config, resolve
 from .errors import (
     Conflict,
     CorruptLog,
+    Fenced,
     Forbidden,
     LazarusError,
     MalformedInput,
@@ -40,6 +41,7 @@ __all__ = [
     "CorruptLog",
     "EVENT_TYPES",
     "Event",
+    "Fenced",
     "FileLog",
     "Forbidden",
     "Head",

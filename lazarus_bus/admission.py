@@ -6,7 +6,7 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from . import events as ev
-from .errors import Conflict, Forbidden, MalformedInput, NotFound, Refused
+from .errors import Conflict, Fenced, Forbidden, MalformedInput, NotFound, Refused
 from .fold import CellView, fold
 from .names import SYSTEM_AUTHORS, check_agent
 
@@ -97,6 +97,18 @@ def _check_author(view: CellView, e: ev.Event) -> None:
         raise Forbidden(f"agent {e.by} (role write) may update only tasks assigned to it")
     if agent.role not in CAPABILITIES[cap]:
         raise Forbidden(f"agent {e.by} (role {agent.role}) lacks the {cap} capability needed for {e.type}")
+
+
+def _check_incarnation(view: CellView, e: ev.Event) -> None:
+    """An event stamped with an incarnation that is not its author's newest is fenced."""
+    incarnation = getattr(e, "incarnation", "")
+    if not incarnation:
+        return
+    agent = view.agents.get(e.by)
+    newest = agent.incarnation if agent is not None else ""
+    if incarnation != newest:
+        raise Fenced(f"agent {e.by}'s incarnation {incarnation} was superseded by "
+                     f"{newest or 'no running incarnation'}: this copy of the agent may not write, and stops")
 
 
 def _check_state(view: CellView, e: ev.Event) -> None:
@@ -195,6 +207,7 @@ def admit(view: CellView | None, e: ev.Event) -> list[ev.Event]:
     if not e.by:
         raise MalformedInput(f"{e.type}: 'by' is required")
     _check_author(view, e)
+    _check_incarnation(view, e)
     _check_state(view, e)
     _check_refs(view, e)
     if view.state == "provisioned" and ADMISSION[type(e)].activates:

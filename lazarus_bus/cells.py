@@ -182,6 +182,7 @@ class Cell:
         self._view: CellView | None = None
         self._lock = threading.RLock()
         self._observers: list[Observer] = []
+        self._speaker: tuple[str, str] | None = None  # (agent, incarnation) of the process writing here
         if root.store.spans_hosts and not self.dir.is_dir():
             for sub in CELL_DIRS:  # a cell created on another machine: its local side, made on first use
                 (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -217,6 +218,17 @@ class Cell:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def speak_as(self, agent: str, incarnation: str) -> None:
+        """What `agent` appends through this cell carries `incarnation` (the process's LAZARUS_INCARNATION),
+        so a superseded copy of the agent is fenced at the door."""
+        self._speaker = (agent, incarnation) if incarnation else None
+
+    def _stamped(self, draft: ev.Event) -> ev.Event:
+        speaker = self._speaker
+        if speaker is None or draft.by != speaker[0] or not isinstance(draft, ev.INCARNATED):
+            return draft
+        return draft if getattr(draft, "incarnation", "") else msgspec.structs.replace(draft, incarnation=speaker[1])
 
     def observe(self, observer: Observer) -> None:
         """Tell `observer` of every event from now on, as it enters the projection."""
@@ -289,6 +301,8 @@ class Cell:
 
     def append_many(self, drafts: Sequence[ev.Event], *, expected_seq: int | None = None) -> list[Appended]:
         """The one write path: validated against the state under the log's lock, then written."""
+        if self._speaker is not None:
+            drafts = [self._stamped(d) for d in drafts]
         with self._lock:
             before = self._view
 

@@ -51,7 +51,13 @@ class App:
         return Root(*self._resolved)
 
     def cell(self, ref: str) -> Cell:
-        return self.root.open(ref)
+        """A cell by id or name; inside an agent the daemon started, what that agent appends carries
+        its incarnation (so a superseded copy is fenced, exit 4)."""
+        cell = self.root.open(ref)
+        agent, incarnation = os.environ.get("LAZARUS_AGENT"), os.environ.get("LAZARUS_INCARNATION")
+        if agent and incarnation and os.environ.get("LAZARUS_CELL") == cell.id:
+            cell.speak_as(agent, incarnation)
+        return cell
 
 
 def _setter(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -15,11 +16,13 @@ from . import events as ev
 from .cells import Cell, Root
 from .checkpoints import checkpoint, handoff, restore
 from .config import resolve
-from .errors import LazarusError, MalformedInput
+from .errors import Fenced, LazarusError, MalformedInput
 from .names import check_agent
 from .resume import resume_packet
 
-__all__ = ["Agent", "connect"]
+__all__ = ["FENCED_EXIT", "Agent", "connect"]
+
+FENCED_EXIT = 75  # EX_TEMPFAIL: this copy stopped because another runs
 
 
 def connect(cell: str | None = None, agent: str | None = None, *, root: str | os.PathLike[str] | None = None,
@@ -30,7 +33,22 @@ def connect(cell: str | None = None, agent: str | None = None, *, root: str | os
     if not cell or not agent:
         raise MalformedInput("connect() needs a cell and an agent (or LAZARUS_CELL and LAZARUS_AGENT)")
     path, config = resolve(str(root) if root is not None else os.environ.get("LAZARUS_ROOT"), None)
-    return Agent(Root(path, config).open(cell), check_agent(agent), heartbeat=heartbeat)
+    opened = Root(path, config).open(cell)
+    if agent == os.environ.get("LAZARUS_AGENT") and opened.id == os.environ.get("LAZARUS_CELL", opened.id):
+        opened.speak_as(agent, os.environ.get("LAZARUS_INCARNATION", ""))  # the process the daemon started
+    return Agent(opened, check_agent(agent), heartbeat=heartbeat)
+
+
+@contextlib.contextmanager
+def _fencing() -> Iterator[None]:
+    """Told it is fenced (a newer incarnation of this agent runs), the process stops itself at once:
+    a stale copy can neither write nor keep running."""
+    try:
+        yield
+    except Fenced as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"lazarus: {exc}\n".encode())
+        os._exit(FENCED_EXIT)
 
 
 class Agent:
@@ -91,6 +109,8 @@ class Agent:
         while not self._stop.wait(self.interval):
             try:
                 self.heartbeat()
+            except Fenced:
+                return  # _append has already stopped the process
             except (LazarusError, OSError):
                 self.errors += 1  # keep trying: a late heartbeat is better than a dead thread
 
@@ -101,18 +121,18 @@ class Agent:
 
     def checkpoint(self, summary: str = "", state: Any = None, paths: list[str] | None = None) -> str:
         """Record where the work stands (archiving workspace paths); returns the checkpoint id."""
-        with self._lock:
+        with self._lock, _fencing():
             a = checkpoint(self.cell, self.name, summary=summary, state=state, paths=paths)
         return a.event.checkpoint_id  # type: ignore[attr-defined, no-any-return]
 
     def restore(self, checkpoint_id: str) -> list[str]:
         """Put the checkpoint's archived workspace paths back as they were; returns what was unpacked."""
-        with self._lock:
+        with self._lock, _fencing():
             a = restore(self.cell, checkpoint_id, self.name)
         return a.event.paths  # type: ignore[attr-defined, no-any-return]
 
     def handoff(self, to: str, checkpoint_id: str, note: str = "") -> str:
-        with self._lock:
+        with self._lock, _fencing():
             a = handoff(self.cell, self.name, to, checkpoint_id, note)
         return a.event.handoff_id  # type: ignore[attr-defined, no-any-return]
 
@@ -141,7 +161,7 @@ class Agent:
         return self.cell.workspace
 
     def _append(self, draft: ev.Event) -> int:
-        with self._lock:
+        with self._lock, _fencing():
             return self.cell.append(draft)[0].seq
 
     # -- lifetime -----------------------------------------------------------------------

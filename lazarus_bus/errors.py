@@ -10,6 +10,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "TooLarge",
+    "Fenced",
     "CorruptLog",
 ]
 
@@ -52,6 +53,13 @@ class Conflict(Refused):
     """An expected seq or an event id that disagrees with the log."""
 
     http_status = 409
+
+
+class Fenced(Refused):
+    """An event from an agent process its newer incarnation superseded: a stale copy may not write."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"fenced: {message}")
 
 
 class TooLarge(Refused):

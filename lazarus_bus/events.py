@@ -16,6 +16,7 @@ from .errors import MalformedInput
 from .names import AGENT_PATTERN, CELL_ID_PATTERN, REF_PATTERN, check_agent, check_by
 
 __all__ = [
+    "INCARNATED",
     "Event",
     "AnyEvent",
     "EVENT_TYPES",
@@ -72,6 +73,9 @@ Action = Literal["restart", "substitute", "ask", "suppressed", "unrecoverable", 
 TaskStatus = Literal["pending", "in_progress", "done", "failed"]
 Priority = Literal["high", "medium", "low"]
 Seconds = Annotated[float, Meta(ge=0)]
+# the id of the `agent.spawned` that started the appending process (LAZARUS_INCARNATION): a superseded
+# incarnation is fenced (its events refused), so a stale copy of an agent cannot write
+Incarnation = Annotated[str, Meta(max_length=64, description="the agent.spawned id of the appending process")]
 
 
 class Policy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -185,6 +189,7 @@ class AgentJoined(Event, frozen=True, kw_only=True, tag="agent.joined"):
     """An agent announced itself."""
 
     agent: Name
+    incarnation: Incarnation = ""
     pid: int = 0
     host: str = ""
 
@@ -193,6 +198,7 @@ class AgentHeartbeat(Event, frozen=True, kw_only=True, tag="agent.heartbeat"):
     """Proof of life; `cycle` is the agent's progress counter."""
 
     agent: Name
+    incarnation: Incarnation = ""
     pid: int = 0
     cycle: int = 0
     status: str = ""
@@ -203,6 +209,7 @@ class AgentLeft(Event, frozen=True, kw_only=True, tag="agent.left"):
     """An agent stopped on purpose (or completed); it is not revived."""
 
     agent: Name
+    incarnation: Incarnation = ""
     reason: str = ""
 
 
@@ -288,6 +295,7 @@ class BusMessage(Event, frozen=True, kw_only=True, tag="bus.message"):
     """A message on a topic, to everyone or one agent."""
 
     topic: Annotated[str, Meta(min_length=1, max_length=256)]
+    incarnation: Incarnation = ""
     payload: Any = None
     to: Name | None = None
 
@@ -296,6 +304,7 @@ class CheckpointCreated(Event, frozen=True, kw_only=True, tag="checkpoint.create
     """A resumable point: state, artifacts and an optional workspace archive."""
 
     checkpoint_id: Ref
+    incarnation: Incarnation = ""
     summary: str = ""
     state: Any = None
     artifacts: list[str] = []
@@ -307,6 +316,7 @@ class HandoffCreated(Event, frozen=True, kw_only=True, tag="handoff.created"):
     """Work passed from one agent to another at a checkpoint."""
 
     handoff_id: Ref
+    incarnation: Incarnation = ""
     to: Name
     checkpoint_id: Ref | None = None
     note: str = ""
@@ -316,12 +326,14 @@ class HandoffAccepted(Event, frozen=True, kw_only=True, tag="handoff.accepted"):
     """The recipient took the handoff up."""
 
     handoff_id: Ref
+    incarnation: Incarnation = ""
 
 
 class CheckpointRestored(Event, frozen=True, kw_only=True, tag="checkpoint.restored"):
     """A checkpoint archive was unpacked into the workspace."""
 
     checkpoint_id: Ref
+    incarnation: Incarnation = ""
     paths: list[str] = []
 
 
@@ -329,6 +341,7 @@ class TaskCreated(Event, frozen=True, kw_only=True, tag="task.created"):
     """A unit of work with its dependencies."""
 
     task_id: Ref
+    incarnation: Incarnation = ""
     title: Annotated[str, Meta(min_length=1)]
     assignee: Name | None = None
     depends_on: list[RefItem] = []
@@ -339,6 +352,7 @@ class TaskUpdated(Event, frozen=True, kw_only=True, tag="task.updated"):
     """A task moved on."""
 
     task_id: Ref
+    incarnation: Incarnation = ""
     status: TaskStatus
     assignee: Name | None = None
 
@@ -370,6 +384,10 @@ AnyEvent = Union[
     TaskCreated,
     TaskUpdated,
 ]
+
+# the types an agent's own process appends, stamped with its incarnation
+INCARNATED: tuple[type[Event], ...] = (AgentJoined, AgentHeartbeat, AgentLeft, BusMessage, CheckpointCreated,
+                                       HandoffCreated, HandoffAccepted, CheckpointRestored, TaskCreated, TaskUpdated)
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from . import events as ev
 from .backends.process import Exit, Proc, ProcessBackend
 from .cells import Cell
 from .errors import Conflict, LazarusError
+from .names import new_id
 from .planner import AnyAction, Append, Start
 
 __all__ = ["Executor"]
@@ -111,17 +112,20 @@ class Executor:
         view = cell.projection or cell.refresh()
         a = view.agents[action.agent]
         host = self.backend.host
+        incarnation = new_id()  # the agent.spawned id, known to the process before it runs
         last = 0
 
         def record(pid: int, started: float) -> None:
             nonlocal last
-            drafts: list[ev.Event] = [ev.AgentSpawned(by="lazarus", agent=a.name, pid=pid, start_time=started,
-                                                      host=host, attempt=action.attempt, resume=action.resume)]
+            drafts: list[ev.Event] = [ev.AgentSpawned(id=incarnation, by="lazarus", agent=a.name, pid=pid,
+                                                      start_time=started, host=host, attempt=action.attempt,
+                                                      resume=action.resume)]
             if action.revived:
                 drafts.append(ev.AgentRevived(by="lazarus", agent=a.name, pid=pid, attempt=action.revived))
             last = cell.append_many(drafts, expected_seq=expected)[-1].seq
 
-        proc = self.backend.spawn(cell, a, attempt=action.attempt, resume=action.resume, record=record)
+        proc = self.backend.spawn(cell, a, attempt=action.attempt, resume=action.resume, incarnation=incarnation,
+                                  record=record)
         self.watch(cell, proc)
         return last
 

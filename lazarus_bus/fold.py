@@ -47,9 +47,11 @@ class AgentView(Struct, frozen=True, kw_only=True, gc=False):
     revive: str | None = None
     invited_at: float = 0.0
     phase: Phase = "invited"
-    pid: int = 0
+    pid: int = 0  # the supervised process, from agent.spawned alone (a heartbeat's pid is heartbeat_pid)
     host: str = ""
     start_time: float = 0.0
+    heartbeat_pid: int = 0
+    incarnation: str = ""  # the id of the newest agent.spawned
     last_seen: float = 0.0
     last_heartbeat: float = 0.0
     heartbeats: int = 0
@@ -209,7 +211,9 @@ def _joined(view: CellView, e: ev.AgentJoined) -> CellView:
     a = view.agents[e.agent]
     # a supervised agent belongs to the host whose daemon spawned it, whatever the agent calls its machine
     host = a.host if a.command and a.host else (e.host or a.host)
-    return _agent(view, e.agent, phase="running", pid=e.pid or a.pid, host=host, last_seen=e.ts)
+    pid = a.pid if a.command else e.pid or a.pid  # the agent's own pid may be a wrapper's child
+    return _agent(view, e.agent, phase="running", pid=pid, host=host, heartbeat_pid=e.pid or a.heartbeat_pid,
+                  last_seen=e.ts)
 
 
 def _beaten(a: AgentView, beats: list[ev.AgentHeartbeat]) -> AgentView:
@@ -225,10 +229,12 @@ def _beaten(a: AgentView, beats: list[ev.AgentHeartbeat]) -> AgentView:
         if beats[i].cycle != (beats[i - 1].cycle if i else a.cycle) or (not i and not a.heartbeats):
             since = beats[i].ts
             break
+    beat_pid = next((e.pid for e in reversed(beats) if e.pid), a.heartbeat_pid)
     return replace(
         a,
         phase="running" if a.phase in ("invited", "running") or not a.command else a.phase,
-        pid=next((e.pid for e in reversed(beats) if e.pid), a.pid),
+        pid=a.pid if a.command else beat_pid,  # a supervised pid comes from agent.spawned alone
+        heartbeat_pid=beat_pid,
         last_seen=last.ts,
         last_heartbeat=last.ts,
         heartbeats=a.heartbeats + len(beats),
@@ -268,6 +274,8 @@ def _spawned(view: CellView, e: ev.AgentSpawned) -> CellView:
         pid=e.pid,
         host=e.host,
         start_time=e.start_time,
+        heartbeat_pid=0,
+        incarnation=e.id,
         spawns=a.spawns + 1,
         attempt=e.attempt,
         spawned_at=e.ts,

@@ -4,6 +4,7 @@ restart (simultaneous deaths too, on both stores), and a plan whose log moved is
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 import os
 import signal
 from pathlib import Path
@@ -44,11 +45,17 @@ def _deaths_before_restarts(cell: Cell, agent: str) -> list[str]:
 
 
 @pytest.fixture(params=["file", "nats"])
-def store_top(request: pytest.FixtureRequest) -> str:
+def store_top(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Top-level config keys for the store; NATS on a server of the test's own (one stream per account)."""
     if request.param == "file":
-        return ""
-    server: NatsServer = request.getfixturevalue("nats_server")
-    return nats_toml(server)
+        yield ""
+        return
+    server = NatsServer(tmp_path / "nats-store")
+    server.start()
+    try:
+        yield nats_toml(server)
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 def test_simultaneous_deaths_each_declared_and_planned_before_the_restart(up: Up, cli: Cli, store_top: str) -> None:

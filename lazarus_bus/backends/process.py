@@ -167,16 +167,17 @@ class ProcessBackend:
     def state_dir(cell: Cell) -> Path:
         return cell.state_dir / "agents"
 
-    def environment(self, cell: Cell, a: AgentView, resume: str) -> dict[str, str]:
+    def environment(self, cell: Cell, a: AgentView, resume: str, incarnation: str = "") -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAZARUS_")}
         env.update({
             "LAZARUS_CELL": cell.id, "LAZARUS_CELL_DIR": str(cell.dir), "LAZARUS_ROOT": str(cell.root.path),
             "LAZARUS_AGENT": a.name, "LAZARUS_ROLE": a.role, "LAZARUS_RESUME": resume,
+            "LAZARUS_INCARNATION": incarnation,
         })
         env.update(a.env)
         return env
 
-    def spawn(self, cell: Cell, a: AgentView, *, attempt: int, resume: str,
+    def spawn(self, cell: Cell, a: AgentView, *, attempt: int, resume: str, incarnation: str = "",
               record: Callable[[int, float], None]) -> Proc:
         """Fork the shim and the agent; `record` makes the start durable before the agent may exec."""
         if not a.command:
@@ -185,7 +186,7 @@ class ProcessBackend:
         sdir.mkdir(parents=True, exist_ok=True)
         cell.agent_logs.mkdir(parents=True, exist_ok=True)
         log_path = str(cell.agent_logs / f"{a.name}.log")
-        env = self.environment(cell, a, resume)
+        env = self.environment(cell, a, resume, incarnation)
         go_r, go_w = os.pipe()
         info_r, info_w = os.pipe()
         shim = os.fork()
