@@ -146,6 +146,7 @@ class Executor:
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
         self.backend.reap(proc)
+        self.backend.end_group(proc)  # the agent is gone: so are the children it left
         key = (proc.cell, proc.agent)
         if self.procs.get(key) == proc:
             del self.procs[key]

@@ -131,3 +131,47 @@ def test_a_plan_whose_log_moved_is_planned_again_not_run(root: Root, tmp_path: P
             backend.signal(proc, signal.SIGKILL)
 
     asyncio.run(scenario())
+
+
+WRAPPER = "sh -c 'sleep 600 & sleep 600 & wait'"
+
+
+def _children(a_pid: int, start: float) -> list[int]:
+    from lazarus_bus.backends.process import group_members
+
+    return [p for p in group_members(a_pid, 0, start) if p != a_pid]
+
+
+def test_the_children_of_a_dead_agent_die_with_it(up: Up, cli: Cli) -> None:
+    up.config('[resurrection]\nmode = "yes"\n')
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", WRAPPER)
+    up.start()
+    cell = up.cell()
+    a = wait(lambda: (x := view_of(cell).agents["w"]).phase == "running" and len(_children(x.pid, x.start_time)) == 2
+             and x, "the wrapper and its two workers")
+    os.kill(a.pid, signal.SIGKILL)  # the wrapper alone: its workers are orphaned in its process group
+    wait(lambda: view_of(cell).agents["w"].spawns == 2, "the revival")
+    wait(lambda: not _children(a.pid, a.start_time), "the old workers gone")
+    b = view_of(cell).agents["w"]
+    wait(lambda: len(_children(b.pid, b.start_time)) == 2, "the new wrapper's workers")
+    cli.ok("cell", "freeze", "forge")  # a freeze ends the whole tree too
+    wait(lambda: view_of(cell).agents["w"].phase == "stopped" and not _children(b.pid, b.start_time), "frozen")
+
+
+def test_orphans_left_while_no_daemon_ran_are_ended_at_adoption(up: Up, cli: Cli) -> None:
+    up.config('[resurrection]\nmode = "yes"\n')
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", WRAPPER)
+    first = up.start()
+    cell = up.cell()
+    a = wait(lambda: (x := view_of(cell).agents["w"]).phase == "running" and len(_children(x.pid, x.start_time)) == 2
+             and x, "the wrapper and its two workers")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    os.kill(a.pid, signal.SIGKILL)
+    wait(lambda: not alive(a.pid, a.start_time), "the wrapper gone")
+    assert len(_children(a.pid, a.start_time)) == 2  # orphans, nobody watching
+    up.start()
+    wait(lambda: view_of(cell).agents["w"].spawns == 2, "the revival after adoption")
+    wait(lambda: not _children(a.pid, a.start_time), "the orphans ended")

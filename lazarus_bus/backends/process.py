@@ -79,6 +79,27 @@ def alive(pid: int, start_time: float) -> bool:
     return now is not None and abs(now - start_time) < 0.015
 
 
+def group_members(pgid: int, session: int, since: float) -> list[int]:
+    """The live processes of one agent's process group (its children, orphaned or not), never another's:
+    the same session where known (the shim's), and started no earlier than the agent itself."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(b")") + 2 :].split()
+        if int(fields[2]) != pgid or fields[0] in (b"Z", b"X") or (session and int(fields[3]) != session):
+            continue
+        if _boot_time() + int(fields[19]) / _TICKS < since - 0.02:
+            continue
+        out.append(int(entry.name))
+    return out
+
+
 def _close_fds_except(keep: set[int]) -> None:
     top = os.sysconf("SC_OPEN_MAX")
     low = 3
@@ -231,19 +252,20 @@ class ProcessBackend:
         return proc
 
     def adopt(self, cell: Cell, a: AgentView) -> Proc | Exit:
-        """After a daemon restart: the live agent it spawned earlier, or how it ended meanwhile."""
-        seen = self.read_exit(cell, a.name, a.pid)
-        if seen is not None:
-            return seen
-        if not alive(a.pid, a.start_time):
-            return Exit(pid=a.pid)
+        """After a daemon restart: the live agent it spawned earlier, or how it ended meanwhile (and then
+        whatever its process group left behind is ended)."""
         try:
             rec = json.loads((self.state_dir(cell) / f"{a.name}.json").read_bytes())
         except (OSError, ValueError):
             rec = {}
         shim, shim_start = (rec.get("shim_pid", 0), rec.get("shim_start", 0.0)) if rec.get("pid") == a.pid else (0, 0.0)
-        return Proc(cell=cell.id, agent=a.name, pid=a.pid, start_time=a.start_time, shim_pid=shim,
+        proc = Proc(cell=cell.id, agent=a.name, pid=a.pid, start_time=a.start_time, shim_pid=shim,
                     shim_start=shim_start, attempt=a.attempt)
+        seen = self.read_exit(cell, a.name, a.pid)
+        if seen is None and alive(a.pid, a.start_time):
+            return proc
+        self.end_group(proc)
+        return seen or Exit(pid=a.pid)
 
     def read_exit(self, cell: Cell, agent: str, pid: int) -> Exit | None:
         """The exit status the shim recorded for this pid, if any."""
@@ -272,6 +294,18 @@ class ProcessBackend:
         """Collect the shim if it is our child, so no zombie stays behind."""
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(proc.shim_pid, os.WNOHANG)
+
+    def end_group(self, proc: Proc) -> int:
+        """After the agent itself ended: kill what is left of its process group (a wrapper's workers), so
+        no child outlives a death, a revival or a freeze; how many were killed."""
+        members = group_members(proc.pid, proc.shim_pid, proc.start_time)
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the group is ours: any member forked since goes too
+        return len(members)
 
     def signal(self, proc: Proc, sig: int) -> bool:
         """Signal the agent's process group, if it is still the process we started."""
