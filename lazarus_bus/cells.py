@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -26,6 +27,7 @@ from .store import Store, open_store
 
 __all__ = ["Cell", "Observer", "Root", "isolation_problem"]
 
+log = logging.getLogger(__name__)
 CELL_DIRS = ("workspace", "artifacts", "checkpoints", "logs", "logs/agents", "state")
 STARTER_CONFIG = Path(__file__).with_name("data") / "lazarus.toml"
 # told of every event as it enters a cell's projection, once, whoever appended it (under the cell's lock)
@@ -318,7 +320,11 @@ class Cell:
                 self._view = view
                 self._entered(events)
                 if before is None or manifest(before) != manifest(view):
-                    self.write_manifest(view)
+                    try:
+                        self.write_manifest(view)
+                    except OSError as exc:  # the append happened: a disposable projection must not undo it
+                        log.warning("cell %s: cell.json not written (%s); the log has seq %d", self.id,
+                                    exc.strerror or exc, view.seq)
             return written
 
     def write_manifest(self, view: CellView | None = None) -> None:

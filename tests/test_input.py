@@ -106,3 +106,26 @@ def test_names_with_a_trailing_newline_or_dots_are_refused_everywhere(cli: Cli, 
     assert cli("heartbeat", "forge", bad).code == 2
     assert cli("bus", "checkpoint", "forge", "--by", "operator", "--id", bad).code == 2
     assert cli.ok("verify", "forge") == before
+
+
+def test_a_write_that_landed_is_reported_as_done_even_when_the_projection_cannot_be_written(cli: Cli,
+                                                                                          root_dir: Path) -> None:
+    """The log is the truth: once the append is durable the command succeeds, and a retry by id answers
+    the first seq instead of appending a duplicate."""
+    cid = cli.ok("cell", "create", "forge").strip()
+    manifest = root_dir / cid / "cell.json"
+    manifest.unlink()
+    manifest.mkdir()  # cell.json cannot be replaced now (as a full disk would refuse it)
+    eid = "0190f0c5-0b7e-7c3e-9e2b-1d2f3a4b5c6d"
+    args = ("emit", "forge", "agent.invited", "--by", "operator", "--data", '{"agent": "w", "role": "write"}',
+            "--id", eid, "--json")
+    first = cli(*args)
+    assert first.code == 0, first.err
+    again = cli(*args)
+    assert again.code == 0, again.err
+    import json
+
+    one, two = json.loads(first.out), json.loads(again.out)
+    assert one["seq"] == two["seq"] and two["duplicate"] is True
+    assert sum(1 for line in (root_dir / cid / "logs" / "events.jsonl").read_text().splitlines()
+               if '"agent.invited"' in line) == 1
