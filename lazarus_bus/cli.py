@@ -19,7 +19,7 @@ import msgspec
 from . import events as ev
 from .cells import Cell, Root
 from .config import Config, resolve
-from .errors import LazarusError, MalformedInput, NotFound
+from .errors import CorruptLog, LazarusError, MalformedInput, NotFound
 from .fold import ApprovalView, CellView
 from .log import Appended
 from .planner import AnyAction, Append, Start
@@ -187,12 +187,22 @@ def cell_create(app: App, name: str, mission: str, isolation: int, cell_id: str 
     _out(app, {"id": c.id, "name": name, "seq": 1}, c.id)
 
 
+def _described(c: Cell) -> dict[str, Any]:
+    """One row of `cell list`: a cell whose log cannot be read is shown as such, never stops the list."""
+    try:
+        return c.describe()
+    except CorruptLog as exc:
+        return {"id": c.id, "state": "corrupt", "error": str(exc), "dir": str(c.dir)}
+    except LazarusError as exc:
+        return {"id": c.id, "state": "unreadable", "error": str(exc), "dir": str(c.dir)}
+
+
 @cell.command("list")
 @common
 @pass_app
 def cell_list(app: App) -> None:
     """Every cell under the root."""
-    rows = [c.describe() for c in app.root.cells()]
+    rows = [_described(c) for c in app.root.cells()]
     if app.json:
         _out(app, rows, "")
         return
@@ -374,7 +384,8 @@ def status(app: App, ref: str | None) -> None:
         except LazarusError as exc:
             if ref:
                 raise
-            data.append({"id": c.id, "error": str(exc)})
+            data.append({"id": c.id, "state": "corrupt" if isinstance(exc, CorruptLog) else "unreadable",
+                         "error": str(exc)})
             continue
         data.append({"id": view.id, "name": view.name, "state": view.state, "seq": view.seq,
                      "agents": agent_rows(view, app.config, now)})

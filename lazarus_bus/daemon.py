@@ -166,6 +166,11 @@ class Daemon:
         return self.watcher.views()
 
     @property
+    def corrupt(self) -> dict[str, str]:
+        """Cells whose log failed a check: shown as corrupt, acted on no more."""
+        return self.watcher.corrupt
+
+    @property
     def lag(self) -> float:
         return self.watcher.lag
 
@@ -216,6 +221,9 @@ class Daemon:
             cell = self.watcher.cells.get(cid)
             if cell is None:
                 continue
+            if cid in self.watcher.corrupt:
+                self.notifier.alert(cid, "corrupt", self.watcher.corrupt[cid])
+                continue
             leader = cid in self.leases
             view = cell.projection
             # acting appends, which makes more due (a declaration, then a restart; the next agent's plan)
@@ -244,6 +252,25 @@ class Daemon:
                     handle = loop.call_later(due - time.time() + 0.001, self._mark_dirty, cell.id)
                     self._timers[key] = (due, handle)
 
+    # -- checking what was folded before --------------------------------------------------
+
+    def _verify_now(self) -> None:
+        for cid in list(self.watcher.cells):
+            why = self.watcher.verify(cid)
+            if why is not None:
+                self.watcher.mark_corrupt(cid, why)
+
+    async def _verify_in_background(self) -> None:
+        """Every `verify_every`: the whole chain of each cell again, in a worker thread, cell by cell."""
+        loop = asyncio.get_running_loop()
+        for cid in list(self.watcher.cells):
+            if self._stop.is_set():
+                return
+            why = await loop.run_in_executor(None, self.watcher.verify, cid)
+            if why is not None and cid in self.watcher.cells:
+                self.watcher.mark_corrupt(cid, why)
+                self._mark_dirty(cid)
+
     # -- status ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -256,12 +283,15 @@ class Daemon:
                 health[r["health"]] = health.get(r["health"], 0) + 1
             cells[cid] = {"name": view.name, "state": view.state, "seq": view.seq,
                           "agents": {r["agent"]: r["health"] for r in rows}}
+        for cid, why in self.watcher.corrupt.items():
+            cells[cid] = {**cells.get(cid, {}), "state": "corrupt", "error": why}
         return {
             "pid": os.getpid(), "host": self.host, "version": VERSION, "started_at": self.started_at,
             "last_tick": self.last_tick, "ticks": self.ticks, "uptime": round(now - self.started_at, 3),
             "http": (self.gateway.address or None) if self.gateway is not None else None,
             "watcher_lag": round(self.watcher.lag, 6), "cells": cells,
             "agents_by_health": health, "supervised": len(self.executor.procs), "errors": dict(self.watcher.errors),
+            "corrupt": sorted(self.watcher.corrupt),
             "leading": sorted(self.leases) if self.root.store.spans_hosts else None,
             "notifications": {"sent": self.notifier.sent, "failed": self.notifier.failed},
             "running": not self._stop.is_set(),
@@ -292,8 +322,9 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             self.watcher.scan()
+            self._verify_now()  # a log edited while no daemon ran is caught before anything is done for it
             self.renew_leases()
-            self.executor.adopt(self.watcher.cells.values())
+            self.executor.adopt(c for cid, c in self.watcher.cells.items() if cid not in self.watcher.corrupt)
             if self.gateway is not None:  # serving before daemon.json says "running", with the real port
                 await self.gateway.start(self.http)
             self._live = True
@@ -332,6 +363,9 @@ class Daemon:
     async def _loop_until_stopped(self) -> None:
         tick = self.config.daemon.tick
         next_tick = time.monotonic() + tick
+        every = self.config.daemon.verify_every
+        next_verify = time.monotonic() + every
+        verifying: asyncio.Task[None] | None = None
         while not self._stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
@@ -348,7 +382,12 @@ class Daemon:
                 self.executor.adopt(self.watcher.cells.values())  # a safety net: any start without a watch gets one
                 self.run_pass()
                 self.write_status()
+                if every > 0 and time.monotonic() >= next_verify and (verifying is None or verifying.done()):
+                    next_verify = time.monotonic() + every
+                    verifying = asyncio.create_task(self._verify_in_background())
             elif self._dirty:
                 dirty, self._dirty = sorted(self._dirty), set()
                 self.run_pass(dirty)
             self.executor.kill_orphans(self.watcher.cells)
+        if verifying is not None:
+            await verifying

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from . import events as ev
 from .cells import Cell
 from .config import Config
-from .errors import Forbidden, LazarusError, MalformedInput, NotFound, Refused
+from .errors import CorruptLog, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
 from .health import agent_rows, judge
 from .names import check_agent
@@ -53,6 +53,9 @@ class Served(Protocol):
     def cell(self, ref: str) -> Cell | None: ...
 
     def views(self) -> dict[str, CellView]: ...
+
+    @property
+    def corrupt(self) -> dict[str, str]: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -272,6 +275,8 @@ class Gateway:
         cell = await self._io(self.served.cell, ref)
         if cell is None:
             raise NotFound(f"no cell {ref!r}")
+        if cell.id in self.served.corrupt:
+            raise CorruptLog(self.served.corrupt[cell.id])
         view = await self._io(cell.refresh)
         ident: Identity = request["identity"]
         if ident.kind == "agent" and ident.cell not in (cell.id, view.name):
@@ -332,7 +337,7 @@ class Gateway:
         return _json({"status": "ok", "version": status["version"], "pid": status["pid"],
                       "uptime": round(time.time() - d.started_at, 3), "cells": states,
                       "agents": self.health_counts(), "watcher_lag": round(d.lag, 6),
-                      "errors": len(status["errors"])})
+                      "errors": len(status["errors"]), "corrupt": status["corrupt"]})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
@@ -345,8 +350,11 @@ class Gateway:
             if ident.kind == "agent" and ident.cell not in (cid, view.name):
                 continue
             rows = agent_rows(view, self.config, now)
-            out.append({"id": cid, "name": view.name, "mission": view.mission, "state": view.state,
-                        "seq": view.seq, "agents": {r["agent"]: r["health"] for r in rows}})
+            row: dict[str, Any] = {"id": cid, "name": view.name, "mission": view.mission, "state": view.state,
+                                   "seq": view.seq, "agents": {r["agent"]: r["health"] for r in rows}}
+            if cid in self.served.corrupt:
+                row.update(state="corrupt", error=self.served.corrupt[cid])
+            out.append(row)
         return _json(out)
 
     async def cell(self, request: web.Request) -> web.Response:

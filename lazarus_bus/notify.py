@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from .config import NotifyConfig
 from .events import (
@@ -61,6 +62,18 @@ class Notifier:
             return False
         self.last[key] = now
         body = encode_event(event)
+        if self.config.webhook:
+            self._spawn(self._deliver("webhook", self._post, body))
+        if self.config.command:
+            self._spawn(self._deliver("command", self._run, body))
+        return True
+
+    def alert(self, cell: str, kind: str, message: str) -> bool:
+        """A notification of the root's own state (a cell found corrupt): once per cell and kind."""
+        if not self.enabled or (cell, "", kind) in self.last:
+            return False
+        self.last[(cell, "", kind)] = 0.0
+        body = msgspec.json.encode({"type": f"lazarus.{kind}", "cell": cell, "message": message})
         if self.config.webhook:
             self._spawn(self._deliver("webhook", self._post, body))
         if self.config.command:

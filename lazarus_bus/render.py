@@ -27,6 +27,9 @@ def cells_table(rows: list[dict[str, Any]]) -> None:
         return
     table = Table("ID", "NAME", "STATE", "AGENTS", "SEQ", "MISSION", box=None, pad_edge=False)
     for r in rows:
+        if r["state"] == "corrupt":
+            table.add_row(r["id"], r.get("name", ""), "[bold red]corrupt[/]", "", "", r["error"])
+            continue
         table.add_row(r["id"], r["name"], r["state"], str(len(r["agents"])), str(r["seq"]), r["mission"])
     console.print(table)
 
@@ -53,7 +56,7 @@ def status_table(cells: list[dict[str, Any]]) -> None:
     table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "HEARTBEAT", "PID", "WHY", box=None, pad_edge=False)
     for c in cells:
         if "error" in c:
-            table.add_row(c["id"], "[bold red]unreadable[/]", "", "", "", "", "", c["error"])
+            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", c["error"])
             continue
         if not c["agents"]:
             table.add_row(c["name"], c["state"], "-", "", "", "", "", "")

@@ -8,9 +8,10 @@ import logging
 import time
 
 from .cells import Cell, Observer, Root
-from .errors import LazarusError, NotFound
+from .errors import CorruptLog, LazarusError, NotFound
 from .events import Event
 from .fold import CellView
+from .replay import verify_log
 from .snapshot import save_snapshot
 
 __all__ = ["Watcher"]
@@ -29,6 +30,7 @@ class Watcher:
         self.observer = observer
         self.lag = 0.0  # seconds from the newest event's ts to its fold
         self.errors: dict[str, str] = {}
+        self.corrupt: dict[str, str] = {}  # sticky: a corrupt log stays so until the daemon restarts
         self._snapped: dict[str, int] = {}
 
     def views(self) -> dict[str, CellView]:
@@ -42,6 +44,7 @@ class Watcher:
         for cid in gone:
             self.cells.pop(cid).close()
             self.errors.pop(cid, None)
+            self.corrupt.pop(cid, None)
             self._snapped.pop(cid, None)
         added = ids - self.cells.keys()
         for cid in sorted(added):
@@ -63,10 +66,15 @@ class Watcher:
         cell = self.cells.get(cell_id)
         if cell is None:
             return []
+        if cell_id in self.corrupt:
+            return []  # nothing more is folded from a log known to be corrupt
         try:
             new = cell.advance()
         except NotFound:
             self.cells.pop(cell_id).close()
+            return []
+        except CorruptLog as exc:
+            self.mark_corrupt(cell_id, str(exc))
             return []
         except (LazarusError, OSError) as exc:
             if self.errors.get(cell_id) != str(exc):
@@ -75,6 +83,26 @@ class Watcher:
             return []
         self.errors.pop(cell_id, None)
         return new
+
+    def mark_corrupt(self, cell_id: str, why: str) -> None:
+        if cell_id not in self.corrupt:
+            log.error("cell %s is corrupt: %s; nothing more is done for it until it is repaired", cell_id, why)
+        self.corrupt[cell_id] = self.errors[cell_id] = why
+
+    def verify(self, cell_id: str) -> str | None:
+        """The whole chain of a cell's log checked again, on its own reader (safe in a worker thread):
+        what folding new lines cannot see, a line edited in the middle. The fault, or None."""
+        cell = self.cells.get(cell_id)
+        if cell is None:
+            return None
+        try:
+            with self.root.store.open_log(cell_id) as log_:
+                verify_log(log_)
+        except CorruptLog as exc:
+            return str(exc)
+        except (LazarusError, OSError):
+            return None  # gone or unreadable for now: the next look says more
+        return None
 
     def catch_up_all(self) -> None:
         for cid in list(self.cells):
