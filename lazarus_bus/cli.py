@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterable
 from functools import cached_property
@@ -374,8 +375,11 @@ def status(app: App, ref: str | None) -> None:
     import time
 
     from .health import agent_rows
+    from .rootlock import daemon_running
 
     now = time.time()
+    running = daemon_running(app.root.meta)
+    here = socket.gethostname() if app.root.store.spans_hosts else None  # elsewhere, another host's daemon
     cells = [app.cell(ref)] if ref else app.root.cells()
     data: list[dict[str, Any]] = []
     for c in cells:
@@ -388,13 +392,27 @@ def status(app: App, ref: str | None) -> None:
                          "error": str(exc)})
             continue
         data.append({"id": view.id, "name": view.name, "state": view.state, "seq": view.seq,
-                     "agents": agent_rows(view, app.config, now)})
+                     "agents": agent_rows(view, app.config, now, no_daemon=not running, host=here)})
+    daemon = _daemon_line(app, running)
     if app.json:
-        click.echo(json.dumps({"cells": data}))
+        click.echo(json.dumps({"daemon": daemon, "cells": data}))
     else:
         from .render import status_table
 
+        click.echo(daemon["text"])
         status_table(data)
+
+
+def _daemon_line(app: App, running: bool) -> dict[str, Any]:
+    """Whether this root's daemon runs, and its pid from daemon.json."""
+    try:
+        info = json.loads((app.root.meta / "daemon.json").read_bytes())
+    except (OSError, ValueError):
+        info = {}
+    if running:
+        return {"running": True, "pid": info.get("pid"), "host": info.get("host"),
+                "text": f"daemon: running (pid {info.get('pid', '?')} on {info.get('host', '?')})"}
+    return {"running": False, "text": "daemon: not running (`lazarus up` supervises and revives the agents)"}
 
 
 @cli.command()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +24,6 @@ import msgspec
 from . import events as ev
 from .backends.process import ProcessBackend
 from .cells import Cell, Root
-from .errors import Refused
 from .events import Event
 from .executor import Executor
 from .files import atomic_write
@@ -34,6 +32,7 @@ from .gateway import Gateway
 from .health import agent_rows
 from .notify import Notifier
 from .planner import AnyAction, Stop, plan
+from .rootlock import RootLock
 from .watcher import Watcher
 
 __all__ = ["Daemon", "daemon_status"]
@@ -61,34 +60,6 @@ def _raise_open_files() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-class PidLock:
-    """`<root>/.lazarus/daemon.pid`, flocked for the daemon's lifetime: a second daemon is refused."""
-
-    def __init__(self, root: Root) -> None:
-        self.path = root.meta / "daemon.pid"
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise Refused(f"a daemon already runs on {self.path.parent.parent} (pid {other})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            os.close(self.fd)
-            self.fd = None
-
-
 class Daemon:
     """Watch every cell, plan on every change and every tick, act through the executor."""
 
@@ -109,7 +80,7 @@ class Daemon:
         self.last_tick = 0.0
         self.ticks = 0
         self.appended: dict[str, int] = {}
-        self._lock = PidLock(root)
+        self._lock = RootLock(root.meta)
         self._stop = asyncio.Event()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -141,6 +112,8 @@ class Daemon:
         for e in events:
             self.appended[e.type] = self.appended.get(e.type, 0) + 1
             if self._live:
+                if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
+                    log.warning("approval needed in cell %s: %s", cell.id, e.message)
                 self.notifier.offer(e, now)
                 if self.on_event is not None:
                     self.on_event(cell, e)

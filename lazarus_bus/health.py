@@ -82,13 +82,40 @@ def judge(view: CellView, a: AgentView, p: Effective, now: float) -> Verdict:
     return _by_heartbeat(a, p, now)
 
 
-def agent_rows(view: CellView, config: Config, now: float) -> list[dict[str, Any]]:
-    """One row per agent for `status`, `/cells/{cell}` and the planner's dry run."""
+UNSUPERVISED = "unsupervised (no daemon)"
+
+
+def revival_state(view: CellView, a: AgentView, now: float) -> str | None:
+    """Where a dead agent's revival stands, in words an operator acts on (None: nothing pending)."""
+    if a.phase == "left":
+        return "completed" if a.left_reason == "completed" else None
+    if a.phase != "dead" or a.revival is None:
+        return None
+    if a.revival == "restart":
+        due = a.revival_at + a.revival_delay - now
+        return f"restarting in {due:.0f}s" if due >= 1 else "restarting"
+    if a.revival == "ask" and a.approval:
+        request = view.approvals.get(a.approval)
+        if request is not None and request.decision is None:
+            return f"awaiting approval {a.approval}"
+        return f"approval {request.decision}" if request is not None else None
+    return a.revival  # escalated, unrecoverable, suppressed, substitute
+
+
+def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = False,
+               host: str | None = None) -> list[dict[str, Any]]:
+    """One row per agent for `status`, `/cells/{cell}` and the planner's dry run. With `no_daemon`, a
+    supervised agent (of `host`, or of any host when None) that the log calls alive is reported
+    unsupervised: nobody would notice its death, so `healthy` would be stale evidence."""
     rows = []
     for a in view.agents.values():
         v = judge(view, a, effective(config, view, a.name), now)
+        health: str = v.health
+        if no_daemon and a.command and v.health in ("healthy", "stale", "unknown") and host in (None, a.host):
+            health = UNSUPERVISED
         rows.append({
-            "agent": a.name, "role": a.role, "health": v.health, "reason": v.reason,
+            "agent": a.name, "role": a.role, "health": health, "reason": v.reason,
+            "revival": revival_state(view, a, now),
             "heartbeat_age": round(now - a.last_heartbeat, 3) if a.last_heartbeat else None,
             "pid": a.pid or None, "supervised": bool(a.command), "attempt": a.attempt,
             "cycle": a.cycle, "status": a.status, "phase": a.phase, "detail": v.detail,

@@ -53,18 +53,25 @@ def status_table(cells: list[dict[str, Any]]) -> None:
     if not cells:
         console.print("no cells (create one with `lazarus cell create NAME`)")
         return
-    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "HEARTBEAT", "PID", "WHY", box=None, pad_edge=False)
+    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "REVIVAL", "HEARTBEAT", "PID", "WHY", box=None,
+                  pad_edge=False)
     for c in cells:
         if "error" in c:
-            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", c["error"])
+            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", "", c["error"])
             continue
         if not c["agents"]:
-            table.add_row(c["name"], c["state"], "-", "", "", "", "", "")
+            table.add_row(c["name"], c["state"], "-", "", "", "", "", "", "")
         for r in c["agents"]:
-            style = HEALTH_STYLE.get(r["health"], "")
+            style = HEALTH_STYLE.get(r["health"], "yellow")
             table.add_row(c["name"], c["state"], r["agent"], r["role"], f"[{style}]{r['health']}[/]",
-                          _age(r["heartbeat_age"]), str(r["pid"] or "-"), r["reason"] or "")
+                          r["revival"] or "", _age(r["heartbeat_age"]), str(r["pid"] or "-"), r["reason"] or "")
     console.print(table)
+    for c in cells:
+        for r in c.get("agents", ()):
+            if (r["revival"] or "").startswith("awaiting approval "):
+                key = r["revival"].rsplit(" ", 1)[1]
+                console.print(f"{c['name']}/{r['agent']} waits for you: "
+                              f"`lazarus approve {key}` or `lazarus deny {key}`")
 
 
 def tasks_table(rows: list[dict[str, Any]]) -> None:

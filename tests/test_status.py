@@ -1,0 +1,70 @@
+"""`status` tells the truth: whether a daemon runs, `unsupervised (no daemon)` rather than `healthy`
+on stale evidence, and where a revival stands (an approval to give, and how)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from lazarus_bus import Cell
+from lazarus_bus.fold import CellView
+from tests.conftest import Cli
+from tests.support import Up, wait
+
+
+def view_of(cell: Cell) -> CellView:
+    return cell.refresh()
+
+
+def _rows(cli: Cli) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+    body = json.loads(cli.ok("status", "--json"))
+    return body["daemon"], {r["agent"]: r for c in body["cells"] for r in c["agents"]}
+
+
+def test_no_daemon_means_unsupervised_never_healthy(up: Up, cli: Cli) -> None:
+    up.config()
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", "sleep 600")
+    cli.ok("agent", "invite", "forge", "free", "--role", "write")  # not supervised: judged by heartbeats
+    proc = up.start()
+    cell = up.cell()
+    wait(lambda: view_of(cell).agents["w"].phase == "running", "the start")
+    daemon, rows = _rows(cli)
+    assert daemon["running"] is True and rows["w"]["health"] == "healthy"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)  # the daemon stops; its agent keeps running
+    daemon, rows = _rows(cli)
+    assert daemon["running"] is False
+    assert rows["w"]["health"] == "unsupervised (no daemon)"
+    assert rows["free"]["health"] == "unknown"  # nobody supervises it anyway
+    text = cli.ok("status")
+    assert "daemon: not running" in text and "unsupervised" in text
+
+
+def test_deleting_the_pid_file_lets_no_second_daemon_in(up: Up, cli: Cli, root_dir: Path) -> None:
+    up.config()
+    up.start()
+    (root_dir / ".lazarus" / "daemon.pid").unlink()
+    second = cli("up", "--no-http", "--once")
+    assert second.code == 4 and "already runs" in second.err, second.err
+    assert _rows(cli)[0]["running"] is True
+
+
+def test_an_approval_pending_is_said_with_how_to_give_it(up: Up, cli: Cli) -> None:
+    up.config('[resurrection]\nmode = "ask"\n')
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", "sleep 600")
+    up.start()
+    cell = up.cell()
+    a = wait(lambda: (x := view_of(cell).agents["w"]).phase == "running" and x, "the start")
+    os.killpg(a.pid, signal.SIGKILL)
+    key = wait(lambda: view_of(cell).agents["w"].approval, "the approval request")
+    _, rows = _rows(cli)
+    assert rows["w"]["health"] == "dead" and rows["w"]["revival"] == f"awaiting approval {key}"
+    assert f"lazarus approve {key}" in cli.ok("status")
+    assert up.log is not None
+    wait(lambda: f"lazarus approve {key}" in up.log.read_text(), "the daemon's terminal says it")
+    cli.ok("approve", key)
+    wait(lambda: view_of(cell).agents["w"].spawns == 2, "the approved revival")
