@@ -434,14 +434,19 @@ def replay(app: App, ref: str, until: int | None) -> None:
 
 @cli.command()
 @click.argument("ref", metavar="CELL")
+@click.option("--expect", default=None, metavar="HEAD",
+              help="A head printed earlier (HASH, or SEQ:HASH): fail unless the log still holds it.")
 @common
 @pass_app
-def verify(app: App, ref: str) -> None:
+def verify(app: App, ref: str, expect: str | None) -> None:
     """Check seqs and the hash chain; prints the event count and the head hash."""
     from .replay import verify_log
 
-    count, head = verify_log(app.cell(ref).log)
-    _out(app, {"events": count, "head": head}, f"ok: {count} events, head {head}")
+    count, head, held = verify_log(app.cell(ref).log, expect)
+    data: dict[str, Any] = {"events": count, "head": head}
+    if expect is not None:
+        data["expect"] = held
+    _out(app, data, f"ok: {count} events, head {head}" + (f"; holds {expect}" if expect else ""))
 
 
 # -- resurrection -------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def run_demo(keep: Path | None = None) -> int:
     started = time.monotonic()
     cell = asyncio.run(_story(root, out))
     view = cell.replay()
-    count, head = verify_log(cell.log)
+    count, head, _ = verify_log(cell.log)
     writer = view.agents["writer"]
     draft = (cell.workspace / "draft.txt").read_text().splitlines()
     out.print()

@@ -8,7 +8,7 @@ from contextlib import closing
 
 import msgspec
 
-from .errors import CorruptLog
+from .errors import CorruptLog, MalformedInput
 from .events import ZERO_HASH, Event, decode_event
 from .fold import CellView, fold, fold_all
 from .log import LogBackend
@@ -17,13 +17,34 @@ from .log.base import check_link
 __all__ = ["head_hash", "replay_log", "verify_lines", "verify_log"]
 
 
-def verify_log(log: LogBackend) -> tuple[int, str]:
-    """Every line decodes, seqs run 1..N, the chain holds: (N, SHA-256 of the last line)."""
-    count, last = 0, None
-    for _, line in log.read_raw(0):
+def verify_log(log: LogBackend, expect: str | None = None) -> tuple[int, str, str | None]:
+    """Every line decodes, seqs run 1..N, the chain holds: (N, SHA-256 of the last line, `expect` as
+    SEQ:HASH when given). With `expect` (a head printed earlier, HASH or SEQ:HASH), the log must still
+    hold that line at its seq: a log cut back, even to nothing, is corrupt (CorruptLog)."""
+    want_seq, want = _expected(expect) if expect is not None else (None, None)
+    where = getattr(log, "path", "log")
+    count, last, held = 0, None, None
+    for event, line in log.read_raw(0):
         count += 1
         last = line
-    return count, head_hash(last)
+        if want is not None and held is None and (want_seq is None or event.seq == want_seq):
+            if hashlib.sha256(line).hexdigest() == want:
+                held = f"{event.seq}:{want}"
+            elif want_seq is not None:
+                raise CorruptLog(f"{where}:{event.seq}: corrupt log at seq {event.seq}: it no longer holds "
+                                 f"the expected head {want}")
+    if want is not None and held is None:
+        raise CorruptLog(f"{where}: corrupt log: the expected head {expect} is not in it "
+                         f"({count} events now: cut back or rewritten)")
+    return count, head_hash(last), held
+
+
+def _expected(expect: str) -> tuple[int | None, str]:
+    seq, _, digest = expect.rpartition(":")
+    digest = digest.lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or (seq and not seq.isdigit()):
+        raise MalformedInput(f"--expect takes a head as `verify` prints it (HASH or SEQ:HASH), got {expect!r}")
+    return (int(seq) if seq else None), digest
 
 
 def head_hash(last_line: bytes | None) -> str:

@@ -129,3 +129,26 @@ def test_a_write_that_landed_is_reported_as_done_even_when_the_projection_cannot
     assert one["seq"] == two["seq"] and two["duplicate"] is True
     assert sum(1 for line in (root_dir / cid / "logs" / "events.jsonl").read_text().splitlines()
                if '"agent.invited"' in line) == 1
+
+
+def test_verify_expect_catches_a_log_cut_back_even_to_nothing(cli: Cli, root_dir: Path) -> None:
+    cid = cli.ok("cell", "create", "forge").strip()
+    for n in range(3):
+        cli.ok("bus", "publish", "forge", "t", "--by", "operator", "--data", str(n))
+    import json
+
+    first = json.loads(cli.ok("verify", "forge", "--json"))
+    head = f"{first['events']}:{first['head']}"
+    assert cli.ok("verify", "forge", "--expect", head).startswith("ok:")
+    assert cli.ok("verify", "forge", "--expect", first["head"]).startswith("ok:")
+    cli.ok("bus", "publish", "forge", "t", "--by", "operator", "--data", "4")  # growing is fine
+    assert json.loads(cli.ok("verify", "forge", "--json", "--expect", head))["expect"] == head
+    log = root_dir / cid / "logs" / "events.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:2]))  # cut back past the recorded head: still a valid chain
+    assert cli.ok("verify", "forge").startswith("ok: 2 events")
+    r = cli("verify", "forge", "--expect", head)
+    assert r.code == 5 and "expected head" in r.err, r.err
+    log.write_bytes(b"")  # to nothing at all
+    assert cli("verify", "forge", "--expect", head).code == 5
+    assert cli("verify", "forge", "--expect", "not-a-head").code == 2

@@ -95,13 +95,14 @@ def stamp(drafts: Sequence[Event], head: Head, cell: str, limit: int) -> tuple[l
     return events, lines, prev
 
 
-def readable(draft: Event) -> None:
+def readable(draft: Event) -> Event:
     """What is written can always be read back: the draft's own line decodes as its type, before the
     state or the log sees it (a Struct built in Python is not type-checked by msgspec, and inf or nan
-    would be stored as null); the envelope the log adds later is its own, always valid."""
+    would be stored as null); what it decodes to goes on, so the projection folds what the log holds
+    (bytes become the base64 text JSON stores). The envelope the log adds later is always valid."""
     check_finite(draft)
     try:
-        decode_line(encode_line(draft))
+        return decode_line(encode_line(draft))
     except DECODE_ERRORS as exc:
         raise MalformedInput(f"{draft.type}: {exc}") from None
     except (TypeError, OverflowError) as exc:  # not JSON at all (bytes in a payload, an int past 64 bits)
@@ -210,15 +211,16 @@ class LogBackend(abc.ABC):
         return found or None
 
     @staticmethod
-    def check_batch_ids(drafts: Sequence[Event]) -> None:
-        """Every draft reads back as its type, and two drafts of one batch may not share an id."""
-        for d in drafts:
-            readable(d)
-        if len(drafts) < 2:
-            return
+    def checked(drafts: Sequence[Event]) -> list[Event]:
+        """The drafts as the log will hold them (each read back from its own encoding), and no two of
+        one batch sharing an id."""
+        out = [readable(d) for d in drafts]
+        if len(out) < 2:
+            return out
         seen: set[str] = set()
-        for d in drafts:
+        for d in out:
             if d.id and d.id in seen:
                 raise Conflict(f"event id {d.id} appears twice in one batch")
             if d.id:
                 seen.add(d.id)
+        return out

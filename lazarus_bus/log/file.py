@@ -409,7 +409,7 @@ class FileLog(LogBackend):
     def append_many(
         self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
     ) -> list[Appended]:
-        self.check_batch_ids(drafts)
+        drafts = self.checked(drafts)
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:

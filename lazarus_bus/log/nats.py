@@ -372,7 +372,7 @@ class NatsLog(LogBackend):
     def append_many(
         self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
     ) -> list[Appended]:
-        self.check_batch_ids(drafts)
+        drafts = self.checked(drafts)
         written: list[Appended] = []
         pending = list(drafts)
         with self._thread_lock:
