@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -18,7 +19,7 @@ from . import events as ev
 from .admission import admit_batch
 from .config import Config
 from .errors import MalformedInput, NotFound, Refused
-from .files import atomic_write, flock, fsync_dir
+from .files import atomic_write, flock, fsync_dir, private_dir
 from .fold import CellView, fold_all, manifest
 from .log import Appended, Head, LogBackend
 from .names import check_cell_id, check_cell_name, new_id
@@ -62,8 +63,8 @@ class Root:
     def init(self) -> bool:
         """Create the root and a starter config; False when they already existed."""
         existed = (self.path / "lazarus.toml").exists()
-        self.meta.mkdir(parents=True, exist_ok=True)
-        self.graveyard.mkdir(exist_ok=True)
+        private_dir(self.graveyard)
+        os.chmod(self.meta, 0o700)
         if not existed:
             atomic_write(self.path / "lazarus.toml", STARTER_CONFIG.read_bytes())
         return not existed
@@ -136,7 +137,7 @@ class Root:
     @contextlib.contextmanager
     def _new_cell(self, cell_id: str, name: str) -> Iterator[Path]:
         """Claim an id and a unique name, build the cell aside under `.lazarus/`, rename it into place whole."""
-        self.meta.mkdir(parents=True, exist_ok=True)
+        private_dir(self.meta)
         with flock(self.meta / "cells.lock"):
             if (self.path / cell_id).exists():
                 raise Refused(f"cell id {cell_id} is taken under {self.path}")
@@ -144,7 +145,7 @@ class Root:
                 staging = Path(tempfile.mkdtemp(dir=self.meta, prefix=f"new-{cell_id}."))
                 try:
                     for sub in CELL_DIRS:
-                        (staging / sub).mkdir(parents=True, exist_ok=True)
+                        private_dir(staging / sub)
                     yield staging
                     staging.rename(self.path / cell_id)
                     fsync_dir(self.path)
@@ -346,8 +347,7 @@ class Cell:
         view = self.refresh()
         if view.state != "destroyed":
             seq = self.append(ev.CellDestroyed(by="operator", reason=reason))[0].seq
-        grave = self.root.graveyard
-        grave.mkdir(parents=True, exist_ok=True)
+        grave = private_dir(self.root.graveyard)
         target = grave / f"{self.id}.jsonl"
         if target.exists():
             target = grave / f"{self.id}.{new_id()}.jsonl"

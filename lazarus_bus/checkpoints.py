@@ -88,6 +88,7 @@ def _archive(cell: Cell, checkpoint_id: str, paths: list[str], limit: int) -> tu
                 if path not in seen:
                     seen.add(path)
                     tar.add(path, arcname=str(path.relative_to(cell.workspace)), recursive=False)
+        os.chmod(tmp, 0o600)  # the workspace's files, private to their user whatever the umask
         size = tmp.stat().st_size
         if size > limit:
             raise TooLarge(f"checkpoint archive is {size} bytes, over max_archive_bytes ({limit})")

@@ -16,7 +16,7 @@ __all__ = ["RootLock", "daemon_running"]
 
 
 def _open(meta: Path) -> int:
-    meta.mkdir(parents=True, exist_ok=True)
+    meta.mkdir(mode=0o700, parents=True, exist_ok=True)
     return os.open(meta, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 

@@ -3,7 +3,9 @@ numbers, wrong types from Python callers, names with a trailing newline, on ever
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,56 @@ def test_verify_expect_catches_a_log_cut_back_even_to_nothing(cli: Cli, root_dir
     log.write_bytes(b"")  # to nothing at all
     assert cli("verify", "forge", "--expect", head).code == 5
     assert cli("verify", "forge", "--expect", "not-a-head").code == 2
+
+
+def test_what_lazarus_writes_is_private_whatever_the_umask(cli: Cli, root_dir: Path, tmp_path: Path) -> None:
+    import stat
+
+    old = os.umask(0)
+    try:
+        cid = cli.ok("cell", "create", "forge").strip()
+        cli.ok("bus", "publish", "forge", "t", "--by", "operator")
+        cli.ok("export", "forge", "--to", str(tmp_path / "out.jsonl"))
+        cli.ok("cell", "archive", "forge")
+        cli.ok("cell", "destroy", "forge")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "out.jsonl") == 0o600
+    assert mode(root_dir / ".lazarus") == 0o700 and mode(root_dir / ".lazarus" / "graveyard") == 0o700
+    assert mode(root_dir / ".lazarus" / "graveyard" / f"{cid}.jsonl") == 0o600
+
+
+def test_readers_work_on_a_log_they_may_not_write(cli: Cli, root_dir: Path, tmp_path: Path) -> None:
+    """An auditor's read-only copy (here a read-only bind mount of the root, in a mount namespace of the
+    test's own): verify, tail, replay and export work; an append is refused (exit 4), the log unchanged."""
+    import shlex
+    import subprocess
+    import sys
+
+    cid = cli.ok("cell", "create", "forge").strip()
+    cli.ok("bus", "publish", "forge", "t", "--by", "operator", "--data", "1")
+    expected = cli.ok("verify", "forge")
+    before = (root_dir / cid / "logs" / "events.jsonl").read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    lz = f"{shlex.quote(sys.executable)} -m lazarus_bus --root {shlex.quote(str(root_dir))}"
+    script = "; ".join([
+        f"mount --bind -o ro {shlex.quote(str(root_dir))} {shlex.quote(str(root_dir))}",
+        f"{lz} verify forge > {out}/verify",
+        f"{lz} tail forge > {out}/tail",
+        f"{lz} replay forge --json > {out}/replay",
+        f"{lz} export forge --to {out}/copy.jsonl > /dev/null",
+        f"{lz} bus publish forge t --by operator 2> {out}/refused; echo $? > {out}/code",
+    ])
+    ns = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--mount", "--map-root-user"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAZARUS_")}
+    r = subprocess.run([*ns, "sh", "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                       start_new_session=True)
+    assert r.returncode == 0, r.stderr
+    assert (out / "verify").read_text() == expected
+    assert (out / "tail").read_text().count("\n") == 2
+    assert '"state":"active"' in (out / "replay").read_text() or '"state":"provisioned"' in (out / "replay").read_text()
+    assert (out / "copy.jsonl").read_bytes() == before
+    assert (out / "code").read_text().strip() == "4" and "read-only" in (out / "refused").read_text()
+    assert (root_dir / cid / "logs" / "events.jsonl").read_bytes() == before

@@ -119,7 +119,7 @@ def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, 
         if os.read(go_r, 1) != GO:
             os._exit(127)  # the daemon died before the start was recorded: never run unrecorded
         os.close(go_r)
-        out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
@@ -168,7 +168,7 @@ def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_di
                 "ts": time.time()}
         path = os.path.join(exit_dir, f"{agent}.{pid}.exit")
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.write(fd, json.dumps(body).encode())
         os.fsync(fd)
         os.close(fd)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..errors import Conflict, CorruptLog, LazarusError, NotFound
+from ..errors import Conflict, CorruptLog, LazarusError, NotFound, Refused
 from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line
 from ..files import fsync_dir
 from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
@@ -108,10 +108,16 @@ class FileLog(LogBackend):
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         if fsync == "always":  # each write returns once on disk (as fdatasync): one syscall, not two
             flags |= os.O_DSYNC
+        self.read_only = False
         try:
-            self._fd = os.open(self.path, flags, 0o644)
+            self._fd = os.open(self.path, flags, 0o600)
         except FileNotFoundError:
             raise NotFound(f"no event log at {self.path}") from None
+        except OSError as exc:  # an auditor's copy or a read-only backup: every reader still works
+            if create or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.read_only = True
         if create:
             fsync_dir(self.path.parent)
         self._end: int | None = None  # byte offset up to which _head/_window are known
@@ -336,7 +342,7 @@ class FileLog(LogBackend):
         start = nl + 1
         torn = os.pread(self._fd, size - start, start)
         record = {"offset": start, "length": len(torn), "ts": time.time(), "b64": base64.b64encode(torn).decode()}
-        fd = os.open(self.torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             self._write_all(fd, (json.dumps(record) + "\n").encode())
             os.fsync(fd)
@@ -410,6 +416,8 @@ class FileLog(LogBackend):
         self, drafts: Sequence[Event], *, expected_seq: int | None = None, admit: Admit | None = None
     ) -> list[Appended]:
         drafts = self.checked(drafts)
+        if self.read_only:
+            raise Refused(f"cannot append to {self.path}: it is read-only to this user")
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
