@@ -213,8 +213,8 @@ def admit(view: CellView | None, e: ev.Event) -> list[ev.Event]:
     if view.state == "provisioned" and ADMISSION[type(e)].activates:
         who = getattr(e, "agent", e.by)
         return [e, ev.CellActivated(by="lazarus", reason=f"first {e.type} ({who})")]
-    seen = any(a.last_seen for a in view.agents.values())
-    if view.state == "provisioned" and not isinstance(e, _CELL_EVENTS) and seen:
+    if (view.state == "provisioned" and not isinstance(e, _CELL_EVENTS)
+            and any(a.last_seen for a in view.agents.values())):
         # a writer that crashed between a first sign of life and its activation (possible on NATS,
         # where a batch is published event by event): the next writer completes it
         return [ev.CellActivated(by="lazarus", reason="an agent was already seen"), e]

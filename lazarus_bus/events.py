@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
-from .errors import MalformedInput
+from .errors import MalformedInput, Refused
 from .names import AGENT_PATTERN, CELL_ID_PATTERN, REF_PATTERN, check_agent, check_by
 
 __all__ = [
@@ -509,6 +509,9 @@ def parse_draft(data: bytes | str | dict[str, Any], *, by: str | None = None) ->
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise MalformedInput(f"unknown event type {kind!r}; see `lazarus schema export`")
+    if kind == "cell.destroyed":  # it ends the log and must remove the cell with it: one way only
+        raise Refused("cell.destroyed is appended by `lazarus cell destroy`, which also moves the log to the "
+                      "graveyard and removes the cell; it cannot be emitted on its own")
     assigned = sorted(ASSIGNED & data.keys())
     if assigned:
         raise MalformedInput(f"{kind}: field {assigned[0]!r} is assigned by the log, not the caller")

@@ -207,3 +207,14 @@ def test_readers_work_on_a_log_they_may_not_write(cli: Cli, root_dir: Path, tmp_
     assert (out / "copy.jsonl").read_bytes() == before
     assert (out / "code").read_text().strip() == "4" and "read-only" in (out / "refused").read_text()
     assert (root_dir / cid / "logs" / "events.jsonl").read_bytes() == before
+
+
+def test_cell_destroyed_cannot_be_emitted_on_its_own(cli: Cli) -> None:
+    """It would end the log and leave the cell in place: only `cell destroy` appends it."""
+    cli.ok("cell", "create", "forge")
+    cli.ok("cell", "archive", "forge")
+    before = cli.ok("verify", "forge")
+    r = cli("emit", "forge", "cell.destroyed", "--by", "operator")
+    assert r.code == 4 and "cell destroy" in r.err, r.err
+    assert cli.ok("verify", "forge") == before
+    assert cli.ok("cell", "destroy", "forge").strip().isdigit()

@@ -24,6 +24,7 @@ with lazarus_bus.connect(heartbeat=0.5) as me:
         print(f"resuming after line {done}", flush=True)
     else:
         draft.write_text("")
+    last = resumed["checkpoint"]["checkpoint_id"] if resumed is not None else None  # all written: hand off
     for n in range(done + 1, LINES + 1):
         with draft.open("a") as f:
             f.write(f"line {n} by {me.name} (pid {os.getpid()})\n")
@@ -31,5 +32,6 @@ with lazarus_bus.connect(heartbeat=0.5) as me:
         last = me.checkpoint(summary=f"{n} of {LINES} lines", state={"lines": n}, paths=["draft.txt"])
         print(f"checkpoint {last}: line {n}", flush=True)
         time.sleep(PAUSE)
-    me.handoff(REVIEWER, last, note=f"draft of {LINES} lines ready for review")
+    if last is not None:
+        me.handoff(REVIEWER, last, note=f"draft of {LINES} lines ready for review")
     print("handed off", flush=True)
