@@ -8,7 +8,8 @@ from contextlib import closing
 
 import msgspec
 
-from .errors import CorruptLog, MalformedInput
+from .admission import admit
+from .errors import CorruptLog, LazarusError, MalformedInput
 from .events import ZERO_HASH, Event, decode_event
 from .fold import CellView, fold, fold_all
 from .log import LogBackend
@@ -83,6 +84,12 @@ def verify_lines(lines: list[bytes], source: str = "import") -> CellView:
         check_link(source, event, n - 1, prev)
         if view is not None and event.cell != view.id:
             raise CorruptLog(f"{source}:{n}: event of cell {event.cell} in the log of cell {view.id}")
+        try:  # a rechained log (every prev recomputed) may hold what the rules never let in
+            admit(view, event)
+        except LazarusError as exc:
+            fold(view, event)  # what the fold cannot place it names itself (a name never introduced)
+            raise CorruptLog(f"{source}:{n}: corrupt log at seq {n}: {event.type} breaks the append rules "
+                             f"({exc}); was it written or rechained outside lazarus?") from None
         view = fold(view, event)
         prev = hashlib.sha256(line).hexdigest()
     if view is None:

@@ -218,3 +218,35 @@ def test_cell_destroyed_cannot_be_emitted_on_its_own(cli: Cli) -> None:
     assert r.code == 4 and "cell destroy" in r.err, r.err
     assert cli.ok("verify", "forge") == before
     assert cli.ok("cell", "destroy", "forge").strip().isdigit()
+
+
+def test_a_rechained_log_holding_what_the_rules_refuse_is_not_imported(cli: Cli, root_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """Every prev recomputed after an edit passes `verify`; import re-admits each event all the same."""
+    import hashlib
+    import json
+
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "scout", "--role", "read")
+    cli.ok("heartbeat", "forge", "scout")
+    cli.ok("export", "forge", "--to", str(tmp_path / "good.jsonl"))
+    events = [json.loads(line) for line in (tmp_path / "good.jsonl").read_text().splitlines()]
+    beat = next(e for e in events if e["type"] == "agent.heartbeat")
+    forged = {**beat, "type": "bus.message", "topic": "leak", "payload": 1, "to": None, "seq": len(events) + 1}
+    for k in ("agent", "pid", "cycle", "status", "model", "incarnation"):
+        forged.pop(k, None)
+    events.append(forged)  # a read-only agent's message: the rules refuse it, the fold would not
+    prev = "0" * 64
+    lines = []
+    for e in events:
+        e["prev"] = prev
+        line = json.dumps(e, separators=(",", ":")).encode()
+        prev = hashlib.sha256(line).hexdigest()
+        lines.append(line)
+    (tmp_path / "forged.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    cli.ok("cell", "archive", "forge")
+    cli.ok("cell", "destroy", "forge")
+    before = sorted(p.name for p in root_dir.iterdir())
+    r = cli("import", str(tmp_path / "forged.jsonl"))
+    assert r.code == 5 and f"seq {len(events)}" in r.err and "append rules" in r.err, r.err
+    assert sorted(p.name for p in root_dir.iterdir()) == before
