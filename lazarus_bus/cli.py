@@ -323,7 +323,7 @@ def emit(app: App, ref: str, kind: str, by: str, data: str | None, expected_seq:
     if event_id is not None:
         payload["id"] = event_id
     c = app.cell(ref)
-    _appended(app, _emit(app, c, payload, by=by, expected_seq=expected_seq))
+    _appended(app, c.append(ev.parse_emitted(payload, by=by), expected_seq=expected_seq))
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "check_finite",
     "non_finite",
     "parse_draft",
+    "parse_emitted",
     "payload_of",
 ]
 
@@ -509,9 +510,6 @@ def parse_draft(data: bytes | str | dict[str, Any], *, by: str | None = None) ->
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise MalformedInput(f"unknown event type {kind!r}; see `lazarus schema export`")
-    if kind == "cell.destroyed":  # it ends the log and must remove the cell with it: one way only
-        raise Refused("cell.destroyed is appended by `lazarus cell destroy`, which also moves the log to the "
-                      "graveyard and removes the cell; it cannot be emitted on its own")
     assigned = sorted(ASSIGNED & data.keys())
     if assigned:
         raise MalformedInput(f"{kind}: field {assigned[0]!r} is assigned by the log, not the caller")
@@ -539,6 +537,16 @@ def parse_draft(data: bytes | str | dict[str, Any], *, by: str | None = None) ->
         raise MalformedInput(f"{kind}: {exc}") from None
     except RecursionError:
         raise MalformedInput(f"{kind}: nested too deeply") from None
+
+
+def parse_emitted(data: bytes | str | dict[str, Any], *, by: str | None = None) -> Event:
+    """A draft any client sends (`lazarus emit`, `POST /cells/{cell}/events`): as `parse_draft`, but
+    `cell.destroyed`, which ends the log and must remove the cell with it, comes only from `cell destroy`."""
+    draft = parse_draft(data, by=by)
+    if isinstance(draft, CellDestroyed):
+        raise Refused("cell.destroyed is appended by `lazarus cell destroy`, which also moves the log to the "
+                      "graveyard and removes the cell; it cannot be emitted on its own")
+    return draft
 
 
 _NAME_FIELDS = ("agent", "to", "substitute", "substitute_for", "assignee", "substitutes")

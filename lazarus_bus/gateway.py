@@ -394,7 +394,7 @@ class Gateway:
         body = await self._body(request)
         expected = body.pop("expected_seq", None)
         by = self._author(request, body.get("by"))
-        draft = ev.parse_draft(body, by=by)
+        draft = ev.parse_emitted(body, by=by)
         return await self._written(cell, draft, expected)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
