@@ -58,7 +58,7 @@ def store_top(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         server.stop(signal.SIGKILL)
 
 
-def test_simultaneous_deaths_each_declared_and_planned_before_the_restart(up: Up, cli: Cli, store_top: str) -> None:
+def test_simultaneous_deaths_each_declared_and_planned_before_the_restart(store_top: str, up: Up, cli: Cli) -> None:
     up.config('[resurrection]\nmode = "yes"\n', top=store_top)
     cli.ok("cell", "create", "forge")
     for name in AGENTS:

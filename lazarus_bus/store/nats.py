@@ -92,9 +92,10 @@ class NatsStore(Store):
                 await asyncio.wrap_future(follow)
 
     def lease(self, cell_id: str, holder: str, ttl: float, revision: int | None) -> int | None:
-        nats = self.nats
-        return nats.run(nats.lease(cell_id, holder, ttl, revision))
+        nats = self.nats  # bounded under a third of the lease: a NATS away never holds the daemon up long
+        return nats.run(nats.lease(cell_id, holder, ttl, revision), timeout=max(0.5, ttl / 3))
 
     def release(self, cell_id: str, holder: str) -> None:
+        """Best effort and brief: a daemon stopping while NATS is away must still stop (the lease expires)."""
         nats = self.nats
-        nats.run(nats.release(cell_id, holder))
+        nats.run(nats.release(cell_id, holder), timeout=2)
