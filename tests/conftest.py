@@ -19,6 +19,11 @@ from lazarus_bus.backends.process import alive
 
 HELPERS = Path(__file__).parent / "helpers"
 
+# A suite started in the background (`make test &`, a job without job control) inherits SIGINT ignored, and
+# every process it starts would too: give them the default a terminal gives, so a test's Ctrl-C reaches them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @dataclass
 class Result:
@@ -145,7 +150,7 @@ def free_port() -> int:
 
 
 class NatsServer:
-    """Debian's nats-server with JetStream on a free loopback port, in its own process group."""
+    """Debian's nats-server with JetStream on a loopback port of its own choosing, in its own process group."""
 
     def __init__(self, store: Path) -> None:
         import shutil
@@ -154,26 +159,36 @@ class NatsServer:
         if not Path(exe).exists():
             pytest.fail("nats-server is not installed (apt-get install nats-server; .ci/run does it)")
         self.exe, self.store = exe, store
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.port = 0  # the server picks one at its first start (no port probed, then lost to another process)
+        self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.streams = 0
 
     def start(self) -> None:
-        import socket
+        """Until this very server listens (its ports file, named by its pid) and JetStream is ready (healthz)."""
         import time
+        import urllib.request
 
-        self.proc = subprocess.Popen([self.exe, "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)],
+        ports = self.store.parent / f"{self.store.name}.ports"
+        ports.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([self.exe, "-js", "-sd", str(self.store), "-a", "127.0.0.1",
+                                      "-p", str(self.port or -1), "-m", "-1", "--ports_file_dir", str(ports)],
                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
+        mine = ports / f"{Path(self.exe).name}_{self.proc.pid}.ports"
+        deadline = time.monotonic() + 60
         while True:
+            assert self.proc.poll() is None, f"nats-server exited at start ({self.proc.returncode})"
+            assert time.monotonic() < deadline, "nats-server did not become ready"
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, "nats-server exited at start"
-                assert time.monotonic() < deadline, "nats-server did not open its port"
-                time.sleep(0.02)
+                listening = json.loads(mine.read_bytes())
+                with urllib.request.urlopen(listening["monitoring"][0] + "/healthz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (OSError, ValueError, KeyError, IndexError):
+                pass
+            time.sleep(0.02)
+        self.url = listening["nats"][0]
+        self.port = int(self.url.rsplit(":", 1)[1])  # a restart comes back on the same port
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -6,22 +6,26 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from lazarus_bus import Cell, Root, load_config
 from tests.conftest import Cli, Procs
 
-BASE = """
-fsync = "never"
-[daemon]
-tick = 0.1
-grace = 0.5
-[health]
-stale_after = 0.5
-dead_after = 1.5
-"""
+#: Generous by default, so that no agent judged by its heartbeats is declared dead by accident on a
+#: loaded machine; a test that needs a short clock states it: `Up.config(health={...})` or `base(health={...})`.
+HEALTH: dict[str, float] = {"stale_after": 30.0, "dead_after": 60.0}
+
+
+def base(health: Mapping[str, object] | None = None) -> str:
+    """`fsync`, a fast `[daemon]` and the one `[health]` table, with `health` keys over the generous defaults."""
+    keys = {**HEALTH, **(health or {})}
+    return ('fsync = "never"\n[daemon]\ntick = 0.1\ngrace = 0.5\n[health]\n'
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
+
+
+BASE = base()
 
 
 class Up:
@@ -30,24 +34,32 @@ class Up:
     def __init__(self, root_dir: Path, cli: Cli, procs: Procs) -> None:
         self.root_dir, self.cli, self.procs = root_dir, cli, procs
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.log: Path | None = None
 
-    def config(self, extra: str = "", top: str = "") -> None:
-        """`top`: keys before the first section; `extra`: sections after the base ones."""
-        (self.root_dir / "lazarus.toml").write_text(top + BASE + extra)
+    def config(self, extra: str = "", top: str = "", health: Mapping[str, object] | None = None) -> None:
+        """`top`: keys before the first section; `extra`: sections after the base ones; `health`: keys of
+        the one `[health]` table (over the generous defaults), for a test that needs a short clock."""
+        assert "[health]" not in extra, "pass health={...}: TOML allows one [health] table"
+        (self.root_dir / "lazarus.toml").write_text(top + base(health) + extra)
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         status = self.root_dir / ".lazarus" / "daemon.json"
-        self.proc = self.procs.start(self.cli.argv("up", *(args or ("--no-http",)), "-v"), env=self.cli.env(),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.starts += 1
+        # its log goes to a file, not a pipe nobody reads: a chatty daemon never blocks on a full pipe
+        self.log = self.root_dir.parent / f"daemon-{self.root_dir.name}-{self.starts}.err"
+        with open(self.log, "wb") as err:
+            self.proc = self.procs.start(self.cli.argv("up", *(args or ("--no-http",)), "-v"), env=self.cli.env(),
+                                         stdout=subprocess.DEVNULL, stderr=err)
         pid = self.proc.pid
         wait(lambda: status.exists() and json.loads(status.read_bytes()).get("pid") == pid and
-             json.loads(status.read_bytes()).get("running"), "daemon.json", proc=self.proc)
+             json.loads(status.read_bytes()).get("running"), "daemon.json", proc=self.proc, log=self.log)
         return self.proc
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
+            self.proc.wait(30)
 
     def cell(self, name: str = "forge") -> Cell:
         root = Root(self.root_dir, load_config(self.root_dir / "lazarus.toml"))
@@ -59,14 +71,19 @@ class Up:
         return "http://" + json.loads((self.root_dir / ".lazarus" / "daemon.json").read_bytes())["http"]
 
 
-def wait(check: Callable[[], Any], what: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> Any:
-    """Until the condition holds: the log (or a file) is awaited, never a fixed sleep."""
+def wait(check: Callable[[], Any], what: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None,
+         log: Path | None = None) -> Any:
+    """Until the condition holds: the log (or a file) is awaited, never a fixed sleep. The deadline only
+    bounds a failure, so it covers a loaded machine; `proc` (its output in `log` or its stderr pipe) must
+    stay up meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
         got = check()
         if got:
             return got
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"daemon exited {proc.returncode} waiting for {what}: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            said = log.read_text(errors="replace") if log is not None and log.exists() else (
+                proc.stderr.read().decode(errors="replace") if proc.stderr is not None else "")
+            raise AssertionError(f"process exited {proc.returncode} waiting for {what}: {said}")
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(0.02)

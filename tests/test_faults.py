@@ -26,6 +26,8 @@ WRITERS = 16
 KILLS = 200
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # 35 s alone, twice that beside another suite: room for a loaded machine
 def test_sixteen_writers_killed_at_random_lose_no_acknowledged_event(root: Root, procs: Procs, tmp_path: Path,
                                                                      cli: Cli) -> None:
     cell = root.create("chaos")
@@ -62,6 +64,7 @@ def test_sixteen_writers_killed_at_random_lose_no_acknowledged_event(root: Root,
 AGENTS = {"a": "0.3", "b": "0.5", "c": "0.7"}
 
 
+@pytest.mark.slow
 def test_daemon_killed_and_restarted_twenty_times(up: Up, cli: Cli) -> None:
     up.config('[resurrection]\nmode = "yes"\nmax_attempts = 1000000\nbackoff_initial = 0\n', top="")
     cli.ok("cell", "create", "forge")
@@ -138,6 +141,7 @@ def fuzz_cell(root: Root) -> Cell:
     return c
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=raw_inputs)
 def test_emit_fuzz_is_a_clear_error_and_the_log_unchanged(raw: bytes, fuzz_cell: Cell, cli: Cli) -> None:

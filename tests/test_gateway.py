@@ -137,13 +137,13 @@ async def _sse_scenario(base: str, cli: Cli) -> None:
     reader = asyncio.create_task(_sse(f"{base}/cells/forge/events?since={head}&type=bus.message", 3))
     for n in range(3):
         await asyncio.to_thread(cli.ok, "bus", "publish", "forge", "live", "--by", "ada", "--data", str(n))
-    first = await asyncio.wait_for(reader, 20)
+    first = await asyncio.wait_for(reader, 60)
     assert [e["payload"] for _, e in first] == [0, 1, 2]
     assert [seq for seq, e in first] == [e["seq"] for _, e in first] and first[0][0] > head  # SSE id = seq
     for n in range(3, 5):  # appended while nobody listens
         await asyncio.to_thread(cli.ok, "bus", "publish", "forge", "live", "--by", "ada", "--data", str(n))
     resumed = await asyncio.wait_for(_sse(f"{base}/cells/forge/events?type=bus.message", 2,
-                                          last_id=str(first[-1][0])), 20)
+                                          last_id=str(first[-1][0])), 60)
     assert [e["payload"] for _, e in resumed] == [3, 4]  # no gap, no repeat
     assert first[-1][0] < resumed[0][0] < resumed[1][0]
 

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -170,7 +169,7 @@ def test_read_all_without_its_helper_checks_the_chain_itself(make_log: MakeLog, 
 
 
 def test_file_size_limit_is_a_clear_error_and_leaves_no_partial_line(
-    make_log: MakeLog, log_path: Path
+    make_log: MakeLog, log_path: Path, procs: Procs
 ) -> None:
     log = make_log()
     log.append(msg(1))
@@ -186,9 +185,10 @@ def test_file_size_limit_is_a_clear_error_and_leaves_no_partial_line(
         "except LazarusError as e:\n"
         "    print(e); sys.exit(7)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
-    assert r.returncode == 7, r.stderr
-    assert b"disk full" in r.stdout and b"nothing was written" in r.stdout
+    p = procs.start([sys.executable, "-c", code])  # its own process group, killed at teardown
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 7, err
+    assert b"disk full" in out and b"nothing was written" in out
     assert log_path.stat().st_size == size
     assert [e.seq for e in log.read()] == [1]
 

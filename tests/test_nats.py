@@ -14,7 +14,7 @@ import pytest
 from lazarus_bus import Root, load_config
 from lazarus_bus.demo import EXAMPLES
 from tests.conftest import HELPERS, Cli, NatsServer, Procs, nats_toml
-from tests.support import BASE, Up, wait
+from tests.support import BASE, Up, base, wait
 
 
 @pytest.fixture
@@ -45,6 +45,7 @@ def test_cli_and_status_work_unchanged_on_nats(nats_root: Path, cli: Cli) -> Non
     assert [json.loads(x)["seq"] for x in cli.ok("tail", "forge", "--since", "2").splitlines()] == [3, 4]
 
 
+@pytest.mark.slow
 def test_concurrent_appenders_in_separate_processes_keep_seqs_gap_free(nats_root: Path, cli: Cli,
                                                                        procs: Procs) -> None:
     cli.ok("cell", "create", "busy")
@@ -97,6 +98,7 @@ def test_export_and_import_between_backends_byte_for_byte(nats_root: Path, cli: 
     assert r.code == 5
 
 
+@pytest.mark.slow
 def test_a_nats_restart_loses_no_acknowledged_event(tmp_path: Path, cli: Cli, root_dir: Path) -> None:
     server = NatsServer(tmp_path / "own-store")
     server.start()
@@ -115,13 +117,16 @@ def test_a_nats_restart_loses_no_acknowledged_event(tmp_path: Path, cli: Cli, ro
         server.stop(signal.SIGKILL)
 
 
-DAEMON = '[daemon]\ntick = 0.1\ngrace = 0.5\n[health]\nstale_after = 0.6\ndead_after = 1.5\n' \
-         '[resurrection]\nmode = "yes"\n'
+# the clock this test needs: long enough that a live keeper (heartbeat every 0.5 s) is never judged dead
+# nor a live leader's lease lost on a loaded machine, short enough that a takeover comes in seconds
+LEASE, STALE, DEAD = 5.0, 3.0, 6.0
 
 
+@pytest.mark.slow
 def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats: NatsServer,
                                                       procs: Procs) -> None:
-    shared = nats_toml(own_nats, 'fsync = "never"\nnats_lease = 1.5\n') + DAEMON
+    shared = nats_toml(own_nats, f"nats_lease = {LEASE}\n") + base(health={"stale_after": STALE, "dead_after": DEAD}) \
+        + '[resurrection]\nmode = "yes"\n'
     roots = {}
     for host in ("alpha", "beta"):
         roots[host] = tmp_path / host
@@ -155,9 +160,9 @@ def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats:
         a_proc.send_signal(signal.SIGKILL)
         a_proc.wait(10)
         os.killpg(second.pid, signal.SIGKILL)
-        wait(lambda: leading("beta"), "beta takes the lease", timeout=1.5 + 5)
+        wait(lambda: leading("beta"), "beta takes the lease", timeout=LEASE + 60)
         third = wait(lambda: (x := cell.refresh().agents["keeper"]).spawns == 3 and x.phase == "running" and x,
-                     "beta revives it", timeout=1.5 + 1.5 + 10)
+                     "beta revives it", timeout=LEASE + DEAD + 60)
         assert third.host == "beta"
         dead = [e for e in cell.log.read() if e.type == "agent.declared_dead"]
         assert [e.reason for e in dead] == ["exited", "heartbeat_timeout"]  # type: ignore[attr-defined]

@@ -15,8 +15,8 @@ from lazarus_bus.watcher import Watcher
 from tests.conftest import Cli
 
 
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Await a condition the watcher makes true (no fixed sleep)."""
+async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Await a condition the watcher makes true (no fixed sleep; the deadline only bounds a failure)."""
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
