@@ -92,6 +92,9 @@ class Root:
         listed = self.store.cells()
         if ref in listed:
             return Cell(self, ref)
+        found = self.store.find(ref)  # where the store indexes names: one lookup
+        if found is not None:
+            return Cell(self, found)
         matches = [cid for cid, name in self.names().items() if name == ref]
         if len(matches) == 1:
             return Cell(self, matches[0])

@@ -196,6 +196,17 @@ class Nats:
         await kv.put(f"cell.{cell_id}.{name}", b"")
         return True
 
+    async def find(self, name: str) -> str | None:
+        """The id of the cell of this name, from its `name.<name>` key (one lookup, no listing)."""
+        from nats.js.errors import KeyNotFoundError
+
+        kv = await self.kv(CELLS_BUCKET)
+        try:
+            entry = await kv.get(f"name.{name}")
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
+
     async def unregister(self, cell_id: str, name: str) -> None:
         kv = await self.kv(CELLS_BUCKET)
         for key in (f"cell.{cell_id}.{name}", f"name.{name}"):
@@ -206,10 +217,15 @@ class Nats:
         from nats.js.errors import NoKeysError
 
         kv = await self.kv(CELLS_BUCKET)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return {}
+        keys: list[str] = []
+        for attempt in range(5):  # nats-py's keys() can come back empty under load (nats-io/nats.py#842)
+            try:
+                keys = await kv.keys()
+            except NoKeysError:
+                keys = []
+            if keys or not (await self.js.stream_info(f"KV_{CELLS_BUCKET}")).state.messages:
+                break
+            await asyncio.sleep(0.05 * (attempt + 1))
         out = {}
         for key in keys:
             parts = key.split(".")

@@ -62,6 +62,10 @@ class Store(abc.ABC):
                 debounce: float, consumer: str) -> AsyncGenerator[Wakeup, None]:
         """Which cells changed, as soon as they do; a rescan at least every `tick`."""
 
+    def find(self, name: str) -> str | None:
+        """The id of the cell named `name` where the store indexes names (None: ask each cell)."""
+        return None
+
     def lease(self, cell_id: str, holder: str, ttl: float, revision: int | None) -> int | None:
         """Take or renew the lease to act for a cell: its revision, or None when another daemon holds it.
 

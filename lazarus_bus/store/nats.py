@@ -35,6 +35,10 @@ class NatsStore(Store):
         nats = self.nats
         return dict(sorted(nats.run(nats.cells()).items()))
 
+    def find(self, name: str) -> str | None:
+        nats = self.nats
+        return nats.run(nats.find(name))
+
     def open_log(self, cell_id: str, *, create: bool = False, base: Path | None = None) -> LogBackend:
         return NatsLog(self.nats, cell_id, max_event_bytes=self.config.max_event_bytes)
 
