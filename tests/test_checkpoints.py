@@ -367,7 +367,9 @@ HEARTBEATER = """
 import os, sys, time, lazarus_bus
 with lazarus_bus.connect(heartbeat=0.1) as me:
     print("ready", flush=True)
-    time.sleep(float(sys.argv[1]))
+    deadline = time.monotonic() + float(sys.argv[1])  # until its own heartbeats are in the log, not a sleep
+    while me.cell.refresh().agents[me.name].heartbeats < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
 print(time.time(), flush=True)
 """
 
@@ -379,8 +381,8 @@ def test_client_heartbeat_keeps_agent_healthy_and_stops_on_exit(root: Root, cli:
 
     cell = root.create("forge")
     cell.append(ev.AgentInvited(by="operator", agent="hb", role="read"))
-    p = procs.start([cli.argv()[0], "-c", HEARTBEATER, "1.0"], env=_agent_env(cli, cell.id, "hb"))
-    out, err = p.communicate(timeout=30)
+    p = procs.start([cli.argv()[0], "-c", HEARTBEATER, "60"], env=_agent_env(cli, cell.id, "hb"))
+    out, err = p.communicate(timeout=90)
     assert p.returncode == 0, err
     exited_at = float(out.split()[-1])
     view = cell.refresh()
@@ -392,10 +394,18 @@ def test_client_heartbeat_keeps_agent_healthy_and_stops_on_exit(root: Root, cli:
     assert judge(view, a, effective(cfg, view, "hb"), a.last_heartbeat + 0.5).health == "left"  # it left cleanly
 
 
+SLEEPER = """
+import sys, time, lazarus_bus
+with lazarus_bus.connect(heartbeat=0.1) as me:
+    print("ready", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
 def test_client_stops_on_sigterm(root: Root, cli: Cli, procs: Procs) -> None:
     cell = root.create("forge")
     cell.append(ev.AgentInvited(by="operator", agent="hb", role="read"))
-    p = procs.start([cli.argv()[0], "-c", HEARTBEATER, "60"], env=_agent_env(cli, cell.id, "hb"))
+    p = procs.start([cli.argv()[0], "-c", SLEEPER, "600"], env=_agent_env(cli, cell.id, "hb"))
     assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
     _wait(cell, lambda v: v.agents["hb"].heartbeats >= 2)
     p.terminate()
