@@ -4,9 +4,9 @@ restart (simultaneous deaths too, on both stores), and a plan whose log moved is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -58,14 +58,20 @@ def store_top(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         server.stop(signal.SIGKILL)
 
 
-def test_simultaneous_deaths_each_declared_and_planned_before_the_restart(store_top: str, up: Up, cli: Cli) -> None:
-    up.config('[resurrection]\nmode = "yes"\n', top=store_top)
+def _three_running(up: Up, cli: Cli, resurrection: str, top: str = "") -> tuple[Cell, CellView]:
+    """A cell of three supervised agents under a daemon, once all three run."""
+    up.config(f'[resurrection]\nmode = "yes"\n{resurrection}', top=top)
     cli.ok("cell", "create", "forge")
     for name in AGENTS:
         cli.ok("agent", "invite", "forge", name, "--role", "write", "--cmd", "sleep 600")
     up.start()
     cell = up.cell()
     v = wait(lambda: (x := view_of(cell)) and all(x.agents[n].phase == "running" for n in AGENTS) and x, "starts")
+    return cell, v
+
+
+def test_simultaneous_deaths_each_declared_and_planned_before_the_restart(store_top: str, up: Up, cli: Cli) -> None:
+    cell, v = _three_running(up, cli, "", top=store_top)
     _kill_all_at_once(v)
     wait(lambda: all(view_of(cell).agents[n].spawns == 2 and view_of(cell).agents[n].phase == "running"
                      for n in AGENTS), "three restarts", timeout=60)
@@ -76,13 +82,7 @@ def test_simultaneous_deaths_each_declared_and_planned_before_the_restart(store_
 
 
 def test_max_attempts_holds_when_deaths_come_together(up: Up, cli: Cli) -> None:
-    up.config('[resurrection]\nmode = "yes"\nmax_attempts = 1\n')
-    cli.ok("cell", "create", "forge")
-    for name in AGENTS:
-        cli.ok("agent", "invite", "forge", name, "--role", "write", "--cmd", "sleep 600")
-    up.start()
-    cell = up.cell()
-    v = wait(lambda: (x := view_of(cell)) and all(x.agents[n].phase == "running" for n in AGENTS) and x, "starts")
+    cell, v = _three_running(up, cli, "max_attempts = 1\n")
     _kill_all_at_once(v)
     v = wait(lambda: (x := view_of(cell)) and all(x.agents[n].spawns == 2 and x.agents[n].phase == "running"
                                                   for n in AGENTS) and x, "one restart each", timeout=60)
