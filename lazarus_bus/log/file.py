@@ -39,6 +39,7 @@ class _Ids(msgspec.Struct):
 
 
 _ids = msgspec.json.Decoder(_Ids)
+_DESTROYED = CellDestroyed.__struct_config__.tag  # the tag that ends a log, read by the fast id decoder
 
 
 def _helper_env() -> dict[str, str]:
@@ -380,7 +381,7 @@ class FileLog(LogBackend):
             expect = ids.seq + 1
             if ids.id:
                 self._window.add(ids.id, ids.seq)
-            if ids.type == "cell.destroyed":
+            if ids.type == _DESTROYED:
                 self._ended = True
             last = (ids.seq, line)
         if last is not None:
