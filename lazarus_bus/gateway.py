@@ -88,8 +88,11 @@ def load_tokens(path: Path) -> dict[str, Identity]:
     """sha256 -> identity; every problem names the file and the entry."""
     try:
         raw = path.read_bytes()
+        mode = path.stat().st_mode & 0o777
     except OSError as exc:
         raise MalformedInput(f"tokens_file {path}: {exc.strerror}") from None
+    if mode & 0o077:  # the hashes of every bearer token: as private as an ssh key
+        raise Refused(f"tokens_file {path} may be read by other users (mode {mode:o}); run `chmod 600 {path}`")
     try:
         tokens = msgspec.toml.decode(raw, type=TokensFile).token
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:

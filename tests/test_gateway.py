@@ -188,6 +188,7 @@ def _tokens_file(path: Path, cell_id: str) -> None:
             entry += 'cell = "elsewhere"\nagent = "ada"\n'
         entries.append(entry)
     path.write_text("\n".join(entries))
+    path.chmod(0o600)
 
 
 def test_tokens_identity_and_impersonation(up: Up, cli: Cli, tmp_path: Path) -> None:
@@ -218,6 +219,15 @@ def test_tokens_identity_and_impersonation(up: Up, cli: Cli, tmp_path: Path) -> 
     # the operator's token appends as operator, whatever the body claims
     assert run(call("POST", ev_url, token="op", json={"type": "cell.frozen", "by": "ada"}))[0] == 403
     assert run(call("POST", ev_url, token="op", json={"type": "cell.frozen"}))[0] == 201
+
+
+def test_a_tokens_file_others_may_read_is_refused_at_start(up: Up, cli: Cli, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.toml"
+    _tokens_file(tokens, "forge")
+    tokens.chmod(0o644)
+    up.config(f'[http]\ntokens_file = "{tokens}"\n')
+    r = cli("up", "--http", "127.0.0.1:0", timeout=60)  # refused before anything starts
+    assert r.code == 4 and "chmod 600" in r.err and r.err.count("\n") == 1, r.err
 
 
 def test_non_loopback_without_tokens_is_refused_at_start(up: Up, cli: Cli) -> None:
