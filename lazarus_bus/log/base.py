@@ -16,7 +16,7 @@ from msgspec import Struct
 from msgspec.structs import replace as _replace
 
 from ..errors import Conflict, CorruptLog, MalformedInput, Refused, TooLarge
-from ..events import DECODE_ERRORS, CellDestroyed, Event, check_finite, decode_line, encode_event, encode_line
+from ..events import DECODE_ERRORS, AnyEvent, CellDestroyed, Event, check_finite, decode_line, encode_event, encode_line
 from ..names import new_id, new_ids
 
 __all__ = ["Admit", "Appended", "Head", "LogBackend", "IdWindow", "check_link", "same_payload", "stamp",
@@ -100,13 +100,20 @@ def readable(draft: Event) -> Event:
     state or the log sees it (a Struct built in Python is not type-checked by msgspec, and inf or nan
     would be stored as null); what it decodes to goes on, so the projection folds what the log holds
     (bytes become the base64 text JSON stores). The envelope the log adds later is always valid."""
-    check_finite(draft)
     try:
-        return decode_line(encode_line(draft))
+        back = decode_line(encode_line(draft))
     except DECODE_ERRORS as exc:
+        check_finite(draft)  # the clearer message when an inf or nan became a null a number field refuses
         raise MalformedInput(f"{draft.type}: {exc}") from None
     except (TypeError, OverflowError) as exc:  # not JSON at all (bytes in a payload, an int past 64 bits)
         raise MalformedInput(f"{draft.type}: {exc}") from None
+    if back != draft:  # something changed on the way (nan is never equal to itself): look closer
+        check_finite(draft)
+    return back
+
+
+_encode_batch = msgspec.json.Encoder().encode
+_decode_batch = msgspec.json.Decoder(list[AnyEvent]).decode
 
 
 def _too_large(draft: Event, line: bytes, limit: int) -> TooLarge:
@@ -214,9 +221,15 @@ class LogBackend(abc.ABC):
     def checked(drafts: Sequence[Event]) -> list[Event]:
         """The drafts as the log will hold them (each read back from its own encoding), and no two of
         one batch sharing an id."""
-        out = [readable(d) for d in drafts]
-        if len(out) < 2:
-            return out
+        if len(drafts) < 2:
+            return [readable(d) for d in drafts]
+        try:  # a batch in one encode and one decode, checked one by one only when something is off
+            out: list[Event] = list(_decode_batch(_encode_batch(list(drafts))))
+        except (*DECODE_ERRORS, TypeError, OverflowError):
+            out = [readable(d) for d in drafts]
+        if out != list(drafts):
+            for d in drafts:
+                check_finite(d)
         seen: set[str] = set()
         for d in out:
             if d.id and d.id in seen:
