@@ -405,10 +405,9 @@ def status(app: App, ref: str | None) -> None:
 
 def _daemon_line(app: App, running: bool) -> dict[str, Any]:
     """Whether this root's daemon runs, and its pid from daemon.json."""
-    try:
-        info = json.loads((app.root.meta / "daemon.json").read_bytes())
-    except (OSError, ValueError):
-        info = {}
+    from .rootlock import daemon_status
+
+    info = daemon_status(app.root.meta)
     if running:
         return {"running": True, "pid": info.get("pid"), "host": info.get("host"),
                 "text": f"daemon: running (pid {info.get('pid', '?')} on {info.get('host', '?')})"}

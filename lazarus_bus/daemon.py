@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
@@ -35,21 +34,13 @@ from .planner import AnyAction, Stop, plan
 from .rootlock import RootLock
 from .watcher import Watcher
 
-__all__ = ["Daemon", "daemon_status"]
+__all__ = ["Daemon"]
 
 log = logging.getLogger(__name__)
 VERSION = _pkg_version("lazarus-pit")
 # events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
                                              ev.CheckpointRestored, ev.TaskCreated, ev.TaskUpdated})
-
-
-def daemon_status(root: Root) -> dict[str, Any] | None:
-    """What `<root>/.lazarus/daemon.json` says, if a daemon ever wrote it."""
-    try:
-        return json.loads((root.meta / "daemon.json").read_bytes())  # type: ignore[no-any-return]
-    except (OSError, ValueError):
-        return None
 
 
 def _raise_open_files() -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import Refused
 
-__all__ = ["RootLock", "daemon_running"]
+__all__ = ["RootLock", "daemon_running", "daemon_status"]
 
 
 def _open(meta: Path) -> int:
@@ -64,3 +66,12 @@ def daemon_running(meta: Path) -> bool:
     finally:
         os.close(fd)  # closing gives a probe's lock back
     return False
+
+
+def daemon_status(meta: Path) -> dict[str, Any]:
+    """What `daemon.json` last said (empty when no daemon ever wrote it); it is not proof one runs."""
+    try:
+        body = json.loads((meta / "daemon.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}

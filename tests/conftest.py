@@ -141,13 +141,6 @@ def up(root_dir: Path, cli: Cli, procs: Procs) -> Iterator[object]:
     u.stop()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class NatsServer:
     """Debian's nats-server with JetStream on a loopback port of its own choosing, in its own process group."""

@@ -3,7 +3,6 @@ numbers, wrong types from Python callers, names with a trailing newline, on ever
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from pathlib import Path
