@@ -43,6 +43,7 @@ ADMISSION: dict[type[ev.Event], Admission] = {
     ev.CellThawed: Admission(states=("frozen",)),
     ev.CellArchived: Admission(states=("provisioned", "active", "frozen")),
     ev.CellDestroyed: Admission(states=("archived",)),
+    ev.LeaderElected: Admission(states=ANY_STATE),
     ev.AgentInvited: Admission(),
     ev.AgentJoined: Admission(capability="presence", states=_WORK.states, activates=True),
     ev.AgentHeartbeat: Admission(capability="presence", activates=True),
@@ -109,6 +110,22 @@ def _check_incarnation(view: CellView, e: ev.Event) -> None:
     if incarnation != newest:
         raise Fenced(f"agent {e.by}'s incarnation {incarnation} was superseded by "
                      f"{newest or 'no running incarnation'}: this copy of the agent may not write, and stops")
+
+
+# what a leader decides: stamped with its epoch, refused from a leader that was superseded
+LEADER_DECISIONS: frozenset[type[ev.Event]] = frozenset(
+    cls for cls in ev.EVENT_TYPES.values() if "epoch" in cls.__struct_fields__ and cls is not ev.LeaderElected)
+
+
+def _check_epoch(view: CellView, e: ev.Event) -> None:
+    """A newer leader.elected fences every older leader: its decisions are refused, as a stale
+    incarnation's events are."""
+    if isinstance(e, ev.LeaderElected):
+        if e.epoch <= view.epoch:
+            raise Fenced(f"epoch {e.epoch} is not newer than the cell's epoch {view.epoch} ({view.leader} leads)")
+    elif e.by == "lazarus" and view.epoch and type(e) in LEADER_DECISIONS and getattr(e, "epoch", 0) < view.epoch:
+        raise Fenced(f"a decision of leader epoch {getattr(e, 'epoch', 0)}, but {view.leader} leads the cell "
+                     f"since epoch {view.epoch}: this daemon no longer leads it")
 
 
 def _check_state(view: CellView, e: ev.Event) -> None:
@@ -208,6 +225,7 @@ def admit(view: CellView | None, e: ev.Event) -> list[ev.Event]:
         raise MalformedInput(f"{e.type}: 'by' is required")
     _check_author(view, e)
     _check_incarnation(view, e)
+    _check_epoch(view, e)
     _check_state(view, e)
     _check_refs(view, e)
     if view.state == "provisioned" and ADMISSION[type(e)].activates:

@@ -49,6 +49,7 @@ class DaemonConfig(_Section, frozen=True, kw_only=True):
     grace: Seconds = 5.0
     debounce: Annotated[float, Meta(ge=0.001, le=1.0)] = 0.008
     verify_every: Seconds = 60.0  # a full check of every cell's hash chain (0: only when the daemon starts)
+    fence_after: Annotated[float, Meta(gt=0)] = 5.0  # a lease not renewed this long: stop what runs there
 
 
 class ResurrectionConfig(_Section, frozen=True, kw_only=True):

@@ -23,14 +23,16 @@ import msgspec
 from . import events as ev
 from .backends.process import ProcessBackend
 from .cells import Cell, Root
+from .errors import LazarusError
 from .events import Event
 from .executor import Executor
 from .files import atomic_write
 from .fold import CellView
 from .gateway import Gateway
 from .health import agent_rows
+from .leadership import Leadership, Renewal, new_instance
 from .notify import Notifier
-from .planner import AnyAction, Stop, plan
+from .planner import AnyAction, Start, Stop, plan
 from .rootlock import RootLock
 from .watcher import Watcher
 
@@ -63,8 +65,12 @@ class Daemon:
         self.http = self.config.http.listen if http is None else http
         self.notifier = Notifier(self.config.notify)
         self.watcher = Watcher(root, self._observed)
+        self.instance = new_instance(self.host)
+        self.leadership = Leadership(root.store, self.instance, ttl=self.config.nats_lease,
+                                     fence_after=self.config.daemon.fence_after, grace=self.config.daemon.grace)
         self.executor = Executor(ProcessBackend(self.host, self.config.daemon.grace), grace=self.config.daemon.grace,
-                                 cells=self.watcher.cells.get, on_exit=self._mark_dirty)
+                                 cells=self.watcher.cells.get, on_exit=self._mark_dirty,
+                                 epoch=self.leadership.epoch, may_act=self._may_act)
         self.on_event = on_event
         self.announce = announce
         self.started_at = time.time()
@@ -80,7 +86,6 @@ class Daemon:
         self._inbox: deque[tuple[Cell, list[Event]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = threading.get_ident()
-        self.leases: dict[str, int] = {}
         self.gateway: Gateway | None = None
 
     # -- events in: every event of a watched cell once, whichever thread appended it ----------
@@ -155,29 +160,50 @@ class Daemon:
     # -- leadership: one daemon acts per cell (on one host the root's pid lock is the lease) ----
 
     def renew_leases(self) -> None:
-        """Take or renew the lease of every cell; a lost renewal means another daemon leads it now."""
-        store = self.root.store
-        for cid in list(self.watcher.cells):
-            try:
-                rev = store.lease(cid, self.host, self.config.nats_lease, self.leases.get(cid))
-            except Exception as exc:  # noqa: BLE001 - the store away: act for nothing until it is back
-                log.warning("lease of cell %s: %s", cid, exc)
-                rev = None
-            if rev is None:
-                if self.leases.pop(cid, None) is not None:
-                    log.warning("lost the lease of cell %s", cid)
-            else:
-                if cid not in self.leases and store.spans_hosts:
-                    log.info("leading cell %s", cid)
-                self.leases[cid] = rev
-        for cid in set(self.leases) - set(self.watcher.cells):
-            del self.leases[cid]
+        """Take or renew the lease of every cell, here and now (at start)."""
+        self.apply_leases(self.leadership.renew(list(self.watcher.cells)))
+
+    async def renew_leases_off_loop(self) -> None:
+        """The same from a worker thread: a slow store never stalls the loop, and the deadline of each
+        lease counts from when its renewal was sent."""
+        loop = asyncio.get_running_loop()
+        self.apply_leases(await loop.run_in_executor(None, self.leadership.renew, list(self.watcher.cells)))
+
+    def apply_leases(self, renewals: list[Renewal]) -> None:
+        taken, fence = self.leadership.apply(renewals)
+        self.leadership.keep_only(self.watcher.cells)
+        for cid in fence:  # another daemon leads it, or may soon: what runs here for it stops now
+            stopped = self.executor.stop_all(cid)
+            if stopped:
+                log.warning("cell %s: no longer leading it; stopping %s", cid, ", ".join(stopped))
+        for cid in taken:
+            self._elected(cid)
+
+    def _elected(self, cid: str) -> None:
+        """A lease taken: `leader.elected` before any decision; a takeover holds every start back."""
+        cell = self.watcher.cells.get(cid)
+        if cell is None:
+            return
+        epoch = self.leadership.epoch(cid)
+        try:
+            previous = cell.refresh()
+            cell.append(ev.LeaderElected(by="lazarus", instance=self.instance, host=self.host, epoch=epoch))
+        except LazarusError as exc:
+            log.warning("cell %s: lease taken but leader.elected refused (%s); not leading it", cid, exc)
+            self.leadership.drop(cid)
+            return
+        log.info("leading cell %s (epoch %d)", cid, epoch)
+        if previous.leader and previous.leader != self.instance and any(
+                a.command and a.pid and a.spawned_at >= a.exited_at for a in previous.agents.values()):
+            self.leadership.hold_starts(cid)
+            log.info("cell %s: taken over from %s; no start for %g s, while it stops its agents", cid,
+                     previous.leader, self.config.daemon.fence_after + self.config.daemon.grace)
+
+    def _may_act(self, cell_id: str) -> bool:
+        return self.leadership.leads(cell_id) or not self.root.store.spans_hosts
 
     def release_leases(self) -> None:
-        for cid in list(self.leases):
-            with contextlib.suppress(Exception):
-                self.root.store.release(cid, self.host)
-        self.leases.clear()
+        self.leadership.release_all()
 
     def run_pass(self, cell_ids: list[str] | None = None) -> None:
         """Plan and act on the given cells (all of them by default) until nothing more is due now."""
@@ -188,7 +214,7 @@ class Daemon:
             if cid in self.watcher.corrupt:
                 self.notifier.alert(cid, "corrupt", self.watcher.corrupt[cid])
                 continue
-            leader = cid in self.leases
+            leader = self.leadership.leads(cid)
             view = cell.projection
             # acting appends, which makes more due (a declaration, then a restart; the next agent's plan)
             for _ in range(16 + 4 * len(view.agents if view else ())):
@@ -198,6 +224,8 @@ class Daemon:
                 actions = self.plan_cell(cell, leader=leader)
                 if not leader:  # another daemon leads this cell: only stop what we ourselves run
                     actions = [a for a in actions if isinstance(a, Stop)]
+                elif not self.leadership.may_start(cid):  # a takeover: the previous holder stops first
+                    actions = [a for a in actions if not isinstance(a, Start)]
                 if not self.executor.carry_out(cell, actions):
                     break
             self._schedule_due(cell)
@@ -256,7 +284,8 @@ class Daemon:
             "watcher_lag": round(self.watcher.lag, 6), "cells": cells,
             "agents_by_health": health, "supervised": len(self.executor.procs), "errors": dict(self.watcher.errors),
             "corrupt": sorted(self.watcher.corrupt),
-            "leading": sorted(self.leases) if self.root.store.spans_hosts else None,
+            "instance": self.instance,
+            "leading": self.leadership.leading() if self.root.store.spans_hosts else None,
             "notifications": {"sent": self.notifier.sent, "failed": self.notifier.failed},
             "running": not self._stop.is_set(),
         }
@@ -342,8 +371,13 @@ class Daemon:
                 self.ticks += 1
                 self.last_tick = time.time()
                 self._dirty.clear()
-                self.renew_leases()
+                await self.renew_leases_off_loop()
                 self.executor.adopt(self.watcher.cells.values())  # a safety net: any start without a watch gets one
+                for cell in self.watcher.cells.values():  # after a pause, a reconnect or a restart too
+                    stale = self.executor.superseded(cell)
+                    if stale:
+                        log.warning("cell %s: %s started again elsewhere; stopping the copy here", cell.id,
+                                    ", ".join(stale))
                 self.run_pass()
                 self.write_status()
                 if every > 0 and time.monotonic() >= next_verify and (verifying is None or verifying.done()):

@@ -151,24 +151,36 @@ class CellFrozen(Event, frozen=True, kw_only=True, tag="cell.frozen"):
     """Work paused: supervised agents stop, nothing advances."""
 
     reason: str = ""
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class CellThawed(Event, frozen=True, kw_only=True, tag="cell.thawed"):
     """Work resumed after a freeze."""
 
     reason: str = ""
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class CellArchived(Event, frozen=True, kw_only=True, tag="cell.archived"):
     """The mission ended; the cell is kept for reading."""
 
     reason: str = ""
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class CellDestroyed(Event, frozen=True, kw_only=True, tag="cell.destroyed"):
     """The cell's files were removed; its log lives on in the graveyard."""
 
     reason: str = ""
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
+
+
+class LeaderElected(Event, frozen=True, kw_only=True, tag="leader.elected"):
+    """A daemon took the cell's lease (NATS): its decisions from here carry this epoch."""
+
+    instance: Annotated[str, Meta(min_length=1, max_length=200)]
+    host: str = ""
+    epoch: Annotated[int, Meta(ge=1)]
 
 
 # Agents -----------------------------------------------------------------------------------
@@ -223,6 +235,7 @@ class AgentSpawned(Event, frozen=True, kw_only=True, tag="agent.spawned"):
     host: str = ""
     attempt: int = 0
     resume: str = ""
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class AgentExited(Event, frozen=True, kw_only=True, tag="agent.exited"):
@@ -232,6 +245,7 @@ class AgentExited(Event, frozen=True, kw_only=True, tag="agent.exited"):
     pid: int = 0
     returncode: int | None = None
     signal: int | None = None
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class AgentDeclaredDead(Event, frozen=True, kw_only=True, tag="agent.declared_dead"):
@@ -241,6 +255,7 @@ class AgentDeclaredDead(Event, frozen=True, kw_only=True, tag="agent.declared_de
     reason: DeathReason | None = None
     last_seen: float = 0.0
     detail: dict[str, Any] = {}
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class AgentRevived(Event, frozen=True, kw_only=True, tag="agent.revived"):
@@ -250,6 +265,7 @@ class AgentRevived(Event, frozen=True, kw_only=True, tag="agent.revived"):
     pid: int = 0
     attempt: int = 0
     substitute_for: Name | None = None
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 # Resurrection -----------------------------------------------------------------------------
@@ -263,6 +279,7 @@ class RevivalPlanned(Event, frozen=True, kw_only=True, tag="revival.planned"):
     substitute: Name | None = None
     attempt: int = 0
     delay: Seconds = 0.0
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class RevivalApprovalRequested(Event, frozen=True, kw_only=True, tag="revival.approval_requested"):
@@ -273,6 +290,7 @@ class RevivalApprovalRequested(Event, frozen=True, kw_only=True, tag="revival.ap
     message: str = ""
     substitute: Name | None = None
     channels: list[str] = []
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class RevivalApproved(Event, frozen=True, kw_only=True, tag="revival.approved"):
@@ -280,6 +298,7 @@ class RevivalApproved(Event, frozen=True, kw_only=True, tag="revival.approved"):
 
     key: Ref
     note: str = ""
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 class RevivalDenied(Event, frozen=True, kw_only=True, tag="revival.denied"):
@@ -287,6 +306,7 @@ class RevivalDenied(Event, frozen=True, kw_only=True, tag="revival.denied"):
 
     key: Ref
     note: str = ""
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
 # Mission bus ------------------------------------------------------------------------------
@@ -365,6 +385,7 @@ AnyEvent = Union[
     CellThawed,
     CellArchived,
     CellDestroyed,
+    LeaderElected,
     AgentInvited,
     AgentJoined,
     AgentHeartbeat,

@@ -42,11 +42,14 @@ class Executor:
     """Runs and stops the agent processes this daemon supervises, and records their ends."""
 
     def __init__(self, backend: ProcessBackend, *, grace: float, cells: Callable[[str], Cell | None],
-                 on_exit: Callable[[str], None]) -> None:
+                 on_exit: Callable[[str], None], epoch: Callable[[str], int] = lambda cell_id: 0,
+                 may_act: Callable[[str], bool] = lambda cell_id: True) -> None:
         self.backend = backend
         self.grace = grace
         self.cells = cells
         self.on_exit = on_exit
+        self.epoch = epoch  # the epoch this daemon leads a cell with, stamped on what it decides
+        self.may_act = may_act  # asked before every action: a lease that ran out acts no more
         self.procs: dict[tuple[str, str], Proc] = {}
         self.revivals: dict[str, int] = {}
         self._stopping: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -58,6 +61,9 @@ class Executor:
         for todo in _by_agent(actions):
             expected: int | None = todo[0].at_seq or None
             for action in todo:
+                if not self.may_act(cell.id):
+                    log.warning("cell %s: not acting for %s: this daemon's lease ran out", cell.id, action.agent)
+                    return moved
                 try:
                     seq = self._act(cell, action, expected)
                 except _Failed as failed:
@@ -71,8 +77,8 @@ class Executor:
         """Carry out one action; the log's seq after it when it appended, else None."""
         try:
             if isinstance(action, Append):
-                written = cell.append_many([self._with_log_tail(cell, e) for e in action.events],
-                                           expected_seq=expected)
+                written = cell.append_many([self._stamped(cell, self._with_log_tail(cell, e))
+                                            for e in action.events], expected_seq=expected)
                 for w in written:
                     if isinstance(w.event, ev.RevivalPlanned):
                         self.revivals[w.event.action] = self.revivals.get(w.event.action, 0) + 1
@@ -87,6 +93,11 @@ class Executor:
         except (LazarusError, OSError) as exc:
             log.error("cell %s, agent %s: %s", cell.id, action.agent, exc)
             raise _Failed(moved=False) from None
+
+    def _stamped(self, cell: Cell, e: ev.Event) -> ev.Event:
+        """A leader decision carries the epoch this daemon leads the cell with."""
+        epoch = self.epoch(cell.id)
+        return msgspec.structs.replace(e, epoch=epoch) if epoch and e.by == "lazarus" and hasattr(e, "epoch") else e
 
     @staticmethod
     def _with_log_tail(cell: Cell, e: ev.Event) -> ev.Event:
@@ -117,11 +128,13 @@ class Executor:
 
         def record(pid: int, started: float) -> None:
             nonlocal last
+            epoch = self.epoch(cell.id)
             drafts: list[ev.Event] = [ev.AgentSpawned(id=incarnation, by="lazarus", agent=a.name, pid=pid,
                                                       start_time=started, host=host, attempt=action.attempt,
-                                                      resume=action.resume)]
+                                                      resume=action.resume, epoch=epoch)]
             if action.revived:
-                drafts.append(ev.AgentRevived(by="lazarus", agent=a.name, pid=pid, attempt=action.revived))
+                drafts.append(ev.AgentRevived(by="lazarus", agent=a.name, pid=pid, attempt=action.revived,
+                                              epoch=epoch))
             last = cell.append_many(drafts, expected_seq=expected)[-1].seq
 
         proc = self.backend.spawn(cell, a, attempt=action.attempt, resume=action.resume, incarnation=incarnation,
@@ -167,7 +180,7 @@ class Executor:
             a = cell.refresh().agents.get(agent)
             if a is not None and a.pid == seen.pid and a.spawned_at >= a.exited_at:
                 cell.append(ev.AgentExited(by="lazarus", agent=agent, pid=seen.pid, returncode=seen.returncode,
-                                           signal=seen.signal))
+                                           signal=seen.signal, epoch=self.epoch(cell.id)))
             self.backend.forget(cell, agent, seen.pid)
         except LazarusError as exc:
             log.error("cell %s: exit of %s not recorded: %s", cell.id, agent, exc)
@@ -203,6 +216,27 @@ class Executor:
                 else:
                     log.info("re-adopted %s/%s pid %d", view.name, a.name, a.pid)
                     self.watch(cell, found)
+
+    def superseded(self, cell: Cell) -> list[str]:
+        """The agents of a cell whose process here is no longer their newest start (another daemon
+        started them since, or a start was recorded over ours): stopped, whatever the cell's state."""
+        view = cell.projection
+        out = []
+        for (cid, agent), proc in list(self.procs.items()):
+            if cid != cell.id or view is None:
+                continue
+            a = view.agents.get(agent)
+            if a is None or (a.pid, a.host) != (proc.pid, self.backend.host) or a.start_time != proc.start_time:
+                out.append(agent)
+                self.stop(cid, agent)
+        return out
+
+    def stop_all(self, cell_id: str) -> list[str]:
+        """Every agent this daemon runs for the cell, stopped (self-fencing)."""
+        agents = [agent for (cid, agent) in self.procs if cid == cell_id]
+        for agent in agents:
+            self.stop(cell_id, agent)
+        return agents
 
     def kill_orphans(self, live: Iterable[str]) -> None:
         """The agents of a cell that vanished (destroyed) are killed."""

@@ -163,6 +163,8 @@ class CellView(Struct, frozen=True, kw_only=True, gc=False):
     approvals: dict[str, ApprovalView] = {}
     topics: dict[str, int] = {}
     messages: int = 0
+    epoch: int = 0  # of the newest leader.elected (NATS): leader decisions below it are refused
+    leader: str = ""  # the instance that appended it
 
 
 def _agent(view: CellView, name: str, **changes: Any) -> CellView:
@@ -439,6 +441,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
     ev.CellThawed: _lifecycle("active"),
     ev.CellArchived: _lifecycle("archived"),
     ev.CellDestroyed: _lifecycle("destroyed"),
+    ev.LeaderElected: lambda view, e: replace(view, epoch=e.epoch, leader=e.instance),
     ev.AgentInvited: _invited,
     ev.AgentJoined: _joined,
     ev.AgentHeartbeat: _one(_heartbeats),

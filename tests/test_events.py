@@ -15,7 +15,7 @@ SAMPLE = Path(__file__).parent / "data" / "sample_v1.jsonl"
 
 def test_every_catalogue_type_is_defined() -> None:
     assert set(EVENT_TYPES) == {
-        "cell.provisioned", "cell.activated", "cell.frozen", "cell.thawed", "cell.archived", "cell.destroyed",
+        "cell.provisioned", "cell.activated", "cell.frozen", "cell.thawed", "cell.archived", "cell.destroyed", "leader.elected",
         "agent.invited", "agent.joined", "agent.heartbeat", "agent.left", "agent.spawned", "agent.exited",
         "agent.declared_dead", "agent.revived", "revival.planned", "revival.approval_requested",
         "revival.approved", "revival.denied", "bus.message", "checkpoint.created", "handoff.created",
@@ -35,7 +35,7 @@ def test_events_are_frozen_and_flat() -> None:
 def test_round_trip_of_every_type_with_defaults() -> None:
     required = {"name": "n", "agent": "a", "role": "read", "topic": "t", "key": "k", "action": "restart",
                 "checkpoint_id": "c", "handoff_id": "h", "to": "b", "task_id": "t1", "title": "x",
-                "status": "done"}
+                "status": "done", "instance": "h/0a1b2c3d", "epoch": 1}
     for kind, cls in EVENT_TYPES.items():
         fields = {f: required[f] for f in cls.__struct_fields__ if f in required}
         e = parse_draft({"type": kind, "by": "operator", **fields})

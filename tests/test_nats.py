@@ -174,3 +174,96 @@ def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats:
 
         for r in roots.values():
             kill_supervised(r)
+
+
+LEDGER_AGENT = '''
+import os, subprocess, sys, time
+ledger, lazarus = sys.argv[1], sys.argv[2]
+last = 0.0
+while True:  # a line of work every 0.2 s, beside the log: a second copy shows without trusting the log
+    with open(ledger, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if time.monotonic() - last > 0.5:  # fenced or not, a shell-style agent carries on: the daemons must stop it
+        subprocess.run([lazarus, "heartbeat", os.environ["LAZARUS_CELL"], os.environ["LAZARUS_AGENT"]],
+                       capture_output=True)
+        last = time.monotonic()
+    time.sleep(0.2)
+'''
+
+
+def _copies(marker: str) -> list[int]:
+    """Live processes running the ledger agent."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in argv and state != b"Z":
+            out.append(int(pid))
+    return out
+
+
+@pytest.mark.slow
+def test_a_leader_paused_past_its_lease_leaves_one_copy_and_its_stale_decisions_are_refused(
+        tmp_path: Path, own_nats: NatsServer, procs: Procs) -> None:
+    shared = (nats_toml(own_nats, f"nats_lease = {LEASE}\n")
+              + base(health={"stale_after": STALE, "dead_after": DEAD}).replace("[daemon]\n", "[daemon]\nfence_after = 2.0\n")
+              + '[resurrection]\nmode = "yes"\n')
+    roots = {}
+    for host in ("alpha", "beta"):
+        roots[host] = tmp_path / host
+        roots[host].mkdir()
+        (roots[host] / "lazarus.toml").write_text(shared)
+    script, ledger = tmp_path / "ledger_agent.py", tmp_path / "ledger.txt"
+    script.write_text(LEDGER_AGENT)
+    lazarus = str(Path(sys.executable).parent / "lazarus")
+    a_cli, b_cli = Cli(roots["alpha"], procs), Cli(roots["beta"], procs)
+    cid = a_cli.ok("cell", "create", "forge").strip()
+    a_cli.ok("agent", "invite", "forge", "clerk", "--role", "write", "--heartbeat-interval", "0.5",
+             "--cmd", f"{sys.executable} {script} {ledger} {lazarus}")
+    a, b = Up(roots["alpha"], a_cli, procs), Up(roots["beta"], b_cli, procs)
+    try:
+        a_proc = a.start("--no-http", "--host", "alpha")
+        cell = Root(roots["beta"], load_config(roots["beta"] / "lazarus.toml")).open(cid)
+        first = wait(lambda: (x := cell.refresh().agents["clerk"]).phase == "running" and x.heartbeats and x,
+                     "alpha starts the agent")
+        b.start("--no-http", "--host", "beta")
+        alpha_epoch = cell.refresh().epoch
+        assert alpha_epoch > 0 and cell.refresh().leader.startswith("alpha/")
+        # the whole of alpha's machine stops: its daemon and its agent
+        os.killpg(a_proc.pid, signal.SIGSTOP)
+        os.killpg(first.pid, signal.SIGSTOP)
+        second = wait(lambda: (x := cell.refresh().agents["clerk"]).spawns == 2 and x.phase == "running"
+                      and x.heartbeats and x, "beta takes over and starts the agent", timeout=LEASE + DEAD + 60)
+        view = cell.refresh()
+        assert second.host == "beta" and view.leader.startswith("beta/") and view.epoch > alpha_epoch
+        os.killpg(first.pid, signal.SIGCONT)
+        os.killpg(a_proc.pid, signal.SIGCONT)
+        wait(lambda: _copies(str(script)) == [second.pid], "alpha's stale copy stopped: one copy left", timeout=60)
+        lines = ledger.read_text().splitlines()
+        wait(lambda: len(ledger.read_text().splitlines()) >= len(lines) + 10, "the one copy works on")
+        assert set(ledger.read_text().splitlines()[len(lines):]) == {str(second.pid)}
+        assert a_proc.poll() is None  # alpha's daemon lives on, leading nothing
+        events = list(cell.log.read())
+        took = max(e.seq for e in events if e.type == "leader.elected")
+        for e in events[took:]:  # after beta's election, every decision is beta's
+            if e.by == "lazarus" and hasattr(e, "epoch") and e.type != "leader.elected":
+                assert e.epoch == view.epoch, e  # type: ignore[attr-defined]
+        assert [e.host for e in events if e.type == "agent.spawned"] == ["alpha", "beta"]  # type: ignore[attr-defined]
+        status = json.loads((roots["alpha"] / ".lazarus" / "daemon.json").read_bytes())
+        assert status["instance"].startswith("alpha/") and status["leading"] == []
+        assert b_cli.ok("verify", "forge").startswith("ok:")
+    finally:
+        for proc in (a.proc, b.proc):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
+        b.stop()
+        a.stop()
+        from tests.conftest import kill_supervised
+
+        for r in roots.values():
+            kill_supervised(r)
