@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from . import events as ev
+from . import probe
 from .admission import admit_batch
 from .config import Config
 from .errors import MalformedInput, NotFound, Refused
@@ -36,19 +37,8 @@ Observer = Callable[["Cell", list[ev.Event]], None]
 
 
 def isolation_problem(level: int) -> str | None:
-    """Why this machine cannot give a level, or None when it can."""
-    if level == 1:
-        return None
-    if level == 2:
-        if shutil.which("bwrap") is None and shutil.which("unshare") is None:
-            return "isolation level 2 needs bubblewrap (bwrap) or unshare; neither is installed on this machine"
-        return ("isolation level 2 (a private mount namespace) is not supported by this version of lazarus: "
-                "its process backend provides level 1")
-    if level == 3:
-        if shutil.which("podman") is None:
-            return "isolation level 3 needs rootless Podman; `podman` is not installed on this machine"
-        return "isolation level 3 (Podman) is not supported by this version of lazarus"
-    return f"isolation level {level} does not exist (use 1, 2 or 3)"
+    """Why this machine cannot give a level, or None when it can (found by trying it: `probe`)."""
+    return probe.problem(level)
 
 
 class Root:
@@ -115,6 +105,7 @@ class Root:
         cell_id: str | None = None,
         labels: dict[str, str] | None = None,
         policy: ev.Policy | None = None,
+        network: str | None = None,
     ) -> Cell:
         """Provision a cell: built aside under `.lazarus/`, then renamed into place whole."""
         check_cell_name(name)
@@ -122,6 +113,7 @@ class Root:
         draft = ev.parse_draft({  # the same door as every other event
             "type": "cell.provisioned", "by": "operator", "name": name, "mission": mission,
             "labels": labels or {}, "isolation": isolation,
+            "network": network or self.config.isolation.network,
             "policy": msgspec.to_builtins(policy) if policy else None,
         })
         problem = isolation_problem(isolation)

@@ -21,7 +21,9 @@ from typing import Any
 import msgspec
 
 from . import events as ev
+from . import probe
 from .backends.process import ProcessBackend
+from .backends.sandbox import socket_dir
 from .cells import Cell, Root
 from .events import Event
 from .executor import Executor
@@ -63,8 +65,14 @@ class Daemon:
         self.http = self.config.http.listen if http is None else http
         self.notifier = Notifier(self.config.notify)
         self.watcher = Watcher(root, self._observed)
-        self.executor = Executor(ProcessBackend(self.host, self.config.daemon.grace), grace=self.config.daemon.grace,
-                                 cells=self.watcher.cells.get, on_exit=self._mark_dirty)
+        iso = self.config.isolation
+        probe.reset()  # what each isolation level needs is probed again at each daemon start
+        self.socket_dir = socket_dir(root.path)
+        backend = ProcessBackend(self.host, self.config.daemon.grace, passthrough=iso.env_passthrough,
+                                 limits=dict(iso.limits), socket_dir=self.socket_dir,
+                                 hide=(self.config.http.tokens_file,) if self.config.http.tokens_file else ())
+        self.executor = Executor(backend, grace=self.config.daemon.grace, cells=self.watcher.cells.get,
+                                 on_exit=self._mark_dirty)
         self.on_event = on_event
         self.announce = announce
         self.started_at = time.time()
