@@ -287,6 +287,7 @@ class Daemon:
             self.gateway = Gateway(self, self.config)
             self.gateway.check_listen(self.http)  # a refusal comes before anything starts
         self.root.path.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # bound into level 2 and 3 agents
         _raise_open_files()  # one open log per cell watched
         self._lock.acquire()
         loop = self._loop
