@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -34,6 +34,15 @@ CELL_DIRS = ("workspace", "artifacts", "checkpoints", "logs", "logs/agents", "st
 STARTER_CONFIG = Path(__file__).with_name("data") / "lazarus.toml"
 # told of every event as it enters a cell's projection, once, whoever appended it (under the cell's lock)
 Observer = Callable[["Cell", list[ev.Event]], None]
+
+
+class Remote(Protocol):
+    """Where a confined agent's appends go instead of the log it may only read: the daemon's gateway
+    socket ($LAZARUS_SOCKET) with its token; the daemon makes checkpoint archives for it too."""
+
+    def append_many(self, drafts: Sequence[ev.Event], expected_seq: int | None) -> list[Appended]: ...
+
+    def checkpoint(self, body: dict[str, Any]) -> Appended: ...
 
 
 def isolation_problem(level: int) -> str | None:
@@ -181,6 +190,7 @@ class Cell:
         self._lock = threading.RLock()
         self._observers: list[Observer] = []
         self._speaker: tuple[str, str] | None = None  # (agent, incarnation) of the process writing here
+        self.remote: Remote | None = None  # set inside a level 2 or 3 sandbox: appends go through the socket
         if root.store.spans_hosts and not self.dir.is_dir():
             for sub in CELL_DIRS:  # a cell created on another machine: its local side, made on first use
                 (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -301,6 +311,8 @@ class Cell:
         """The one write path: validated against the state under the log's lock, then written."""
         if self._speaker is not None:
             drafts = [self._stamped(d) for d in drafts]
+        if self.remote is not None:
+            return self.remote.append_many(drafts, expected_seq)  # the daemon takes it through this same path
         with self._lock:
             before = self._view
 

@@ -19,6 +19,7 @@ import msgspec
 
 from . import events as ev
 from .cells import Cell, Root
+from .client import use_socket
 from .config import Config, resolve
 from .errors import CorruptLog, LazarusError, MalformedInput, NotFound
 from .fold import ApprovalView, CellView
@@ -60,7 +61,7 @@ class App:
         agent, incarnation = os.environ.get("LAZARUS_AGENT"), os.environ.get("LAZARUS_INCARNATION")
         if agent and incarnation and os.environ.get("LAZARUS_CELL") == cell.id:
             cell.speak_as(agent, incarnation)
-        return cell
+        return use_socket(cell)
 
 
 def _setter(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
