@@ -19,6 +19,8 @@ from tests.conftest import Cli
 from tests.support import Up, wait
 
 needs_bwrap = pytest.mark.skipif(not probe.level(2).ok, reason=f"level 2 unavailable: {probe.level(2).detail}")
+needs_podman = pytest.mark.skipif(not probe.level(3).ok, reason=f"level 3 unavailable: {probe.level(3).detail}")
+CONFINED = [pytest.param(2, marks=needs_bwrap), pytest.param(3, marks=[needs_podman, pytest.mark.slow])]
 
 
 def script(cell: Cell, name: str, body: str) -> str:
@@ -91,8 +93,8 @@ def host_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@needs_bwrap
-def test_a_level_2_agent_writes_its_workspace_and_nothing_else(up: Up, cli: Cli, host_dir: Path) -> None:
+@pytest.mark.parametrize("level", CONFINED)
+def test_a_confined_agent_writes_its_workspace_and_nothing_else(up: Up, cli: Cli, host_dir: Path, level: int) -> None:
     tokens = host_dir / "tokens.toml"
     tokens.write_text(f'[[token]]\nsha256 = "{"ab" * 32}"\nidentity = "operator"\n')
     tokens.chmod(0o600)
@@ -100,7 +102,7 @@ def test_a_level_2_agent_writes_its_workspace_and_nothing_else(up: Up, cli: Cli,
     up.config(f'[resurrection]\nmode = "no"\n[http]\ntokens_file = "{tokens}"\n')
     cli.ok("cell", "create", "other")
     other = up.cell("other")
-    cli.ok("cell", "create", "forge", "--isolation", "2")
+    cli.ok("cell", "create", "forge", "--isolation", str(level))
     cell = up.cell()
     outside = host_dir / "outside.txt"
     cmd = script(cell, "probe.py", PROBE) + f" {outside} {other.workspace} {tokens}"
@@ -118,7 +120,7 @@ def test_a_level_2_agent_writes_its_workspace_and_nothing_else(up: Up, cli: Cli,
     assert got["token"] and got["socket"]
     assert cli.ok("verify", "forge").startswith("ok:")
     spawned = [e for e in cell.log.read(0) if e.type == "agent.spawned"]
-    assert spawned[0].isolation == 2  # type: ignore[attr-defined]
+    assert spawned[0].isolation == level  # type: ignore[attr-defined]
 
 
 ENV_PROBE = r'''
@@ -145,8 +147,8 @@ def test_a_level_1_agent_sees_only_the_reduced_environment(up: Up, cli: Cli) -> 
     assert extra in ([], ["PWD"]), extra  # (PWD, SHLVL: set by a shell, not by lazarus)
 
 
-@needs_bwrap
-def test_network_none_blocks_loopback_tcp(up: Up, cli: Cli) -> None:
+@pytest.mark.parametrize("level", CONFINED)
+def test_network_none_blocks_loopback_tcp(up: Up, cli: Cli, level: int) -> None:
     import socket
 
     server = socket.create_server(("127.0.0.1", 0))
@@ -159,7 +161,7 @@ def test_network_none_blocks_loopback_tcp(up: Up, cli: Cli) -> None:
                 ".write_text(json.dumps({'r': r}) + '\\n')\n") % port
         up.config('[resurrection]\nmode = "no"\n')
         for name, network in (("walled", "none"), ("open", "host")):
-            cli.ok("cell", "create", name, "--isolation", "2", "--network", network)
+            cli.ok("cell", "create", name, "--isolation", str(level), "--network", network)
             cli.ok("agent", "invite", name, "w", "--role", "write", "--cmd", script(up.cell(name), "net.py", body))
         up.start()
         assert done(up.cell("walled"))["r"] != "connected"
@@ -179,10 +181,10 @@ time.sleep(600)
 '''
 
 
-@needs_bwrap
-def test_a_level_2_child_does_not_survive_death_freeze_or_destroy(up: Up, cli: Cli) -> None:
+@pytest.mark.parametrize("level", CONFINED)
+def test_a_confined_child_does_not_survive_death_freeze_or_destroy(up: Up, cli: Cli, level: int) -> None:
     up.config('[resurrection]\nmode = "yes"\n')
-    cli.ok("cell", "create", "forge", "--isolation", "2")
+    cli.ok("cell", "create", "forge", "--isolation", str(level))
     cell = up.cell()
     tag = f"lazarus-test-child-{uuid.uuid4().hex}"
     cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", script(cell, "tree.py", TREE) + f" {tag}")
@@ -232,7 +234,7 @@ sys.exit(3)
 '''
 
 
-@pytest.mark.parametrize("level", [1, pytest.param(2, marks=needs_bwrap)])
+@pytest.mark.parametrize("level", [1, *CONFINED])
 def test_a_secret_is_in_the_agent_env_but_never_in_the_log_and_masked_in_its_output(
         up: Up, cli: Cli, host_dir: Path, level: int) -> None:
     value, other = f"sk-{uuid.uuid4().hex}", f"pw-{uuid.uuid4().hex}"
@@ -262,7 +264,7 @@ time.sleep(600)
 '''
 
 
-@pytest.mark.parametrize("level", [1, pytest.param(2, marks=needs_bwrap)])
+@pytest.mark.parametrize("level", [1, *CONFINED])
 def test_an_agent_over_its_memory_limit_dies_with_the_limit_in_detail(up: Up, cli: Cli, level: int) -> None:
     up.config('[resurrection]\nmode = "no"\n')
     cli.ok("cell", "create", "forge", "--isolation", str(level))

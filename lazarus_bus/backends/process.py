@@ -9,6 +9,7 @@ import os
 import resource
 import select
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -300,7 +301,7 @@ class ProcessBackend:
         return self.tokens.get(digest)
 
     def _confined(self, cell: Cell, a: AgentView, level: int, network: str, env: dict[str, str],
-                  pid_hint: str) -> tuple[list[str], str]:
+                  pid_hint: str, limits: Sequence[Rlimit]) -> tuple[list[str], str]:
         """The argv that runs the agent at its cell's level, and the container's name at level 3."""
         if level <= 1:
             return list(a.command), ""
@@ -316,7 +317,7 @@ class ProcessBackend:
             return bwrap_argv(box, list(a.command), cwd), ""
         base = probe.podman_base()
         assert base is not None
-        return podman_argv(base, box, list(a.command), cwd, env), box.name
+        return podman_argv(base, box, list(a.command), cwd, env, limits), box.name
 
     def spawn(self, cell: Cell, a: AgentView, *, attempt: int, resume: str, incarnation: str = "",
               record: Callable[[int, float], None]) -> Proc:
@@ -336,8 +337,10 @@ class ProcessBackend:
                 raise Refused(f"agent {a.name} (isolation {view.isolation}) needs the daemon's gateway socket")
             env["LAZARUS_SOCKET"] = str(self.socket_dir / SOCKET_NAME)
             env["LAZARUS_TOKEN"] = self.issue_token(cell, a.name, incarnation)
-        argv, container = self._confined(cell, a, view.isolation, view.network, env, token_hex(4))
         calls, _ = rlimits({**self.default_limits, **a.limits})
+        argv, container = self._confined(cell, a, view.isolation, view.network, env, token_hex(4), calls)
+        if container:
+            calls = []  # at level 3 the container has them (podman would not start under them)
         masks = list(values.values())
         self.masks[(cell.id, a.name)] = masks
         go_r, go_w = os.pipe()
@@ -431,9 +434,19 @@ class ProcessBackend:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(proc.shim_pid, os.WNOHANG)
 
+    @staticmethod
+    def end_container(proc: Proc) -> None:
+        """Level 3: the container goes whole (its processes are conmon's children, not in our group)."""
+        if not proc.container:
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["podman", "rm", "--force", "--time", "0", "--ignore", proc.container],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30, start_new_session=True)
+
     def end_group(self, proc: Proc) -> int:
-        """After the agent itself ended: kill what is left of its process group (a wrapper's workers), so
-        no child outlives a death, a revival or a freeze; how many were killed."""
+        """After the agent itself ended: kill what is left of its process group (a wrapper's workers) and
+        its container, so no child outlives a death, a revival or a freeze; how many were killed."""
+        self.end_container(proc)
         members = group_members(proc.pid, proc.shim_pid, proc.start_time)
         for pid in members:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -451,4 +464,6 @@ class ProcessBackend:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return False
+        if sig == signal.SIGKILL:
+            self.end_container(proc)  # podman dies of SIGKILL without passing it on
         return True

@@ -10,10 +10,13 @@ through the socket with its per-incarnation token; the log itself is read-only t
 from __future__ import annotations
 
 import os
+import resource
+from collections.abc import Sequence
 from pathlib import Path
 
 from msgspec import Struct
 
+from ..limits import Rlimit
 from ..probe import BWRAP
 
 __all__ = ["Sandbox", "bwrap_argv", "podman_argv", "socket_dir"]
@@ -72,18 +75,37 @@ def bwrap_argv(box: Sandbox, argv: list[str], cwd: str) -> list[str]:
     return out
 
 
-def podman_argv(base: list[str], box: Sandbox, argv: list[str], cwd: str, env: dict[str, str]) -> list[str]:
-    """`podman run` with the flags that work on this machine (`base`, from the probe) and the same view."""
+_ULIMIT = {resource.RLIMIT_NPROC: "nproc", resource.RLIMIT_NOFILE: "nofile"}  # podman has no `as` ulimit
+
+
+def podman_argv(base: list[str], box: Sandbox, argv: list[str], cwd: str, env: dict[str, str],
+                limits: Sequence[Rlimit] = ()) -> list[str]:
+    """`podman run` with the flags that work on this machine (`base`, from the probe) and the same view;
+    limits become `--ulimit`s of the container, memory `prlimit --as` inside it (podman itself, a Go
+    program, would not start under them)."""
     out = [a for a in base if a not in ("--network", "none")]
     out = out[: out.index("--rootfs")] if "--rootfs" in out else out
+    inner: list[str] = []
+    for lim in limits:
+        if lim.resource not in _ULIMIT:
+            inner.append(f"--as={lim.value}")
+            continue
+        name = _ULIMIT[lim.resource]
+        for i in range(len(out) - 1):
+            if out[i] == "--ulimit" and out[i + 1].startswith(name + "="):
+                out[i : i + 2] = []
+                break
+        out += ["--ulimit", f"{name}={lim.value}:{lim.value}"]
+    # (a tmpfs is not filled with what the rootfs, the host's own `/`, has there: notmpcopyup)
     out += ["--name", box.name, "--network", "none" if box.network == "none" else "host", "--read-only",
-            "--cap-drop", "all", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp", "-w", cwd]
+            "--read-only-tmpfs=false", "--cap-drop", "all", "--security-opt", "no-new-privileges",
+            "--mount", "type=tmpfs,destination=/tmp,notmpcopyup", "-w", cwd]
     for kind, source, target in _cell_view(box):
         if kind == "tmpfs":
-            out += ["--mount", f"type=tmpfs,destination={target}"]
+            out += ["--mount", f"type=tmpfs,destination={target},notmpcopyup"]
         else:
             out += ["--mount", f"type=bind,source={source},destination={target}" + (",ro=true" if kind == "ro" else "")]
     for key in sorted(env):
-        out += ["--env", f"{key}={env[key]}"]
-    out += ["--rootfs", "/:O", *argv]
+        out += ["--env", key]  # the value comes from podman's own environment: never in an argv (ps shows those)
+    out += ["--rootfs", "/:O", *(["prlimit", *inner, "--"] if inner else []), *argv]
     return out
