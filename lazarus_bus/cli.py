@@ -18,6 +18,7 @@ import click
 import msgspec
 
 from . import events as ev
+from . import probe
 from .cells import Cell, Root
 from .client import use_socket
 from .config import Config, resolve
@@ -297,6 +298,25 @@ def agent_invite(app: App, ref: str, name: str, role: str, cmd: str | None, subs
 def agent_leave(app: App, ref: str, name: str, reason: str, by: str) -> None:
     """An agent leaves on purpose; it is stopped and not revived."""
     _appended(app, _emit(app, app.cell(ref), {"type": "agent.left", "agent": name, "reason": reason}, by=by))
+
+
+@cli.command()
+@common
+@pass_app
+def doctor(app: App) -> None:
+    """What each isolation level needs, and whether this machine has it (found by trying)."""
+    levels = probe.levels()
+    lim = probe.limits_support()
+    data = {"levels": [msgspec.to_builtins(x) for x in levels], "limits": msgspec.to_builtins(lim),
+            "uid": os.getuid()}
+    lines = []
+    for x in levels:
+        lines.append(f"level {x.level}: {'ok' if x.ok else 'unavailable'}")
+        lines.append(f"  needs: {x.needs}")
+        lines.append(f"  here:  {x.detail}")
+    lines.append(f"limits: {lim.via}")
+    lines.append(f"  here:  {lim.detail}")
+    _out(app, data, lines)
 
 
 @cli.command()

@@ -63,7 +63,6 @@ def _bwrap() -> Level:
     return Level(level=2, ok=True, needs=needs, detail=f"{BWRAP} runs (as uid {os.getuid()})")
 
 
-@functools.cache
 def podman_base() -> list[str] | None:
     """`podman [global flags] run [flags]` as they work on this machine, or None when Podman cannot run.
 
@@ -73,6 +72,7 @@ def podman_base() -> list[str] | None:
     return _podman_trials()[0]
 
 
+@functools.cache
 def _podman_trials() -> tuple[list[str] | None, str]:
     podman = shutil.which("podman")
     if podman is None:
@@ -102,7 +102,7 @@ def _podman_trials() -> tuple[list[str] | None, str]:
                  "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro", *ulimits, "--network", "none", "--rootfs", "/:O"]
         ok, said = _run([*tuned, "true"])
         if ok:
-            return tuned, ""
+            return tuned, f"as configured it fails ({first})"
     reasons.append(f"with runc: {said}")
     return None, "; ".join(reasons)
 
@@ -115,7 +115,8 @@ def _podman() -> Level:
         return Level(level=3, ok=False, needs=needs, detail=f"Podman cannot run a container here: {reason}")
     how = " ".join(base[1:])
     mode = "rootless" if os.getuid() != 0 else "as root (the daemon runs as root: not rootless)"
-    return Level(level=3, ok=True, needs=needs, detail=f"podman runs {mode}: {how}")
+    note = _podman_trials()[1]
+    return Level(level=3, ok=True, needs=needs, detail=f"podman runs {mode}: {how}" + (f"; {note}" if note else ""))
 
 
 @functools.cache
@@ -146,7 +147,8 @@ def problem(n: int) -> str | None:
 def reset() -> None:
     """Forget what was probed (the daemon probes again at each start)."""
     level.cache_clear()
-    podman_base.cache_clear()
+    _podman_trials.cache_clear()
+    limits_support.cache_clear()
 
 
 def cgroup_dir() -> Path | None:

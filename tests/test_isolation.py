@@ -277,3 +277,22 @@ def test_an_agent_over_its_memory_limit_dies_with_the_limit_in_detail(up: Up, cl
     assert dead.detail["limits"] == "memory=64M nofile=256"  # type: ignore[attr-defined]
     spawned = next(e for e in cell.log.read(0) if e.type == "agent.spawned")
     assert spawned.limits == {"memory": "64M", "nofile": "256", "via": probe.limits_support().via}  # type: ignore[attr-defined]
+
+
+def test_an_unavailable_level_is_refused_with_the_reason_and_doctor_says_why(cli: Cli) -> None:
+    """Without podman on PATH, level 3 is refused at create (exit 4) in Podman's absence's own words."""
+    import subprocess
+
+    env = {**cli.env(), "PATH": "/nonexistent"}
+    r = subprocess.run(cli.argv("cell", "create", "iso", "--isolation", "3"), env=env, capture_output=True,
+                       text=True, timeout=120, start_new_session=True)
+    assert r.returncode == 4 and "isolation level 3 unavailable" in r.stderr and "podman" in r.stderr, r.stderr
+    assert cli("cell", "show", "iso").code == 3  # nothing was created
+    r = subprocess.run(cli.argv("doctor", "--json"), env=env, capture_output=True, text=True, timeout=120,
+                       start_new_session=True)
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and [x["ok"] for x in report["levels"]][0] is True
+    assert report["levels"][2]["ok"] is False and "podman is not installed" in report["levels"][2]["detail"]
+    assert report["limits"]["via"] in ("cgroup", "prlimit")
+    text = cli.ok("doctor")
+    assert "level 1: ok" in text and "level 2:" in text and "limits:" in text
