@@ -296,3 +296,27 @@ def test_an_unavailable_level_is_refused_with_the_reason_and_doctor_says_why(cli
     assert report["limits"]["via"] in ("cgroup", "prlimit")
     text = cli.ok("doctor")
     assert "level 1: ok" in text and "level 2:" in text and "limits:" in text
+
+
+@pytest.mark.parametrize("level", CONFINED)
+def test_a_confined_agent_is_readopted_after_a_daemon_restart_and_its_exit_status_kept(
+        up: Up, cli: Cli, level: int) -> None:
+    up.config('[resurrection]\nmode = "yes"\n')
+    cli.ok("cell", "create", "forge", "--isolation", str(level))
+    cell = up.cell()
+    marker = cell.workspace / "quit"
+    body = ("import os, sys, time\nfrom pathlib import Path\nprint('up', flush=True)\n"
+            f"while not Path({str(marker)!r}).exists():\n    time.sleep(0.05)\nsys.exit(7)\n")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", script(cell, "wait.py", body))
+    first = up.start()
+    a = wait(lambda: (x := cell.refresh().agents["w"]).phase == "running" and x, "the first start")
+    os.killpg(first.pid, 9)
+    first.wait(10)
+    assert alive(a.pid, a.start_time)  # the sandbox outlives the daemon (its parent is the shim)
+    up.start()
+    wait(lambda: "re-adopted" in up.log.read_text(), "re-adoption")  # type: ignore[union-attr]
+    marker.write_text("")
+    exited = wait(lambda: next((e for e in cell.log.read(0) if e.type == "agent.exited"), None), "its exit")
+    assert exited.returncode == 7 and exited.pid == a.pid  # type: ignore[attr-defined]
+    wait(lambda: cell.refresh().agents["w"].spawns == 2, "the revival")
+    assert [e.type for e in cell.log.read(0)].count("agent.spawned") == 2
