@@ -90,6 +90,9 @@ class HttpConfig(_Section, frozen=True, kw_only=True):
 
     listen: str = "127.0.0.1:8766"
     tokens_file: str = ""
+    header_timeout: Annotated[float, Meta(gt=0)] = 10.0  # a request head (or an idle keep-alive) this slow is cut
+    body_timeout: Annotated[float, Meta(gt=0)] = 30.0  # a request body, or a reader of a response, this slow is cut
+    max_connections: Annotated[int, Meta(ge=1)] = 256  # beyond it a connection gets 503 and is closed at once
 
 
 class IsolationConfig(_Section, frozen=True, kw_only=True):

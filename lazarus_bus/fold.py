@@ -429,6 +429,10 @@ _BATCHED: dict[type, Callable[[CellView, Any], CellView]] = {
 }
 
 
+# Under admission (a checked replay) only these are held: what one admits never depends on the others.
+_UNCHECKED: dict[type, Callable[[CellView, Any], CellView]] = {ev.BusMessage: _messages}
+
+
 def _one(batch: Callable[[CellView, Any], CellView]) -> Callable[[CellView, Any], CellView]:
     """One event through its kind's batch fold: the live fold and a replay share one code path."""
     return lambda view, e: batch(view, (e,))
@@ -481,17 +485,23 @@ def _unknown(event: ev.Event, exc: KeyError) -> CorruptLog:
                       "never introduced (was it written or rechained outside lazarus?)")
 
 
-def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellView | None:
+def fold_all(events: Iterable[ev.Event], view: CellView | None = None,
+             check: Callable[[CellView | None, ev.Event], object] | None = None) -> CellView | None:
     """A whole stream, from `view` (or from nothing): the same result as `fold` one by one, with the
-    heartbeats, messages, checkpoints, handoffs and tasks between two other events folded kind by kind."""
+    heartbeats, messages, checkpoints, handoffs and tasks between two other events folded kind by kind.
+    `check` (admission, for a replay) sees each event with the state before it; for heartbeats and
+    messages, which never change what either is checked against, the state before their run."""
     beats: list[ev.AgentHeartbeat] = []
     aside: list[ev.Event] = []
     last: ev.Event | None = None
+    batched = _BATCHED if check is None else _UNCHECKED
     for kind, group in groupby(events, type):
-        if view is None or (kind is not ev.AgentHeartbeat and kind not in _BATCHED):
+        if view is None or (kind is not ev.AgentHeartbeat and kind not in batched):
             if last is not None:
                 view, beats, aside, last = _flush(view, beats, aside, last), [], [], None  # type: ignore[arg-type]
             for event in group:
+                if check is not None:
+                    check(view, event)
                 view = fold(view, event)
             continue
         held = beats if kind is ev.AgentHeartbeat else aside
@@ -500,6 +510,9 @@ def fold_all(events: Iterable[ev.Event], view: CellView | None = None) -> CellVi
                 view = _flush(view, beats, aside, last)  # type: ignore[arg-type]
                 beats.clear()
                 aside.clear()
+            if check is not None:
+                for event in chunk:
+                    check(view, event)
             held += chunk
             last = chunk[-1]
     if last is not None:

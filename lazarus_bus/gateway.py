@@ -8,6 +8,7 @@ import functools
 import hashlib
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -127,12 +129,49 @@ def _loopback(host: str) -> bool:
         return False
 
 
+_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\"]+/)+([^\s/'\",;)]+)")
+
+
+def scrub(message: str) -> str:
+    """An error body names a file by its last part only: the layout of the host is not the client's business."""
+    return _PATH.sub(r"\1", message)
+
+
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return web.json_response({"error": scrub(message)}, status=status)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
+
+
+class _Handler(web.RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse in JSON, logged in one line."""
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        reason = str(getattr(exc, "message", "") or message or type(exc).__name__).splitlines()[0].strip().rstrip(":")
+        log.info("HTTP %d from %s: %s", status, request.remote, reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was under way: nothing more can be said on this connection")
+        text = f"malformed HTTP request: {reason}" if status < 500 else "internal error"
+        resp = _error(status, text)
+        resp.force_close()
+        return resp
+
+
+class _Busy(asyncio.Protocol):
+    """Past max_connections: one 503 and the connection closed, so idle clients never exhaust descriptors."""
+
+    def __init__(self, limit: int) -> None:
+        body = msgspec.json.encode({"error": f"too many connections (max_connections {limit}); try again"})
+        self.response = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self.response)
+        transport.close()
 
 
 class _Metrics(Collector):
@@ -175,6 +214,8 @@ class Gateway:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Metrics(self))
         self.runner: web.AppRunner | None = None
+        self.listener: asyncio.Server | None = None
+        self.sweeper: asyncio.Task[None] | None = None
         self.address = ""
         self.app = web.Application(middlewares=[self._errors, self._auth],
                                    client_max_size=self.config.max_event_bytes)
@@ -200,21 +241,61 @@ class Gateway:
         host, port = self.check_listen(listen)
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
         try:
-            await site.start()
+            self.listener = await asyncio.get_running_loop().create_server(
+                self._connection, host, port, reuse_address=True)
         except OSError as exc:
             await self.runner.cleanup()
             raise LazarusError(f"cannot serve HTTP on {listen}: {exc.strerror}") from None
-        server = site._server
-        sockets = server.sockets if isinstance(server, asyncio.Server) else []
-        bound = sockets[0].getsockname() if sockets else (host, port)
+        bound = self.listener.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
+        self.sweeper = asyncio.create_task(self._sweep())
+
+    def _connection(self) -> asyncio.Protocol:
+        """One protocol per accepted connection, refused at once past the limit."""
+        assert self.runner is not None
+        server, http = self.runner.server, self.config.http
+        if server is None or len(server.connections) >= http.max_connections:
+            return _Busy(http.max_connections)
+        return _Handler(server, loop=asyncio.get_running_loop(), keepalive_timeout=http.header_timeout,
+                        access_log=None,  # type: ignore[arg-type]  # aiohttp's own "no access log"
+                        max_line_size=8190, max_field_size=8190, max_headers=64)
+
+    async def _sweep(self) -> None:
+        """Cut readers that take nothing for body_timeout while a response waits for them (backpressure
+        that cannot turn into a held connection); slow request heads are cut by aiohttp's keep-alive timer."""
+        assert self.runner is not None and self.runner.server is not None
+        stalled: dict[asyncio.BaseTransport, tuple[int, float]] = {}
+        period = min(1.0, self.config.http.body_timeout / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now, seen = loop.time(), dict[asyncio.BaseTransport, tuple[int, float]]()
+            for handler in self.runner.server.connections:
+                transport = handler.transport
+                if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+                    continue
+                pending = transport.get_write_buffer_size()
+                if pending == 0:
+                    continue
+                last, since = stalled.get(transport, (-1, now))
+                if pending < last:
+                    since = now  # the reader took something
+                if now - since >= self.config.http.body_timeout:
+                    log.info("HTTP: a client took nothing for %g s; connection closed", now - since)
+                    transport.abort()
+                    continue
+                seen[transport] = (pending, since)
+            stalled = seen
 
     async def stop(self) -> None:
         for queues in self.subscribers.values():
             for q in queues:
                 q.put_nowait(None)
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        if self.listener is not None:
+            self.listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
         self.io.shutdown(wait=True)
@@ -245,10 +326,14 @@ class Gateway:
             resp = _error(413, f"request body over max_event_bytes ({self.config.max_event_bytes})")
         except web.HTTPException as exc:
             resp = _error(exc.status, exc.reason)
+            if exc.status == 408:
+                resp.force_close()  # the rest of the body may still be on its way
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - JSON, never a traceback page
-            log.exception("HTTP %s %s", request.method, request.path)
+            log.error("HTTP %s %s: internal error: %s: %s", request.method, request.path, type(exc).__name__,
+                      scrub(str(exc)).splitlines()[0] if str(exc) else "")
+            log.debug("HTTP internal error", exc_info=True)
             resp = _error(500, f"internal error: {type(exc).__name__}")
         self.requests[resp.status] = self.requests.get(resp.status, 0) + 1
         return resp
@@ -303,7 +388,13 @@ class Gateway:
         limit = self.config.max_event_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        raw = await request.read()
+        try:
+            async with asyncio.timeout(self.config.http.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(
+                reason=f"request body not received within body_timeout ({self.config.http.body_timeout:g} s)"
+            ) from None
         if not raw.strip():
             return {}
         try:
@@ -356,9 +447,22 @@ class Gateway:
             row: dict[str, Any] = {"id": cid, "name": view.name, "mission": view.mission, "state": view.state,
                                    "seq": view.seq, "agents": {r["agent"]: r["health"] for r in rows}}
             if cid in self.served.corrupt:
-                row.update(state="corrupt", error=self.served.corrupt[cid])
+                row.update(state="corrupt", error=scrub(self.served.corrupt[cid]))
             out.append(row)
+        views = self.served.views()
+        for cid, why in sorted(self.served.corrupt.items()):  # corrupt before its first fold: no view at all
+            if cid not in views:
+                name = await self._io(self._name, cid)
+                if ident.kind != "agent" or ident.cell in (cid, name):
+                    out.append({"id": cid, "name": name, "state": "corrupt", "error": scrub(why), "agents": {}})
         return _json(out)
+
+    def _name(self, cid: str) -> str:
+        cell = self.served.cell(cid)
+        try:
+            return cell.read_name() if cell is not None else ""
+        except LazarusError:
+            return ""
 
     async def cell(self, request: web.Request) -> web.Response:
         _, view = await self._cell(request)

@@ -10,7 +10,7 @@ import msgspec
 
 from .admission import admit
 from .errors import CorruptLog, LazarusError, MalformedInput
-from .events import ZERO_HASH, Event, decode_event
+from .events import ZERO_HASH, AgentHeartbeat, BusMessage, Event, decode_event
 from .fold import CellView, fold, fold_all
 from .log import LogBackend
 from .log.base import check_link
@@ -55,14 +55,52 @@ def head_hash(last_line: bytes | None) -> str:
 
 def replay_log(log: LogBackend, until: int | None = None,
                progress: Callable[[int], None] | None = None) -> CellView | None:
-    """A fresh fold of the log, up to `until`; `progress` hears the seq every 10,000 events."""
+    """A fresh fold of the log, up to `until`, each event re-admitted by the append rules (a rechained log
+    may hold what they never let in); `progress` hears the seq every 10,000 events."""
+    where = str(getattr(log, "path", "log"))
     with closing(log.read_all(until)) as events:
         try:
-            return fold_all(events if progress is None else _reporting(events, progress))
+            return fold_all(events if progress is None else _reporting(events, progress), check=Readmit(where))
         except Exception:  # the bytes first: a forged line can trip the fold before the chain check names it
             if until is None:  # (with `until` the reader checked each event before the fold saw it)
                 verify_log(log)
             raise
+
+
+class Readmit:
+    """Admission for a replay: an event the rules refuse is corruption. Heartbeats and messages of one
+    run are checked against one state, so their admission is asked once per author and addressee."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.state: CellView | None = None
+        self.passed: set[tuple[object, ...]] = set()
+
+    def __call__(self, view: CellView | None, event: Event) -> None:
+        kind = type(event)
+        if kind is AgentHeartbeat or kind is BusMessage:
+            if view is not self.state:
+                self.state, self.passed = view, set()
+            key = (kind, event.by, getattr(event, "agent", None) or getattr(event, "to", None),
+                   getattr(event, "incarnation", ""))
+            if key in self.passed:
+                return
+            self._admit(view, event)
+            self.passed.add(key)
+        else:
+            self._admit(view, event)
+
+    def _admit(self, view: CellView | None, event: Event) -> None:
+        try:
+            admit(view, event)
+        except LazarusError as exc:
+            fold(view, event)  # what the fold cannot place it names itself (a name never introduced)
+            raise _refused(self.source, event, exc) from None
+
+
+def _refused(source: str, event: Event, exc: LazarusError) -> CorruptLog:
+    return CorruptLog(f"{source}:{event.seq}: corrupt log at seq {event.seq}: {event.type} breaks the append "
+                      f"rules ({exc}); was it written or rechained outside lazarus?")
 
 
 def _reporting(events: Iterable[Event], progress: Callable[[int], None]) -> Iterator[Event]:
@@ -88,8 +126,7 @@ def verify_lines(lines: list[bytes], source: str = "import") -> CellView:
             admit(view, event)
         except LazarusError as exc:
             fold(view, event)  # what the fold cannot place it names itself (a name never introduced)
-            raise CorruptLog(f"{source}:{n}: corrupt log at seq {n}: {event.type} breaks the append rules "
-                             f"({exc}); was it written or rechained outside lazarus?") from None
+            raise _refused(source, event, exc) from None
         view = fold(view, event)
         prev = hashlib.sha256(line).hexdigest()
     if view is None:

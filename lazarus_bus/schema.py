@@ -128,7 +128,7 @@ def openapi() -> dict[str, Any]:
     cell = {"name": "cell", "in": "path", "required": True, "schema": {"type": "string"},
             "description": "cell id or unique name"}
     agent = {"name": "agent", "in": "path", "required": True, "schema": {"type": "string"}}
-    errors = {str(code): err for code in (400, 401, 403, 404, 409, 413, 422)}
+    errors = {str(code): err for code in (400, 401, 403, 404, 408, 409, 413, 422, 500, 503)}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Lazarus Pit gateway", "version": version("lazarus-pit"),

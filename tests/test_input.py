@@ -249,3 +249,35 @@ def test_a_rechained_log_holding_what_the_rules_refuse_is_not_imported(cli: Cli,
     r = cli("import", str(tmp_path / "forged.jsonl"))
     assert r.code == 5 and f"seq {len(events)}" in r.err and "append rules" in r.err, r.err
     assert sorted(p.name for p in root_dir.iterdir()) == before
+
+
+def test_replay_refuses_a_rechained_log_holding_what_the_rules_refuse(cli: Cli, root_dir: Path) -> None:
+    """`verify` only checks the chain; `replay` re-admits every event, in a run of heartbeats too."""
+    import hashlib
+    import json
+
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "scout", "--role", "read")
+    cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
+    for _ in range(3):
+        cli.ok("heartbeat", "forge", "scout")
+    cli.ok("heartbeat", "forge", "ada")
+    log = next(root_dir.glob("*/logs/events.jsonl"))
+    good = log.read_bytes()
+    assert cli("replay", "forge").code == 0
+    events = [json.loads(line) for line in good.splitlines()]
+    n = [i for i, e in enumerate(events) if e["type"] == "agent.heartbeat"][2]
+    assert events[n]["by"] == "scout" and events[n - 1]["type"] == "agent.heartbeat"
+    events[n]["agent"] = "ada"  # scout's third heartbeat, in a run, now speaking for ada: a fold would take it
+    prev = "0" * 64
+    lines = []
+    for e in events:
+        e["prev"] = prev
+        line = json.dumps(e, separators=(",", ":")).encode()
+        prev = hashlib.sha256(line).hexdigest()
+        lines.append(line)
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    assert cli("verify", "forge").code == 0  # the chain holds
+    r = cli("replay", "forge")
+    assert r.code == 5 and f"seq {n + 1}" in r.err and "append rules" in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1
