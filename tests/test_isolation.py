@@ -320,3 +320,74 @@ def test_a_confined_agent_is_readopted_after_a_daemon_restart_and_its_exit_statu
     assert exited.returncode == 7 and exited.pid == a.pid  # type: ignore[attr-defined]
     wait(lambda: cell.refresh().agents["w"].spawns == 2, "the revival")
     assert [e.type for e in cell.log.read(0)].count("agent.spawned") == 2
+
+
+SOCKET_AGENT = r'''
+import http.client, json, os, socket, subprocess, sys
+from pathlib import Path
+from lazarus_bus import client
+
+ws = Path(os.environ["LAZARUS_CELL_DIR"]) / "workspace"
+out = {}
+with client.connect() as me:
+    out["heartbeat"] = me.heartbeat(status="inside", cycle=1)
+    (ws / "data.txt").write_text("kept")
+    out["checkpoint"] = me.checkpoint("halfway", state={"n": 1}, paths=["data.txt"])
+    out["published"] = me.publish("notes", {"hi": 1})
+
+    class Unix(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(os.environ["LAZARUS_SOCKET"])
+
+    def post(body, token=os.environ["LAZARUS_TOKEN"]):
+        c = Unix("localhost")
+        c.request("POST", f"/cells/{os.environ['LAZARUS_CELL']}/events", json.dumps(body),
+                  {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, json.loads(r.read())
+
+    out["forged"] = post({"type": "bus.message", "by": "other", "topic": "t"})
+    out["forged_heartbeat"] = post({"type": "agent.heartbeat", "by": "other", "agent": "other"})
+    out["no_token"] = post({"type": "bus.message", "by": "w", "topic": "t"}, token="nope")
+    cli = [sys.executable, "-m", "lazarus_bus"]
+    r = subprocess.run([*cli, "emit", os.environ["LAZARUS_CELL"], "bus.message", "--by", "other",
+                        "--data", '{"topic": "t"}'], capture_output=True, text=True)
+    out["cli_forged"] = [r.returncode, r.stderr.strip()]
+    r = subprocess.run([*cli, "heartbeat", os.environ["LAZARUS_CELL"], "w", "--cycle", "2"],
+                       capture_output=True, text=True)
+    out["cli_heartbeat"] = [r.returncode, r.stdout.strip(), r.stderr.strip()]
+    try:
+        open(Path(os.environ["LAZARUS_CELL_DIR"]) / "logs" / "events.jsonl", "a")
+        out["log_writable"] = True
+    except OSError:
+        out["log_writable"] = False
+(ws / "result.json").write_text(json.dumps(out) + "\n")
+'''
+
+
+@pytest.mark.parametrize("level", CONFINED)
+def test_a_confined_agent_appends_through_the_socket_and_a_forged_by_is_refused(up: Up, cli: Cli, level: int) -> None:
+    up.config('[resurrection]\nmode = "no"\n')
+    cli.ok("cell", "create", "forge", "--isolation", str(level))
+    cli.ok("agent", "invite", "forge", "other", "--role", "write")
+    cell = up.cell()
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", script(cell, "sock.py", SOCKET_AGENT))
+    up.start()
+    got = done(cell)
+    assert not got["log_writable"]
+    assert got["forged"][0] == 403 and "speaks for w" in got["forged"][1]["error"]  # type: ignore[index]
+    assert got["forged_heartbeat"][0] == 403  # type: ignore[index]
+    assert got["no_token"][0] == 401  # type: ignore[index]
+    assert got["cli_forged"][0] == 4 and "speaks for w" in got["cli_forged"][1]  # type: ignore[index]
+    assert got["cli_heartbeat"][0] == 0, got["cli_heartbeat"]  # type: ignore[index]
+    events = list(cell.log.read(0))
+    spawned = next(e for e in events if e.type == "agent.spawned")
+    mine = [e for e in events if e.by == "w"]
+    assert {e.type for e in mine} >= {"agent.joined", "agent.heartbeat", "checkpoint.created", "bus.message"}
+    assert all(getattr(e, "incarnation", spawned.id) == spawned.id for e in mine)  # stamped by the gateway
+    assert not [e for e in events if e.by == "other"]
+    cp = cell.refresh().checkpoints[got["checkpoint"]]  # type: ignore[index]
+    assert cp.archive and (cell.dir / cp.archive).exists()  # archived by the daemon, outside the sandbox
+    assert [e.cycle for e in events if e.type == "agent.heartbeat"] == [1, 2]  # type: ignore[attr-defined]
+    assert cli.ok("verify", "forge").startswith("ok:")
