@@ -305,16 +305,23 @@ def test_a_confined_agent_is_readopted_after_a_daemon_restart_and_its_exit_statu
     cli.ok("cell", "create", "forge", "--isolation", str(level))
     cell = up.cell()
     marker = cell.workspace / "quit"
-    body = ("import os, sys, time\nfrom pathlib import Path\nprint('up', flush=True)\n"
-            f"while not Path({str(marker)!r}).exists():\n    time.sleep(0.05)\nsys.exit(7)\n")
+    body = ("import os, sys, time\nfrom pathlib import Path\nfrom lazarus_bus import client\n"
+            "from lazarus_bus.errors import LazarusError\nme = client.connect()\n"
+            f"while not Path({str(marker)!r}).exists():\n"
+            "    try:\n        me.heartbeat(status='alive')\n    except LazarusError as exc:\n"
+            "        print('no daemon:', exc, flush=True)\n"
+            "    time.sleep(0.05)\nsys.exit(7)\n")
     cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", script(cell, "wait.py", body))
     first = up.start()
     a = wait(lambda: (x := cell.refresh().agents["w"]).phase == "running" and x, "the first start")
     os.killpg(first.pid, 9)
     first.wait(10)
     assert alive(a.pid, a.start_time)  # the sandbox outlives the daemon (its parent is the shim)
+    mark = cell.head().seq
     up.start()
     wait(lambda: "re-adopted" in up.log.read_text(), "re-adoption")  # type: ignore[union-attr]
+    wait(lambda: any(e.type == "agent.heartbeat" for e in cell.log.read(mark)),
+         "a heartbeat through the new daemon's socket, with the same token")
     marker.write_text("")
     exited = wait(lambda: next((e for e in cell.log.read(0) if e.type == "agent.exited"), None), "its exit")
     assert exited.returncode == 7 and exited.pid == a.pid  # type: ignore[attr-defined]
