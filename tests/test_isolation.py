@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +15,12 @@ import pytest
 
 from lazarus_bus import Cell, probe
 from lazarus_bus.backends.process import alive
-from tests.conftest import Cli
+from tests.conftest import Cli, Procs, kill_supervised
 from tests.support import Up, wait
 
 needs_bwrap = pytest.mark.skipif(not probe.level(2).ok, reason=f"level 2 unavailable: {probe.level(2).detail}")
 needs_podman = pytest.mark.skipif(not probe.level(3).ok, reason=f"level 3 unavailable: {probe.level(3).detail}")
-CONFINED = [pytest.param(2, marks=needs_bwrap), pytest.param(3, marks=[needs_podman, pytest.mark.slow])]
+CONFINED = [pytest.param(2, marks=needs_bwrap), pytest.param(3, marks=needs_podman)]
 
 
 def script(cell: Cell, name: str, body: str) -> str:
@@ -398,3 +398,54 @@ def test_a_confined_agent_appends_through_the_socket_and_a_forged_by_is_refused(
     assert cp.archive and (cell.dir / cp.archive).exists()  # archived by the daemon, outside the sandbox
     assert [e.cycle for e in events if e.type == "agent.heartbeat"] == [1, 2]  # type: ignore[attr-defined]
     assert cli.ok("verify", "forge").startswith("ok:")
+
+
+def _nobody_python() -> str | None:
+    """A Python an unprivileged user may run with this checkout on its path (the venv's may sit under /root)."""
+    import pwd
+    import subprocess
+
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+    if os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"):
+        return None
+    v = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                       text=True).stdout.strip()
+    return "/usr/bin/python3" if v == str(tuple(sys.version_info[:2])) else None
+
+
+@needs_bwrap
+@pytest.mark.skipif(_nobody_python() is None, reason="needs root, the user nobody, setpriv and a system Python alike")
+def test_level_2_works_for_a_daemon_run_by_an_unprivileged_user(host_dir: Path, procs: Procs) -> None:
+    import subprocess
+
+    root = host_dir / "missions"
+    root.mkdir()
+    os.chown(host_dir, 65534, 65534)
+    os.chown(root, 65534, 65534)
+    site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    env = {"HOME": str(host_dir), "LAZARUS_ROOT": str(root), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": f"{Path(__file__).parents[1]}:{site}"}
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-m", "lazarus_bus"]
+
+    def run(*args: str) -> str:
+        r = subprocess.run([*nobody, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    cell_id = run("cell", "create", "forge", "--isolation", "2")
+    outside = host_dir / "outside.txt"
+    run("agent", "invite", "forge", "w", "--role", "write", "--cmd",
+        f"sh -c 'id -u > who.tmp; touch {outside} 2> err; mv who.tmp who'")
+    daemon = procs.start([*nobody, "up", "--no-http"], env=env)
+    try:
+        who = root / cell_id / "workspace" / "who"
+        wait(lambda: who.exists(), "the agent's answer", proc=daemon)
+        assert who.read_text().strip() == "65534"
+        assert not outside.exists() and "Read-only" in (root / cell_id / "workspace" / "err").read_text()
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        kill_supervised(root)
