@@ -11,11 +11,12 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from . import events as ev
+from . import probe
 from .admission import admit_batch
 from .config import Config
 from .errors import MalformedInput, NotFound, Refused
@@ -35,20 +36,18 @@ STARTER_CONFIG = Path(__file__).with_name("data") / "lazarus.toml"
 Observer = Callable[["Cell", list[ev.Event]], None]
 
 
+class Remote(Protocol):
+    """Where a confined agent's appends go instead of the log it may only read: the daemon's gateway
+    socket ($LAZARUS_SOCKET) with its token; the daemon makes checkpoint archives for it too."""
+
+    def append_many(self, drafts: Sequence[ev.Event], expected_seq: int | None) -> list[Appended]: ...
+
+    def checkpoint(self, body: dict[str, Any]) -> Appended: ...
+
+
 def isolation_problem(level: int) -> str | None:
-    """Why this machine cannot give a level, or None when it can."""
-    if level == 1:
-        return None
-    if level == 2:
-        if shutil.which("bwrap") is None and shutil.which("unshare") is None:
-            return "isolation level 2 needs bubblewrap (bwrap) or unshare; neither is installed on this machine"
-        return ("isolation level 2 (a private mount namespace) is not supported by this version of lazarus: "
-                "its process backend provides level 1")
-    if level == 3:
-        if shutil.which("podman") is None:
-            return "isolation level 3 needs rootless Podman; `podman` is not installed on this machine"
-        return "isolation level 3 (Podman) is not supported by this version of lazarus"
-    return f"isolation level {level} does not exist (use 1, 2 or 3)"
+    """Why this machine cannot give a level, or None when it can (found by trying it: `probe`)."""
+    return probe.problem(level)
 
 
 class Root:
@@ -115,6 +114,7 @@ class Root:
         cell_id: str | None = None,
         labels: dict[str, str] | None = None,
         policy: ev.Policy | None = None,
+        network: str | None = None,
     ) -> Cell:
         """Provision a cell: built aside under `.lazarus/`, then renamed into place whole."""
         check_cell_name(name)
@@ -122,6 +122,7 @@ class Root:
         draft = ev.parse_draft({  # the same door as every other event
             "type": "cell.provisioned", "by": "operator", "name": name, "mission": mission,
             "labels": labels or {}, "isolation": isolation,
+            "network": network or self.config.isolation.network,
             "policy": msgspec.to_builtins(policy) if policy else None,
         })
         problem = isolation_problem(isolation)
@@ -189,6 +190,7 @@ class Cell:
         self._lock = threading.RLock()
         self._observers: list[Observer] = []
         self._speaker: tuple[str, str] | None = None  # (agent, incarnation) of the process writing here
+        self.remote: Remote | None = None  # set inside a level 2 or 3 sandbox: appends go through the socket
         if root.store.spans_hosts and not self.dir.is_dir():
             for sub in CELL_DIRS:  # a cell created on another machine: its local side, made on first use
                 (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -309,6 +311,8 @@ class Cell:
         """The one write path: validated against the state under the log's lock, then written."""
         if self._speaker is not None:
             drafts = [self._stamped(d) for d in drafts]
+        if self.remote is not None:
+            return self.remote.append_many(drafts, expected_seq)  # the daemon takes it through this same path
         with self._lock:
             before = self._view
 

@@ -112,11 +112,16 @@ def _sha256(path: Path) -> str:
 
 
 def checkpoint(cell: Cell, by: str, *, summary: str = "", state: Any = None, paths: list[str] | None = None,
-               artifacts: list[str] | None = None, checkpoint_id: str | None = None) -> Appended:
-    """Record a checkpoint, archiving workspace paths first; the archive goes if the append is refused."""
+               artifacts: list[str] | None = None, checkpoint_id: str | None = None,
+               incarnation: str = "") -> Appended:
+    """Record a checkpoint, archiving workspace paths first; the archive goes if the append is refused.
+    Inside a sandbox (`cell.remote`), the daemon archives and appends it, as the agent may not write there."""
+    if cell.remote is not None:
+        return cell.remote.checkpoint({"by": by, "summary": summary, "state": state, "paths": list(paths or []),
+                                       "artifacts": list(artifacts or []), "checkpoint_id": checkpoint_id})
     checkpoint_id = check_ref_id("checkpoint", checkpoint_id) if checkpoint_id else new_id()
     draft = ev.CheckpointCreated(by=by, checkpoint_id=checkpoint_id, summary=summary, state=state,
-                                 artifacts=list(artifacts or []))
+                                 artifacts=list(artifacts or []), incarnation=incarnation)
     admit(cell.refresh(), draft)  # refuse early, before archiving anything
     if not paths:
         return cell.append(draft)[0]

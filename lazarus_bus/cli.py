@@ -18,12 +18,16 @@ import click
 import msgspec
 
 from . import events as ev
+from . import probe
 from .cells import Cell, Root
+from .client import use_socket
 from .config import Config, resolve
 from .errors import CorruptLog, LazarusError, MalformedInput, NotFound
 from .fold import ApprovalView, CellView
+from .limits import parse_limit
 from .log import Appended
 from .planner import AnyAction, Append, Start
+from .secrets import secret_source
 
 __all__ = ["cli", "main"]
 
@@ -58,7 +62,7 @@ class App:
         agent, incarnation = os.environ.get("LAZARUS_AGENT"), os.environ.get("LAZARUS_INCARNATION")
         if agent and incarnation and os.environ.get("LAZARUS_CELL") == cell.id:
             cell.speak_as(agent, incarnation)
-        return cell
+        return use_socket(cell)
 
 
 def _setter(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
@@ -172,10 +176,12 @@ def cell() -> None:
 @click.option("--id", "cell_id", default=None, help="A UUID or slug (default: a new UUIDv7).")
 @click.option("--label", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--policy", default=None, help="Resurrection overrides as JSON, @FILE or -.")
+@click.option("--network", type=click.Choice(["host", "none"]), default=None,
+              help="Levels 2 and 3: the agents' network (default: [isolation] network, host).")
 @common
 @pass_app
 def cell_create(app: App, name: str, mission: str, isolation: int, cell_id: str | None,
-                label: tuple[str, ...], policy: str | None) -> None:
+                label: tuple[str, ...], policy: str | None, network: str | None) -> None:
     """Provision a cell; prints its id."""
     pol = None
     if policy is not None:
@@ -184,7 +190,7 @@ def cell_create(app: App, name: str, mission: str, isolation: int, cell_id: str 
         except msgspec.ValidationError as exc:
             raise MalformedInput(f"--policy: {exc}") from None
     c = app.root.create(name, mission=mission, isolation=isolation, cell_id=cell_id,
-                        labels=_pairs(label, "--label"), policy=pol)
+                        labels=_pairs(label, "--label"), policy=pol, network=network)
     _out(app, {"id": c.id, "name": name, "seq": 1}, c.id)
 
 
@@ -261,17 +267,24 @@ def agent() -> None:
 @click.option("--revive", type=click.Choice(["yes", "no", "ask"]), default=None)
 @click.option("--env", multiple=True, help="KEY=VALUE for the agent's environment, repeatable.")
 @click.option("--heartbeat-interval", type=float, default=0.0, help="Seconds; 0 = judged by its process alone.")
+@click.option("--limit", "limit", multiple=True, help="memory=512M, cpu=1.5, pids=256 or nofile=1024, repeatable.")
+@click.option("--secret", multiple=True, help="NAME=@FILE or NAME=env:VAR: read at each spawn, never logged.")
 @click.option("--by", default="operator", show_default=True)
 @common
 @pass_app
 def agent_invite(app: App, ref: str, name: str, role: str, cmd: str | None, substitute: tuple[str, ...],
-                 revive: str | None, env: tuple[str, ...], heartbeat_interval: float, by: str) -> None:
+                 revive: str | None, env: tuple[str, ...], heartbeat_interval: float, limit: tuple[str, ...],
+                 secret: tuple[str, ...], by: str) -> None:
     """Invite an agent; with --cmd the daemon starts and revives it."""
     payload: dict[str, Any] = {
         "type": "agent.invited", "agent": name, "role": role, "command": shlex.split(cmd) if cmd else [],
         "substitutes": list(substitute), "revive": revive, "env": _pairs(env, "--env"),
         "heartbeat_interval": heartbeat_interval,
     }
+    if limit:
+        payload["limits"] = dict(parse_limit(x) for x in limit)
+    if secret:
+        payload["secrets"] = {k: secret_source(v) for k, v in _pairs(secret, "--secret").items()}
     _appended(app, _emit(app, app.cell(ref), payload, by=by))
 
 
@@ -285,6 +298,25 @@ def agent_invite(app: App, ref: str, name: str, role: str, cmd: str | None, subs
 def agent_leave(app: App, ref: str, name: str, reason: str, by: str) -> None:
     """An agent leaves on purpose; it is stopped and not revived."""
     _appended(app, _emit(app, app.cell(ref), {"type": "agent.left", "agent": name, "reason": reason}, by=by))
+
+
+@cli.command()
+@common
+@pass_app
+def doctor(app: App) -> None:
+    """What each isolation level needs, and whether this machine has it (found by trying)."""
+    levels = probe.levels()
+    lim = probe.limits_support()
+    data = {"levels": [msgspec.to_builtins(x) for x in levels], "limits": msgspec.to_builtins(lim),
+            "uid": os.getuid()}
+    lines = []
+    for x in levels:
+        lines.append(f"level {x.level}: {'ok' if x.ok else 'unavailable'}")
+        lines.append(f"  needs: {x.needs}")
+        lines.append(f"  here:  {x.detail}")
+    lines.append(f"limits: {lim.via}")
+    lines.append(f"  here:  {lim.detail}")
+    _out(app, data, lines)
 
 
 @cli.command()

@@ -11,6 +11,7 @@ from msgspec import Meta, Struct
 
 from .errors import MalformedInput
 from .events import Policy, non_finite
+from .limits import check_limits
 
 __all__ = [
     "Config",
@@ -20,6 +21,7 @@ __all__ = [
     "ApprovalsConfig",
     "NotifyConfig",
     "HttpConfig",
+    "IsolationConfig",
     "load_config",
     "find_root",
     "resolve",
@@ -94,6 +96,14 @@ class HttpConfig(_Section, frozen=True, kw_only=True):
     max_connections: Annotated[int, Meta(ge=1)] = 256  # beyond it a connection gets 503 and is closed at once
 
 
+class IsolationConfig(_Section, frozen=True, kw_only=True):
+    """What agents see of the daemon's environment, their network by default, and default limits."""
+
+    env_passthrough: list[str] = []  # variable names passed on from the daemon's environment
+    network: Literal["host", "none"] = "host"  # of cells created without --network (levels 2 and 3)
+    limits: dict[str, str] = {}  # memory, cpu, pids, nofile: under each invite's own --limit
+
+
 class Config(_Section, frozen=True, kw_only=True):
     """The whole of lazarus.toml."""
 
@@ -113,6 +123,7 @@ class Config(_Section, frozen=True, kw_only=True):
     approvals: ApprovalsConfig = ApprovalsConfig()
     notify: NotifyConfig = NotifyConfig()
     http: HttpConfig = HttpConfig()
+    isolation: IsolationConfig = IsolationConfig()
 
 
 def load_config(path: Path) -> Config:
@@ -129,6 +140,10 @@ def load_config(path: Path) -> Config:
         raise MalformedInput(f"config {path}: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"config {path}: invalid TOML: {exc}") from None
+    try:
+        check_limits(dict(config.isolation.limits))
+    except MalformedInput as exc:
+        raise MalformedInput(f"config {path}: isolation.limits: {exc}") from None
     where = non_finite(msgspec.to_builtins(config), "")
     if where is not None:
         raise MalformedInput(f"config {path}: {where.lstrip('.')} must be a finite number (TOML's inf and nan are not)")

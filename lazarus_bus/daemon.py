@@ -21,7 +21,9 @@ from typing import Any
 import msgspec
 
 from . import events as ev
+from . import probe
 from .backends.process import ProcessBackend
+from .backends.sandbox import SOCKET_NAME, socket_dir
 from .cells import Cell, Root
 from .errors import LazarusError
 from .events import Event
@@ -65,12 +67,17 @@ class Daemon:
         self.http = self.config.http.listen if http is None else http
         self.notifier = Notifier(self.config.notify)
         self.watcher = Watcher(root, self._observed)
+        iso = self.config.isolation
+        probe.reset()  # what each isolation level needs is probed again at each daemon start
+        self.socket_dir = socket_dir(root.path)
+        backend = ProcessBackend(self.host, self.config.daemon.grace, passthrough=iso.env_passthrough,
+                                 limits=dict(iso.limits), socket_dir=self.socket_dir,
+                                 hide=(self.config.http.tokens_file,) if self.config.http.tokens_file else ())
         self.instance = new_instance(self.host)
         self.leadership = Leadership(root.store, self.instance, ttl=self.config.nats_lease,
                                      fence_after=self.config.daemon.fence_after, grace=self.config.daemon.grace)
-        self.executor = Executor(ProcessBackend(self.host, self.config.daemon.grace), grace=self.config.daemon.grace,
-                                 cells=self.watcher.cells.get, on_exit=self._mark_dirty,
-                                 epoch=self.leadership.epoch, may_act=self._may_act)
+        self.executor = Executor(backend, grace=self.config.daemon.grace, cells=self.watcher.cells.get,
+                                 on_exit=self._mark_dirty, epoch=self.leadership.epoch, may_act=self._may_act)
         self.on_event = on_event
         self.announce = announce
         self.started_at = time.time()
@@ -123,6 +130,9 @@ class Daemon:
         self._wake.set()
 
     # -- what the gateway reads (gateway.Served) ------------------------------------------
+
+    def agent_token(self, digest: str) -> tuple[str, str, str] | None:
+        return self.executor.backend.token_identity(digest)
 
     def cell(self, ref: str) -> Cell | None:
         """A watched cell by id or name."""
@@ -304,10 +314,12 @@ class Daemon:
     async def run(self, once: bool = False) -> None:
         """Until SIGTERM or SIGINT (or one pass with `once`); agents keep running when it stops."""
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
-        if self.http and not once:
+        if not once:  # the agents' socket is served even without HTTP: confined agents append through it
             self.gateway = Gateway(self, self.config)
-            self.gateway.check_listen(self.http)  # a refusal comes before anything starts
+            if self.http:
+                self.gateway.check_listen(self.http)  # a refusal comes before anything starts
         self.root.path.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # bound into level 2 and 3 agents
         _raise_open_files()  # one open log per cell watched
         self._lock.acquire()
         loop = self._loop
@@ -319,7 +331,9 @@ class Daemon:
             self.renew_leases()
             self.executor.adopt(c for cid, c in self.watcher.cells.items() if cid not in self.watcher.corrupt)
             if self.gateway is not None:  # serving before daemon.json says "running", with the real port
-                await self.gateway.start(self.http)
+                await self.gateway.start_unix(self.socket_dir / SOCKET_NAME)
+                if self.http:
+                    await self.gateway.start(self.http)
             self._live = True
             self.run_pass()
             self.last_tick = time.time()
@@ -329,7 +343,8 @@ class Daemon:
             if self.announce is not None:
                 self.announce(f"lazarus up: root {self.root.path}, pid {os.getpid()}, "
                               f"{len(self.watcher.cells)} cells, {len(self.executor.procs)} agents supervised"
-                              + (f", http {self.gateway.address}" if self.gateway is not None else ", no http"))
+                              + (f", http {self.gateway.address}" if self.gateway is not None and self.gateway.address
+                                 else ", no http"))
             consumer = "lazarus-" + re.sub(r"[^A-Za-z0-9_-]", "_", self.host) + "-" + hashlib.sha256(
                 str(self.root.path).encode()).hexdigest()[:8]
             watch = asyncio.create_task(self.watcher.run(self._stop, tick=self.config.daemon.tick, consumer=consumer,

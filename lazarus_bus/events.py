@@ -77,6 +77,13 @@ Seconds = Annotated[float, Meta(ge=0)]
 # the id of the `agent.spawned` that started the appending process (LAZARUS_INCARNATION): a superseded
 # incarnation is fenced (its events refused), so a stale copy of an agent cannot write
 Incarnation = Annotated[str, Meta(max_length=64, description="the agent.spawned id of the appending process")]
+LimitKind = Literal["memory", "cpu", "pids", "nofile"]
+LimitValue = Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+)?[KMGTkmgt]?[Bb]?$", max_length=32,
+                                 description="512M, 1.5, 256")]
+SecretName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", description="an environment variable")]
+SecretSource = Annotated[str, Meta(pattern=r"^(@.+|env:[A-Za-z_][A-Za-z0-9_]*)$", max_length=4096,
+                                   description="@FILE or env:VAR: where the value is read at each spawn")]
+Network = Literal["host", "none"]
 
 
 class Policy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -139,6 +146,7 @@ class CellProvisioned(Event, frozen=True, kw_only=True, tag="cell.provisioned"):
     labels: dict[str, str] = {}
     isolation: Literal[1, 2, 3] = 1
     policy: Policy | None = None
+    network: Network = "host"  # levels 2 and 3: "none" gives the agents no network at all
 
 
 class CellActivated(Event, frozen=True, kw_only=True, tag="cell.activated"):
@@ -196,6 +204,8 @@ class AgentInvited(Event, frozen=True, kw_only=True, tag="agent.invited"):
     substitutes: list[NameItem] = []
     heartbeat_interval: Seconds = 0.0
     revive: Revive | None = None
+    limits: dict[LimitKind, LimitValue] = {}
+    secrets: dict[SecretName, SecretSource] = {}  # the source only: the value never enters the log
 
 
 class AgentJoined(Event, frozen=True, kw_only=True, tag="agent.joined"):
@@ -235,6 +245,8 @@ class AgentSpawned(Event, frozen=True, kw_only=True, tag="agent.spawned"):
     host: str = ""
     attempt: int = 0
     resume: str = ""
+    isolation: int = 0
+    limits: dict[str, str] = {}  # the limits enforced on this process, and `via` (cgroup or prlimit)
     epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 

@@ -20,8 +20,10 @@ from . import events as ev
 from .backends.process import Exit, Proc, ProcessBackend
 from .cells import Cell
 from .errors import Conflict, LazarusError
+from .limits import describe
 from .names import new_id
 from .planner import AnyAction, Append, Start
+from .secrets import mask
 
 __all__ = ["Executor"]
 
@@ -99,9 +101,9 @@ class Executor:
         epoch = self.epoch(cell.id)
         return msgspec.structs.replace(e, epoch=epoch) if epoch and e.by == "lazarus" and hasattr(e, "epoch") else e
 
-    @staticmethod
-    def _with_log_tail(cell: Cell, e: ev.Event) -> ev.Event:
-        """A death of a supervised process carries the end of its output: why it died, at a glance."""
+    def _with_log_tail(self, cell: Cell, e: ev.Event) -> ev.Event:
+        """A death of a supervised process carries the end of its output (secrets masked), and the limit
+        that killed it when one did: why it died, at a glance."""
         if not isinstance(e, ev.AgentDeclaredDead) or e.reason != "exited":
             return e
         try:
@@ -109,9 +111,19 @@ class Executor:
                 f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
                 tail = f.read().decode(errors="replace")
         except OSError:
-            return e
+            tail = ""
+        tail = mask(tail, self.backend.masks.get((cell.id, e.agent), []))
         lines = tail.splitlines()[-LOG_TAIL_LINES:]
-        return msgspec.structs.replace(e, detail={**e.detail, "log_tail": "\n".join(lines)})
+        detail = {**e.detail, "log_tail": "\n".join(lines)} if tail else dict(e.detail)
+        view = cell.projection
+        a = view.agents.get(e.agent) if view is not None else None
+        limits = self.backend.limits_for(a) if a is not None else {}
+        if limits:
+            detail["limits"] = describe(limits)
+            hit = limit_hit(limits, detail.get("signal"), tail)
+            if hit:
+                detail["limit"] = hit
+        return msgspec.structs.replace(e, detail=detail)
 
     def _start(self, cell: Cell, action: Start, expected: int | None) -> int:
         key = (cell.id, action.agent)
@@ -131,7 +143,8 @@ class Executor:
             epoch = self.epoch(cell.id)
             drafts: list[ev.Event] = [ev.AgentSpawned(id=incarnation, by="lazarus", agent=a.name, pid=pid,
                                                       start_time=started, host=host, attempt=action.attempt,
-                                                      resume=action.resume, epoch=epoch)]
+                                                      resume=action.resume, isolation=view.isolation,
+                                                      limits=self.backend.limits_for(a), epoch=epoch)]
             if action.revived:
                 drafts.append(ev.AgentRevived(by="lazarus", agent=a.name, pid=pid, attempt=action.revived,
                                               epoch=epoch))
@@ -244,6 +257,24 @@ class Executor:
         for (cid, _), proc in list(self.procs.items()):
             if cid not in keep:
                 self.backend.signal(proc, signal.SIGKILL)
+
+
+_LIMIT_SIGNS = {
+    "memory": ("MemoryError", "Cannot allocate memory", "out of memory", "std::bad_alloc", "memory exhausted"),
+    "pids": ("Resource temporarily unavailable", "fork: retry", "can't start new thread"),
+    "nofile": ("Too many open files",),
+}
+
+
+def limit_hit(limits: dict[str, str], sig: object, tail: str) -> str:
+    """The limit that ended an agent, as `memory=64M`, when its end shows it: an rlimit does not kill but
+    makes a call fail, so the words the failure printed are the evidence (or SIGXCPU for cpu time)."""
+    for kind, signs in _LIMIT_SIGNS.items():
+        if kind in limits and any(s in tail for s in signs):
+            return f"{kind}={limits[kind]}"
+    if sig == signal.SIGKILL and "memory" in limits and limits.get("via") == "cgroup":
+        return f"memory={limits['memory']}"
+    return ""
 
 
 def _by_agent(actions: Sequence[AnyAction]) -> list[list[AnyAction]]:

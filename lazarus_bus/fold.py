@@ -45,6 +45,8 @@ class AgentView(Struct, frozen=True, kw_only=True, gc=False):
     substitutes: list[str] = []
     heartbeat_interval: float = 0.0
     revive: str | None = None
+    limits: dict[str, str] = {}
+    secrets: dict[str, str] = {}  # name -> source (@FILE or env:VAR), never a value
     invited_at: float = 0.0
     phase: Phase = "invited"
     pid: int = 0  # the supervised process, from agent.spawned alone (a heartbeat's pid is heartbeat_pid)
@@ -149,6 +151,7 @@ class CellView(Struct, frozen=True, kw_only=True, gc=False):
     mission: str = ""
     labels: dict[str, str] = {}
     isolation: int = 1
+    network: str = "host"
     policy: ev.Policy | None = None
     state: str = "provisioned"
     reason: str = ""
@@ -180,6 +183,7 @@ def _provisioned(view: CellView | None, e: ev.CellProvisioned) -> CellView:
         mission=e.mission,
         labels=e.labels,
         isolation=e.isolation,
+        network=e.network,
         policy=e.policy,
         created_at=e.ts,
     )
@@ -203,6 +207,8 @@ def _invited(view: CellView, e: ev.AgentInvited) -> CellView:
         substitutes=e.substitutes,
         heartbeat_interval=e.heartbeat_interval,
         revive=e.revive,
+        limits={str(k): v for k, v in e.limits.items()},
+        secrets=e.secrets,
         invited_at=e.ts,
         last_checkpoint=old.last_checkpoint if old else None,
     )
@@ -551,6 +557,7 @@ def manifest(view: CellView) -> dict[str, Any]:
         "reason": view.reason,
         "labels": view.labels,
         "isolation": view.isolation,
+        "network": view.network,
         "policy": msgspec.to_builtins(view.policy) if view.policy else None,
         "created_at": view.created_at,
         "agents": {

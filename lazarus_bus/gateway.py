@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import functools
 import hashlib
 import ipaddress
 import logging
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from . import events as ev
 from .cells import Cell
+from .checkpoints import checkpoint
 from .config import Config
 from .errors import CorruptLog, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
@@ -61,6 +64,10 @@ class Served(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    def agent_token(self, digest: str) -> tuple[str, str, str] | None:
+        """(cell id, agent, incarnation) of a per-incarnation token the daemon handed a confined agent."""
+        ...
+
 
 class Token(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One `[[token]]` entry: the SHA-256 of a bearer token and whom it speaks for."""
@@ -81,6 +88,7 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     kind: Literal["operator", "auditor", "agent", "anyone"]
     cell: str = ""
     agent: str = ""
+    incarnation: str = ""  # a confined agent's token names its incarnation too: it is stamped on what it sends
 
 
 ANYONE = Identity(kind="anyone")
@@ -110,6 +118,12 @@ def load_tokens(path: Path) -> dict[str, Identity]:
             check_agent(t.agent)
         out[digest] = Identity(kind=t.identity, cell=t.cell, agent=t.agent)
     return out
+
+
+def _via_unix(request: BaseRequest) -> bool:
+    """Whether the request came over the agents' Unix socket (its peer has no address)."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -215,6 +229,8 @@ class Gateway:
         self.registry.register(_Metrics(self))
         self.runner: web.AppRunner | None = None
         self.listener: asyncio.Server | None = None
+        self.unix: asyncio.Server | None = None
+        self.socket = ""
         self.sweeper: asyncio.Task[None] | None = None
         self.address = ""
         self.app = web.Application(middlewares=[self._errors, self._auth],
@@ -228,6 +244,7 @@ class Gateway:
         r.add_post("/cells/{cell}/agents/{agent}/heartbeat", self.heartbeat)
         r.add_post("/cells/{cell}/events", self.append)
         r.add_get("/cells/{cell}/events", self.events)
+        r.add_post("/cells/{cell}/checkpoints", self.checkpoint)
 
     def check_listen(self, listen: str) -> tuple[str, int]:
         """Refuse a non-loopback address without a tokens file, before anything starts."""
@@ -237,19 +254,41 @@ class Gateway:
                           "bind to 127.0.0.1 or configure tokens")
         return host, port
 
+    async def _setup(self) -> None:
+        if self.runner is None:
+            self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            await self.runner.setup()
+            self.sweeper = asyncio.create_task(self._sweep())
+
+    async def start_unix(self, path: Path) -> None:
+        """The socket confined agents append through (DESIGN section 15), with the same connection limit
+        and timeouts as TCP; there only per-incarnation tokens are taken."""
+        await self._setup()
+        path.unlink(missing_ok=True)  # left by a daemon that was killed (the root's lock says none runs)
+        try:
+            self.unix = await asyncio.get_running_loop().create_unix_server(self._connection, str(path))
+            path.chmod(0o600)
+        except OSError as exc:
+            raise LazarusError(f"cannot serve the agents' socket {path}: {exc.strerror}") from None
+        self.socket = str(path)
+
     async def start(self, listen: str) -> None:
         host, port = self.check_listen(listen)
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self.runner.setup()
+        had = self.runner is not None
+        await self._setup()
+        assert self.runner is not None
         try:
             self.listener = await asyncio.get_running_loop().create_server(
                 self._connection, host, port, reuse_address=True)
         except OSError as exc:
-            await self.runner.cleanup()
+            if not had:
+                if self.sweeper is not None:
+                    self.sweeper.cancel()
+                await self.runner.cleanup()
+                self.runner = None
             raise LazarusError(f"cannot serve HTTP on {listen}: {exc.strerror}") from None
         bound = self.listener.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
-        self.sweeper = asyncio.create_task(self._sweep())
 
     def _connection(self) -> asyncio.Protocol:
         """One protocol per accepted connection, refused at once past the limit."""
@@ -296,6 +335,10 @@ class Gateway:
             self.sweeper.cancel()
         if self.listener is not None:
             self.listener.close()
+        if self.unix is not None:
+            self.unix.close()
+            with contextlib.suppress(OSError):
+                Path(self.socket).unlink()
         if self.runner is not None:
             await self.runner.cleanup()
         self.io.shutdown(wait=True)
@@ -341,6 +384,8 @@ class Gateway:
     @web.middleware
     async def _auth(self, request: web.Request,
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if _via_unix(request):
+            return await self._agent_auth(request, handler)
         if self.tokens is None or request.path in ("/health", "/metrics"):
             request["identity"] = ANYONE
             return await handler(request)
@@ -354,7 +399,27 @@ class Gateway:
         request["identity"] = identity
         return await handler(request)
 
+    async def _agent_auth(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """On the agents' socket every request carries the token the daemon gave that incarnation."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(401, "missing bearer token: use $LAZARUS_TOKEN (Authorization: Bearer ...)")
+        found = self.served.agent_token(hashlib.sha256(token.strip().encode()).hexdigest())
+        if found is None:
+            return _error(401, "unknown token (or one of an incarnation that has ended)")
+        request["identity"] = Identity(kind="agent", cell=found[0], agent=found[1], incarnation=found[2])
+        return await handler(request)
+
     # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _stamped(request: web.Request, draft: ev.Event) -> ev.Event:
+        """What a confined agent sends carries its token's incarnation, so a superseded copy is fenced."""
+        ident: Identity = request["identity"]
+        if not ident.incarnation or not isinstance(draft, ev.INCARNATED) or draft.by != ident.agent:
+            return draft
+        return msgspec.structs.replace(draft, incarnation=ident.incarnation)
 
     async def _cell(self, request: web.Request) -> tuple[Cell, CellView]:
         """The cell named in the path as the daemon folds it, brought up to date; an agent token sees
@@ -494,7 +559,7 @@ class Gateway:
         if "agent" in body and body["agent"] != agent:
             raise MalformedInput(f"the body names agent {body['agent']!r} but the path {agent!r}")
         draft = ev.parse_draft({**body, "type": "agent.heartbeat", "agent": agent}, by=by)
-        return await self._written(cell, draft, expected)
+        return await self._written(cell, self._stamped(request, draft), expected)
 
     async def append(self, request: web.Request) -> web.Response:
         cell, _ = await self._cell(request)
@@ -502,7 +567,32 @@ class Gateway:
         expected = body.pop("expected_seq", None)
         by = self._author(request, body.get("by"))
         draft = ev.parse_emitted(body, by=by)
-        return await self._written(cell, draft, expected)
+        return await self._written(cell, self._stamped(request, draft), expected)
+
+    async def checkpoint(self, request: web.Request) -> web.Response:
+        """A checkpoint whose workspace paths the daemon archives: a confined agent may not write the
+        cell's `checkpoints/`, so it asks here (the CLI and the client do, inside a sandbox)."""
+        cell, _ = await self._cell(request)
+        body = await self._body(request)
+        by = self._author(request, body.pop("by", None))
+        if not by:
+            raise MalformedInput("a checkpoint needs `by`")
+        known = {"summary", "state", "paths", "artifacts", "checkpoint_id"}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise MalformedInput(f"unknown field {unknown[0]!r} (a checkpoint takes {', '.join(sorted(known))})")
+        paths, artifacts = body.get("paths") or [], body.get("artifacts") or []
+        if not all(isinstance(x, str) for x in [*paths, *artifacts]) or not isinstance(body.get("summary", ""), str):
+            raise MalformedInput("summary is a string, paths and artifacts lists of strings")
+        ident: Identity = request["identity"]
+        written = await self._io(functools.partial(
+            checkpoint, cell, by, summary=body.get("summary", ""), state=body.get("state"), paths=list(paths),
+            artifacts=list(artifacts), checkpoint_id=body.get("checkpoint_id") or None,
+            incarnation=ident.incarnation if ident.agent == by else ""))
+        e = written.event
+        return _json({"seq": written.seq, "id": e.id, "type": e.type, "duplicate": written.duplicate,
+                      "checkpoint_id": getattr(e, "checkpoint_id", ""), "event": msgspec.to_builtins(e)},
+                     status=200 if written.duplicate else 201)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         cell, _ = await self._cell(request)

@@ -156,6 +156,15 @@ def openapi() -> dict[str, Any]:
                                                      "id": {"type": "string"},
                                                      "expected_seq": {"type": "integer"}}}}}},
                 "responses": {"201": appended, "200": appended, **errors}}},
+            "/cells/{cell}/checkpoints": {"post": {
+                "summary": "append checkpoint.created, the daemon archiving the workspace `paths` first (how a "
+                           "confined agent checkpoints through the socket)", "parameters": [cell],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"by": {"type": "string"}, "summary": {"type": "string"},
+                                                     "state": {}, "checkpoint_id": {"type": "string"},
+                                                     "paths": {"type": "array", "items": {"type": "string"}},
+                                                     "artifacts": {"type": "array", "items": {"type": "string"}}}}}}},
+                "responses": {"201": appended, "200": appended, **errors}}},
             "/cells/{cell}/events": {
                 "post": {"summary": "append one event (type, by and payload fields, flat; id and expected_seq "
                                     "optional)", "parameters": [cell],

@@ -43,13 +43,14 @@ class Up:
         assert "[health]" not in extra, "pass health={...}: TOML allows one [health] table"
         (self.root_dir / "lazarus.toml").write_text(top + base(health) + extra)
 
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`env`: more variables in the daemon's own environment."""
         status = self.root_dir / ".lazarus" / "daemon.json"
         self.starts += 1
         # its log goes to a file, not a pipe nobody reads: a chatty daemon never blocks on a full pipe
         self.log = self.root_dir.parent / f"daemon-{self.root_dir.name}-{self.starts}.err"
         with open(self.log, "wb") as err:
-            self.proc = self.procs.start(self.cli.argv("up", *(args or ("--no-http",)), "-v"), env=self.cli.env(),
+            self.proc = self.procs.start(self.cli.argv("up", *(args or ("--no-http",)), "-v"), env=self.cli.env(**(env or {})),
                                          stdout=subprocess.DEVNULL, stderr=err)
         pid = self.proc.pid
         wait(lambda: status.exists() and json.loads(status.read_bytes()).get("pid") == pid and

@@ -119,7 +119,6 @@ BAD_INPUT = [
     (["cell", "create", "forge"], 4, "taken"),
     (["agent", "invite", "forge", "ezra", "--role", "read"], 4, "already invited"),
     (["emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic":"t"}', "--expected-seq", "2"], 4, "expected seq 2"),
-    (["cell", "create", "iso", "--isolation", "3"], 4, "isolation level 3"),
     (["emit", "forge", "bus.message", "--by", "ezra", "--data", "@/nonexistent"], 2, "cannot read"),
     (["tail", "forge", "--since", "x"], 2, "--since"),
 ]

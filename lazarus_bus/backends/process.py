@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import resource
+import select
 import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from secrets import token_hex, token_urlsafe
 
 from msgspec import Struct
 
+from .. import probe
 from ..cells import Cell
-from ..errors import LazarusError
+from ..errors import LazarusError, Refused
 from ..files import atomic_write
 from ..fold import AgentView
+from ..limits import Rlimit, rlimits
+from ..secrets import Masker, read_secrets
+from .sandbox import SOCKET_NAME, Sandbox, bwrap_argv, podman_argv
 
 __all__ = ["Exit", "Proc", "ProcessBackend", "alive", "start_time_of"]
 
 GO = b"g"
+KEPT_ENV = ("PATH", "HOME", "LANG", "TZ")  # level 1 and up: of the daemon's environment, only these (and passthrough)
+QUIET = 0.2  # seconds of silence after which a masked tail held back (a possible split secret) is written
 RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD)
 
 
@@ -33,6 +44,7 @@ class Proc(Struct, frozen=True, kw_only=True):
     shim_pid: int
     shim_start: float
     attempt: int = 1
+    container: str = ""  # level 3: the Podman container, ended by name as well as by its group
 
 
 class Exit(Struct, frozen=True, kw_only=True):
@@ -110,7 +122,8 @@ def _close_fds_except(keep: set[int]) -> None:
     os.closerange(low, top if top > 0 else 65536)
 
 
-def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, go_r: int) -> None:
+def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, go_r: int, out_w: int,
+                 limits: Sequence[Rlimit]) -> None:
     """In the agent's own process: wait for the word that its start is durable, then exec."""
     try:
         os.setpgid(0, 0)
@@ -119,12 +132,18 @@ def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, 
         if os.read(go_r, 1) != GO:
             os._exit(127)  # the daemon died before the start was recorded: never run unrecorded
         os.close(go_r)
-        out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        out = out_w if out_w >= 0 else os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.closerange(3, 65536)
+        for lim in limits:
+            try:
+                resource.setrlimit(lim.resource, (lim.value, lim.value))
+            except (OSError, ValueError) as exc:
+                os.write(2, f"lazarus: cannot set the limit {lim.names}: {exc}\n".encode())
+                os._exit(126)
         os.chdir(cwd)
         try:
             os.execvpe(argv[0], argv, env)
@@ -134,8 +153,39 @@ def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, 
         os._exit(127)
 
 
+def _pump(pid: int, out_r: int, log_path: str, masker: Masker) -> None:
+    """The shim copies the agent's output into its log with every secret masked, until the agent ends."""
+    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(out_r, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    os.set_blocking(out_r, False)
+    done = False
+    while not done:
+        ready = poller.poll(int(QUIET * 1000) if masker.held else None)
+        if not ready:
+            os.write(out, masker.flush())
+            continue
+        for fd, _ in ready:
+            if fd == pidfd:
+                done = True  # the agent ended: what its pipe still holds is read below, then stop
+        while True:
+            try:
+                chunk = os.read(out_r, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                done = True
+                break
+            os.write(out, masker.feed(chunk))
+    os.write(out, masker.flush())
+    os.close(out)
+    os.close(pidfd)
+
+
 def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_dir: str, agent: str,
-          go_r: int, info_w: int) -> None:
+          go_r: int, info_w: int, masks: list[str], limits: Sequence[Rlimit]) -> None:
     """The agent's parent: its own session, deaf to the signals meant for the agent, records the exit."""
     try:
         os.setsid()
@@ -147,16 +197,23 @@ def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_di
         for fd in (0, 1, 2):
             os.dup2(null, fd)  # the daemon's terminal or pipes are not the shim's to hold open
         os.close(null)
+        out_r, out_w = os.pipe() if masks else (-1, -1)
         pid = os.fork()
         if pid == 0:
             os.close(info_w)
-            _agent_child(argv, env, cwd, log_path, go_r)
+            if out_r >= 0:
+                os.close(out_r)
+            _agent_child(argv, env, cwd, log_path, go_r, out_w, limits)
+        if out_w >= 0:
+            os.close(out_w)
         # in the parent too, so the agent's group exists before its pid is reported (whichever runs first)
         with contextlib.suppress(PermissionError, ProcessLookupError):  # the child did it and exec'd, or is gone
             os.setpgid(pid, pid)
         os.close(go_r)
         os.write(info_w, pid.to_bytes(4, "little"))
         os.close(info_w)
+        if out_r >= 0:
+            _pump(pid, out_r, log_path, Masker(masks))
         while True:
             try:
                 _, status = os.waitpid(pid, 0)
@@ -178,18 +235,30 @@ def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_di
 
 
 class ProcessBackend:
-    """Isolation level 1: cwd, environment, own process group, output captured in the cell's logs."""
+    """Levels 1 to 3: cwd, a reduced environment, own process group, output captured in the cell's logs;
+    at level 2 inside bubblewrap, at level 3 inside Podman (`sandbox`)."""
 
-    def __init__(self, host: str, grace: float = 5.0) -> None:
+    def __init__(self, host: str, grace: float = 5.0, *, passthrough: Sequence[str] = (),
+                 limits: dict[str, str] | None = None, socket_dir: Path | None = None,
+                 hide: Sequence[str] = ()) -> None:
         self.host = host
         self.grace = grace
+        self.passthrough = tuple(passthrough)
+        self.default_limits = dict(limits or {})
+        self.socket_dir = socket_dir
+        self.hide = tuple(hide)
+        self.tokens: dict[str, tuple[str, str, str]] = {}  # sha256 of a token -> (cell id, agent, incarnation)
+        self.masks: dict[tuple[str, str], list[str]] = {}  # (cell id, agent) -> the secret values it was given
 
     @staticmethod
     def state_dir(cell: Cell) -> Path:
         return cell.state_dir / "agents"
 
     def environment(self, cell: Cell, a: AgentView, resume: str, incarnation: str = "") -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LAZARUS_")}
+        """PATH, HOME, LANG, TZ and the `[isolation] env_passthrough` names of the daemon's environment,
+        the LAZARUS_* variables, then the invite's `env`: nothing else of the daemon's reaches an agent."""
+        env = {k: os.environ[k] for k in (*KEPT_ENV, *self.passthrough)
+               if k in os.environ and not k.startswith("LAZARUS_")}
         env.update({
             "LAZARUS_CELL": cell.id, "LAZARUS_CELL_DIR": str(cell.dir), "LAZARUS_ROOT": str(cell.root.path),
             "LAZARUS_AGENT": a.name, "LAZARUS_ROLE": a.role, "LAZARUS_RESUME": resume,
@@ -198,23 +267,89 @@ class ProcessBackend:
         env.update(a.env)
         return env
 
+    def limits_for(self, a: AgentView) -> dict[str, str]:
+        """The limits this agent gets (the invite's over `[isolation] limits`) as enforced here, with `via`;
+        a kind nothing here can enforce (cpu without cgroups) is left out, never pretended."""
+        wanted = {**self.default_limits, **a.limits}
+        if not wanted:
+            return {}
+        calls, _ = rlimits(wanted)
+        enforced = {k: wanted[k] for k in wanted if any(c.names.startswith(k + "=") for c in calls)}
+        return {**enforced, "via": probe.limits_support().via} if enforced else {}
+
+    def issue_token(self, cell: Cell, agent: str, incarnation: str) -> str:
+        """A fresh token naming this incarnation of the agent; only its hash is kept (memory and `state/`)."""
+        token = f"lzi_{token_urlsafe(32)}"
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        sdir = self.state_dir(cell)
+        sdir.mkdir(parents=True, exist_ok=True)
+        atomic_write(sdir / f"{agent}.token", json.dumps({"sha256": digest, "incarnation": incarnation}).encode())
+        self.tokens = {k: v for k, v in self.tokens.items() if v[:2] != (cell.id, agent)}
+        self.tokens[digest] = (cell.id, agent, incarnation)
+        return token
+
+    def load_token(self, cell: Cell, a: AgentView) -> None:
+        """After a daemon restart: the token of an agent it re-adopts is valid again."""
+        try:
+            rec = json.loads((self.state_dir(cell) / f"{a.name}.token").read_bytes())
+        except (OSError, ValueError):
+            return
+        if rec.get("incarnation") == a.incarnation and isinstance(rec.get("sha256"), str):
+            self.tokens[rec["sha256"]] = (cell.id, a.name, a.incarnation)
+
+    def token_identity(self, digest: str) -> tuple[str, str, str] | None:
+        return self.tokens.get(digest)
+
+    def _confined(self, cell: Cell, a: AgentView, level: int, network: str, env: dict[str, str],
+                  pid_hint: str, limits: Sequence[Rlimit]) -> tuple[list[str], str]:
+        """The argv that runs the agent at its cell's level, and the container's name at level 3."""
+        if level <= 1:
+            return list(a.command), ""
+        problem = probe.problem(level)
+        if problem:
+            raise Refused(problem)  # never silently downgraded
+        box = Sandbox(root=str(cell.root.path.absolute()), cell_dir=str(cell.dir.absolute()), network=network,
+                      socket_dir=str(self.socket_dir) if self.socket_dir else "",
+                      hide=tuple(h for h in self.hide if h and os.path.exists(h)),
+                      name=f"lazarus-{cell.id[:12]}-{a.name}-{pid_hint}")
+        cwd = str(cell.workspace.absolute())
+        if level == 2:
+            return bwrap_argv(box, list(a.command), cwd), ""
+        base = probe.podman_base()
+        assert base is not None
+        return podman_argv(base, box, list(a.command), cwd, env, limits), box.name
+
     def spawn(self, cell: Cell, a: AgentView, *, attempt: int, resume: str, incarnation: str = "",
               record: Callable[[int, float], None]) -> Proc:
         """Fork the shim and the agent; `record` makes the start durable before the agent may exec."""
         if not a.command:
             raise LazarusError(f"agent {a.name} has no command to run")
+        view = cell.projection or cell.refresh()
         sdir = self.state_dir(cell)
         sdir.mkdir(parents=True, exist_ok=True)
         cell.agent_logs.mkdir(parents=True, exist_ok=True)
         log_path = str(cell.agent_logs / f"{a.name}.log")
         env = self.environment(cell, a, resume, incarnation)
+        values = read_secrets(a.secrets)  # at each spawn: a rotated secret is picked up by the next start
+        env.update(values)
+        if view.isolation >= 2:
+            if self.socket_dir is None:
+                raise Refused(f"agent {a.name} (isolation {view.isolation}) needs the daemon's gateway socket")
+            env["LAZARUS_SOCKET"] = str(self.socket_dir / SOCKET_NAME)
+            env["LAZARUS_TOKEN"] = self.issue_token(cell, a.name, incarnation)
+        calls, _ = rlimits({**self.default_limits, **a.limits})
+        argv, container = self._confined(cell, a, view.isolation, view.network, env, token_hex(4), calls)
+        if container:
+            calls = []  # at level 3 the container has them (podman would not start under them)
+        masks = list(values.values())
+        self.masks[(cell.id, a.name)] = masks
         go_r, go_w = os.pipe()
         info_r, info_w = os.pipe()
         shim = os.fork()
         if shim == 0:
             os.close(go_w)
             os.close(info_r)
-            _shim(list(a.command), env, str(cell.workspace), log_path, str(sdir), a.name, go_r, info_w)
+            _shim(argv, env, str(cell.workspace), log_path, str(sdir), a.name, go_r, info_w, masks, calls)
         os.close(go_r)
         os.close(info_w)
         try:
@@ -228,7 +363,7 @@ class ProcessBackend:
         started = start_time_of(pid) or time.time()
         shim_start = start_time_of(shim) or 0.0
         proc = Proc(cell=cell.id, agent=a.name, pid=pid, start_time=started, shim_pid=shim,
-                    shim_start=shim_start, attempt=attempt)
+                    shim_start=shim_start, attempt=attempt, container=container)
         self.forget(cell, a.name, pid)  # an older process's record under a reused pid is not this one's
         try:
             record(pid, started)
@@ -243,7 +378,7 @@ class ProcessBackend:
         with contextlib.suppress(OSError):
             atomic_write(sdir / f"{a.name}.json", json.dumps(
                 {"pid": pid, "start_time": started, "shim_pid": shim, "shim_start": shim_start,
-                 "attempt": attempt}).encode())
+                 "attempt": attempt, "container": container}).encode())
         try:
             with contextlib.suppress(OSError):  # killed before its go byte: its exit is recorded all the same
                 os.write(go_w, GO)
@@ -260,7 +395,11 @@ class ProcessBackend:
             rec = {}
         shim, shim_start = (rec.get("shim_pid", 0), rec.get("shim_start", 0.0)) if rec.get("pid") == a.pid else (0, 0.0)
         proc = Proc(cell=cell.id, agent=a.name, pid=a.pid, start_time=a.start_time, shim_pid=shim,
-                    shim_start=shim_start, attempt=a.attempt)
+                    shim_start=shim_start, attempt=a.attempt,
+                    container=str(rec.get("container", "")) if rec.get("pid") == a.pid else "")
+        self.load_token(cell, a)
+        with contextlib.suppress(LazarusError):
+            self.masks[(cell.id, a.name)] = list(read_secrets(a.secrets).values())
         seen = self.read_exit(cell, a.name, a.pid)
         if seen is None and alive(a.pid, a.start_time):
             return proc
@@ -295,9 +434,19 @@ class ProcessBackend:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(proc.shim_pid, os.WNOHANG)
 
+    @staticmethod
+    def end_container(proc: Proc) -> None:
+        """Level 3: the container goes whole (its processes are conmon's children, not in our group)."""
+        if not proc.container:
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["podman", "rm", "--force", "--time", "0", "--ignore", proc.container],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30, start_new_session=True)
+
     def end_group(self, proc: Proc) -> int:
-        """After the agent itself ended: kill what is left of its process group (a wrapper's workers), so
-        no child outlives a death, a revival or a freeze; how many were killed."""
+        """After the agent itself ended: kill what is left of its process group (a wrapper's workers) and
+        its container, so no child outlives a death, a revival or a freeze; how many were killed."""
+        self.end_container(proc)
         members = group_members(proc.pid, proc.shim_pid, proc.start_time)
         for pid in members:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -315,4 +464,6 @@ class ProcessBackend:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return False
+        if sig == signal.SIGKILL:
+            self.end_container(proc)  # podman dies of SIGKILL without passing it on
         return True
