@@ -109,11 +109,15 @@ class Config(_Section, frozen=True, kw_only=True):
 
     missions_root: str | None = None
     backend: Literal["file", "nats"] = "file"
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str | list[str] = "nats://127.0.0.1:4222"  # one server, a list, or a comma-separated string
     nats_stream: str = "LAZARUS"
     nats_replicas: Annotated[int, Meta(ge=1)] = 1
     nats_storage: Literal["file", "memory"] = "file"
     nats_lease: Annotated[float, Meta(gt=0)] = 10.0
+    nats_creds: str = ""  # a credentials file (accounts with users)
+    nats_tls_ca: str = ""  # TLS: the CA that signed the servers' certificates
+    nats_tls_cert: str = ""  # TLS: this client's certificate (mutual TLS) ...
+    nats_tls_key: str = ""  # ... and its key
     fsync: Literal["always", "batch", "never"] = "always"
     max_event_bytes: Annotated[int, Meta(ge=256)] = 1048576
     max_archive_bytes: Annotated[int, Meta(ge=0)] = 1073741824

@@ -295,6 +295,7 @@ class Daemon:
             "agents_by_health": health, "supervised": len(self.executor.procs), "errors": dict(self.watcher.errors),
             "corrupt": sorted(self.watcher.corrupt),
             "instance": self.instance,
+            "store_error": self.root.store.trouble or None,
             "leading": self.leadership.leading() if self.root.store.spans_hosts else None,
             "notifications": {"sent": self.notifier.sent, "failed": self.notifier.failed},
             "running": not self._stop.is_set(),

@@ -496,7 +496,8 @@ class Gateway:
         return _json({"status": "ok", "version": status["version"], "pid": status["pid"],
                       "uptime": round(time.time() - d.started_at, 3), "cells": states,
                       "agents": self.health_counts(), "watcher_lag": round(d.lag, 6),
-                      "errors": len(status["errors"]), "corrupt": status["corrupt"]})
+                      "errors": len(status["errors"]), "corrupt": status["corrupt"],
+                      "store_error": scrub(status["store_error"]) if status.get("store_error") else None})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),

@@ -267,3 +267,55 @@ def test_a_leader_paused_past_its_lease_leaves_one_copy_and_its_stale_decisions_
 
         for r in roots.values():
             kill_supervised(r)
+
+
+def test_nats_url_takes_a_list_and_goes_past_a_server_that_is_down(tmp_path: Path, own_nats: NatsServer,
+                                                                   root_dir: Path, cli: Cli) -> None:
+    stream = own_nats.stream()
+    for url in (f'["nats://127.0.0.1:1", "{own_nats.url}"]', f'"nats://127.0.0.1:1, {own_nats.url}"'):
+        (root_dir / "lazarus.toml").write_text(f'backend = "nats"\nnats_url = {url}\nnats_stream = "{stream}"\n' + BASE)
+        cli.ok("cell", "create", f"c{len(url)}")
+        assert f"c{len(url)}" in cli.ok("cell", "list")
+    (root_dir / "lazarus.toml").write_text(f'backend = "nats"\nnats_url = []\nnats_stream = "{stream}"\n' + BASE)
+    r = cli("cell", "list")
+    assert r.code == 1 and "nats_url names no server" in r.err
+
+
+def test_replicas_are_refused_on_a_server_that_can_fork_a_subject(root_dir: Path, own_nats: NatsServer,
+                                                                 cli: Cli) -> None:
+    """Debian's 2.9.10 has nats-io/nats-server#4320: two messages stored at one expected sequence."""
+    (root_dir / "lazarus.toml").write_text(nats_toml(own_nats, "nats_replicas = 3\n") + BASE)
+    r = cli("cell", "create", "forge")
+    assert r.code == 4 and "needs nats-server 2.10 or newer" in r.err and "4320" in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_daemon_follows_on_through_a_nats_restart_and_says_so(tmp_path: Path, up: Up, cli: Cli,
+                                                                 root_dir: Path) -> None:
+    server = NatsServer(tmp_path / "own-store")
+    server.start()
+    try:
+        (root_dir / "lazarus.toml").write_text(nats_toml(server) + BASE)
+        cli.ok("cell", "create", "forge")
+        cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
+        up.start("--http", "127.0.0.1:0")
+        status = root_dir / ".lazarus" / "daemon.json"
+        seq = lambda: json.loads(status.read_bytes())["cells"].get(cid, {}).get("seq", 0)  # noqa: E731
+        cid = up.cell().id
+        before = wait(seq, "the daemon folds the cell")
+        server.stop(signal.SIGKILL)
+        said = wait(lambda: json.loads(status.read_bytes()).get("store_error"), "the daemon says NATS is away")
+        assert "NATS" in said or "watch" in said
+        server.start()
+        wait(lambda: json.loads(status.read_bytes()).get("store_error") is None, "back to normal")
+        cli.ok("heartbeat", "forge", "ada")
+        wait(lambda: seq() > before, "events after the restart are followed")
+        import urllib.request
+
+        with urllib.request.urlopen(up.http + "/health", timeout=30) as r:
+            assert json.loads(r.read())["store_error"] is None
+        assert up.proc is not None and up.proc.poll() is None
+    finally:
+        up.stop()
+        server.stop(signal.SIGKILL)

@@ -9,9 +9,12 @@ the loser re-reads the head, re-admits its drafts against the new state and trie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
+import ssl
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
@@ -19,12 +22,12 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..errors import Conflict, CorruptLog, LazarusError
+from ..errors import Conflict, CorruptLog, LazarusError, Refused
 from ..events import ZERO_HASH, Event, decode_event
 from ..names import new_id
 from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
 
-__all__ = ["NatsLog", "Nats", "subject_of", "SUBJECTS"]
+__all__ = ["NatsLog", "Nats", "Security", "servers_of", "subject_of", "SUBJECTS"]
 
 log = logging.getLogger(__name__)
 SUBJECT_PREFIX = "lazarus.cells"
@@ -36,39 +39,100 @@ BATCH = 1000
 T = TypeVar("T")
 
 
+def _secured(security: Security) -> dict[str, Any]:
+    """nats.connect's keyword arguments for a secured cluster; a missing file is one clear line."""
+    kw: dict[str, Any] = {}
+    for name, path in msgspec.structs.asdict(security).items():
+        if path and not os.path.isfile(path):
+            raise LazarusError(f"nats_{name} {path}: no such file")
+    if security.creds:
+        kw["user_credentials"] = security.creds
+    if security.tls_ca or security.tls_cert:
+        context = ssl.create_default_context(cafile=security.tls_ca or None)
+        if security.tls_cert:
+            context.load_cert_chain(security.tls_cert, security.tls_key or None)
+        kw["tls"] = context
+    return kw
+
+
 def subject_of(cell: str) -> str:
     return f"{SUBJECT_PREFIX}.{cell}.events"
 
 
+class Security(msgspec.Struct, frozen=True, kw_only=True):
+    """How a secured cluster is reached: a credentials file, TLS keys (empty: none)."""
+
+    creds: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+MIN_REPLICATED = (2, 10, 0)  # 2.9 before 2.9.21 can store two messages at one expected sequence (#4320)
+
+
+def servers_of(url: str | list[str]) -> list[str]:
+    """`nats_url` as a list: a TOML list, or one string of comma-separated URLs."""
+    urls = url if isinstance(url, list) else url.split(",")
+    out = [u.strip() for u in urls if u.strip()]
+    if not out:
+        raise LazarusError("nats_url names no server")
+    return out
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.lstrip("v").split("-")[0].split(".")[:3]:
+        parts.append(int(part) if part.isdigit() else 0)
+    return tuple(parts)
+
+
 class Nats:
-    """One connection per process and URL, driven from a background event loop so callers stay sync."""
+    """One connection per process and cluster, driven from a background event loop so callers stay sync."""
 
     _shared: dict[tuple[str, str], Nats] = {}
     _guard = threading.Lock()
 
-    def __init__(self, url: str, stream: str, replicas: int, storage: str) -> None:
+    def __init__(self, url: str | list[str], stream: str, replicas: int = 1, storage: str = "file",
+                 security: Security | None = None) -> None:
         import nats
 
-        self.url, self.stream = url, stream
+        self.servers = servers_of(url)
+        self.url, self.stream, self.replicas = ",".join(self.servers), stream, replicas
         self._ttls: dict[str, float] = {}
+        self.trouble = ""  # what is wrong with the connection now ("" when all is well), for status
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="lazarus-nats", daemon=True)
         self.thread.start()
         try:
-            self.nc = self.run(nats.connect(url, connect_timeout=3, max_reconnect_attempts=-1,
+            self.nc = self.run(nats.connect(self.servers, connect_timeout=3, max_reconnect_attempts=-1,
                                             reconnect_time_wait=0.2, allow_reconnect=True,
                                             error_cb=self._quiet, disconnected_cb=self._gone,
-                                            reconnected_cb=self._back), timeout=10)
+                                            reconnected_cb=self._back, **_secured(security or Security())),
+                               timeout=10)
+        except LazarusError:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure to reach the server is one clear line
             self.loop.call_soon_threadsafe(self.loop.stop)
-            raise LazarusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+            raise LazarusError(f"cannot reach NATS at {self.url}: {exc or type(exc).__name__}") from None
         self.js = self.nc.jetstream(timeout=10)
         try:
+            self._check_version()
             self.run(self._ensure(replicas, storage))
         except BaseException:
             self.run(self.nc.close())
             self.loop.call_soon_threadsafe(self.loop.stop)
             raise
+
+    def _check_version(self) -> None:
+        """Replication is refused where the server can fork a subject's sequence."""
+        version = str(getattr(self.nc, "connected_server_version", "") or "")
+        if self.replicas > 1 and _version(version) < MIN_REPLICATED:
+            raise Refused(f"nats_replicas = {self.replicas} needs nats-server 2.10 or newer, and "
+                               f"{self.nc.connected_url.netloc if self.nc.connected_url else self.url} runs "
+                               f"{version or 'an unknown version'} (2.9 before 2.9.21 can store two messages "
+                               "at one expected sequence: nats-io/nats-server#4320)")
 
     async def _quiet(self, exc: Exception) -> None:
         """Connection trouble is logged, not printed as a traceback; calls that need the server fail clearly."""
@@ -76,9 +140,11 @@ class Nats:
 
     async def _gone(self) -> None:
         if not self.nc.is_closed and not getattr(self, "closing", False):
+            self.trouble = "disconnected from NATS; reconnecting"
             log.warning("nats %s: disconnected; reconnecting", self.url)
 
     async def _back(self) -> None:
+        self.trouble = ""
         log.warning("nats %s: reconnected", self.url)
 
     def close(self) -> None:
@@ -91,12 +157,13 @@ class Nats:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
     @classmethod
-    def get(cls, url: str, stream: str, replicas: int = 1, storage: str = "file") -> Nats:
+    def get(cls, url: str | list[str], stream: str, replicas: int = 1, storage: str = "file",
+            security: Security | None = None) -> Nats:
         with cls._guard:
-            key = (url, stream)
+            key = (",".join(servers_of(url)), stream)
             conn = cls._shared.get(key)
             if conn is None or conn.nc.is_closed:
-                conn = cls._shared[key] = cls(url, stream, replicas, storage)
+                conn = cls._shared[key] = cls(url, stream, replicas, storage, security)
             return conn
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
@@ -130,7 +197,7 @@ class Nats:
         try:
             kv = await self.js.key_value(bucket)
         except BucketNotFoundError:
-            return await self.js.create_key_value(bucket=bucket, ttl=ttl, history=1)
+            return await self.js.create_key_value(bucket=bucket, ttl=ttl, history=1, replicas=self.replicas)
         if ttl is not None and self._ttls.get(bucket) != ttl:
             info = await self.js.stream_info(f"KV_{bucket}")
             if abs((info.config.max_age or 0) - ttl) > 1e-3:
@@ -269,20 +336,38 @@ class Nats:
             await kv.purge(cell_id)
 
     async def wakeups(self, durable: str, notify: Any, stop: asyncio.Event) -> None:
-        """A durable consumer per daemon over every cell's subject: each message names a cell to re-read."""
+        """A durable consumer per daemon over every cell's subject: each message names a cell to re-read.
+        It outlives NATS errors (a server restarted, a consumer lost): each is reported in `trouble`
+        and the consumer made again, while the daemon's tick re-reads every cell meanwhile."""
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        sub = await self.js.pull_subscribe(SUBJECTS, durable=durable, stream=self.stream, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE, max_ack_pending=-1))
+        pause = 0.2
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(256, timeout=0.5)
-            except (TimeoutError, NatsTimeout):
-                continue
-            cells = {m.subject.split(".")[2] for m in msgs if m.subject.count(".") == 3}
-            if cells:
-                notify(cells)
+                sub = await self.js.pull_subscribe(SUBJECTS, durable=durable, stream=self.stream,
+                                                   config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW,
+                                                                         ack_policy=AckPolicy.NONE,
+                                                                         max_ack_pending=-1))
+                while not stop.is_set():
+                    try:
+                        msgs = await sub.fetch(256, timeout=0.5)
+                    except (TimeoutError, NatsTimeout):
+                        if self.trouble.startswith("watch: "):
+                            self.trouble = ""
+                        continue
+                    pause, self.trouble = 0.2, "" if self.trouble.startswith("watch: ") else self.trouble
+                    cells = {m.subject.split(".")[2] for m in msgs if m.subject.count(".") == 3}
+                    if cells:
+                        notify(cells)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever NATS says, the watch goes on
+                self.trouble = f"watch: {type(exc).__name__}: {exc}".rstrip(": ")
+                log.warning("nats %s: following the cells: %s; again in %.1f s", self.url, self.trouble, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+                pause = min(pause * 2, 5.0)
 
 
 class _Moved(Exception):

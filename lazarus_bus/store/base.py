@@ -72,6 +72,11 @@ class Store(abc.ABC):
         On one host the root's daemon lock is the lease: this daemon always holds it."""
         return 0
 
+    @property
+    def trouble(self) -> str:
+        """What is wrong with the store's connection now, for status ("" when all is well)."""
+        return ""
+
     def release(self, cell_id: str, holder: str) -> None:
         """Give a lease up (a daemon stopping), so another may take it at once."""
 

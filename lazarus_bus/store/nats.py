@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import Refused
 from ..files import atomic_write
 from ..log.base import LogBackend
-from ..log.nats import Nats, NatsLog, subject_of
+from ..log.nats import Nats, NatsLog, Security, subject_of
 from .base import Store, Wakeup
 
 __all__ = ["NatsStore"]
@@ -29,7 +29,9 @@ class NatsStore(Store):
     def nats(self) -> Nats:
         """The process's shared connection, made on first use (a command that needs no cell never connects)."""
         c = self.config
-        return Nats.get(c.nats_url, c.nats_stream, c.nats_replicas, c.nats_storage)
+        return Nats.get(c.nats_url, c.nats_stream, c.nats_replicas, c.nats_storage,
+                        Security(creds=c.nats_creds, tls_ca=c.nats_tls_ca, tls_cert=c.nats_tls_cert,
+                                 tls_key=c.nats_tls_key))
 
     def cells(self) -> dict[str, str | None]:
         nats = self.nats
@@ -94,6 +96,10 @@ class NatsStore(Store):
             nats.loop.call_soon_threadsafe(halt.set)
             with contextlib.suppress(Exception):
                 await asyncio.wrap_future(follow)
+
+    @property
+    def trouble(self) -> str:
+        return self.nats.trouble
 
     def lease(self, cell_id: str, holder: str, ttl: float, revision: int | None) -> int | None:
         nats = self.nats  # bounded under a third of the lease: a NATS away never holds the daemon up long
