@@ -281,13 +281,18 @@ def test_nats_url_takes_a_list_and_goes_past_a_server_that_is_down(tmp_path: Pat
     assert r.code == 1 and "nats_url names no server" in r.err
 
 
-def test_replicas_are_refused_on_a_server_that_can_fork_a_subject(root_dir: Path, own_nats: NatsServer,
+def test_replicas_are_refused_on_a_server_that_can_fork_a_subject(root_dir: Path, tmp_path: Path,
                                                                  cli: Cli) -> None:
     """Debian's 2.9.10 has nats-io/nats-server#4320: two messages stored at one expected sequence."""
-    (root_dir / "lazarus.toml").write_text(nats_toml(own_nats, "nats_replicas = 3\n") + BASE)
-    r = cli("cell", "create", "forge")
-    assert r.code == 4 and "needs nats-server 2.10 or newer" in r.err and "4320" in r.err, r.err
-    assert len(r.err.strip().splitlines()) == 1
+    debian = NatsServer(tmp_path / "debian-store", debian=True)
+    debian.start()
+    (root_dir / "lazarus.toml").write_text(nats_toml(debian, "nats_replicas = 3\n") + BASE)
+    try:
+        r = cli("cell", "create", "forge")
+        assert r.code == 4 and "needs nats-server 2.10 or newer" in r.err and "4320" in r.err, r.err
+        assert len(r.err.strip().splitlines()) == 1
+    finally:
+        debian.stop(signal.SIGKILL)
 
 
 @pytest.mark.slow

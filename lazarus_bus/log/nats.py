@@ -34,7 +34,8 @@ SUBJECT_PREFIX = "lazarus.cells"
 SUBJECTS = f"{SUBJECT_PREFIX}.*.events"
 CELLS_BUCKET = "LAZARUS_CELLS"
 LEASES_BUCKET = "LAZARUS_LEASES"
-WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE = (10071, 10164)  # expected last subject sequence; last sequence (2.10+)
+DIRECT_READ = 64  # reads of fewer messages use direct gets
 BATCH = 1000
 T = TypeVar("T")
 
@@ -217,19 +218,47 @@ class Nats:
         return int(msg.seq or 0), msg.data or b""
 
     async def fetch(self, subject: str, start: int, last: int) -> list[tuple[int, bytes]]:
-        """The subject's messages with stream sequences in [start, last], in order."""
+        """The subject's messages with stream sequences in [start, last], in order: a short read by direct
+        gets (no consumer at all), a long one through one consumer of its own, deleted when done (a
+        consumer per read left behind reaches the server's limit of consumers)."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        sub = await self.js.pull_subscribe(subject, stream=self.stream, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0, max_ack_pending=-1))
+        if last - start < DIRECT_READ:
+            return await self._direct(subject, start, last)
+        name = "read-" + new_id().replace("-", "")
+        await self.js.add_consumer(self.stream, ConsumerConfig(
+            name=name, filter_subject=subject, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+            ack_policy=AckPolicy.NONE, inactive_threshold=10.0, max_ack_pending=-1, mem_storage=True,
+            num_replicas=1))
         out: list[tuple[int, bytes]] = []
         try:
-            while not out or out[-1][0] < last:
-                for m in await sub.fetch(BATCH, timeout=10):
-                    out.append((m.metadata.sequence.stream, m.data))
+            sub = await self.js.pull_subscribe_bind(name, stream=self.stream)
+            try:
+                while not out or out[-1][0] < last:
+                    for m in await sub.fetch(BATCH, timeout=10):
+                        out.append((m.metadata.sequence.stream, m.data))
+            finally:
+                await sub.unsubscribe()
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(self.stream, name)
+        return out
+
+    async def _direct(self, subject: str, start: int, last: int) -> list[tuple[int, bytes]]:
+        from nats.js.errors import NotFoundError
+
+        out: list[tuple[int, bytes]] = []
+        seq = start
+        while seq <= last:
+            try:
+                msg = await self.js.get_msg(self.stream, seq=seq, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                break
+            got = int(msg.seq or 0)
+            if got > last or not got:
+                break
+            out.append((got, msg.data or b""))
+            seq = got + 1
         return out
 
     async def publish(self, subject: str, data: bytes, msg_id: str, expected: int) -> int:
@@ -239,7 +268,7 @@ class Nats:
             ack = await self.js.publish(subject, data, headers={
                 "Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(expected)})
         except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise _Moved() from None
             raise
         if ack.duplicate:
