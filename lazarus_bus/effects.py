@@ -9,7 +9,7 @@ import msgspec
 from .fold import AgentView, CellView, EffectView
 
 __all__ = ["effect_row", "effect_rows", "in_doubt", "is_in_doubt", "open_effects", "may_start_again",
-           "ledger"]
+           "ledger", "next_attempt"]
 
 
 def _running(view: CellView, a: AgentView | None) -> bool:
@@ -32,6 +32,12 @@ def is_in_doubt(view: CellView, e: EffectView) -> bool:
 def may_start_again(e: EffectView) -> bool:
     """A start after a retryable failure or a `retry` resolution is the next attempt."""
     return e.status == "retry" or (e.status == "failed" and e.retryable)
+
+
+def next_attempt(view: CellView, effect_id: str) -> int:
+    """The attempt number a start of this id would be."""
+    old = view.effects.get(effect_id)
+    return old.attempt + 1 if old is not None else 1
 
 
 def open_effects(view: CellView, agent: str) -> list[EffectView]:

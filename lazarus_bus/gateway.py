@@ -21,8 +21,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import events as ev
+from .budget import cell_spend, spend_row
 from .cells import Cell
 from .config import Config
+from .effects import effect_rows
 from .errors import CorruptLog, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
 from .health import agent_rows, judge
@@ -187,6 +189,8 @@ class Gateway:
         r.add_post("/cells/{cell}/agents/{agent}/heartbeat", self.heartbeat)
         r.add_post("/cells/{cell}/events", self.append)
         r.add_get("/cells/{cell}/events", self.events)
+        r.add_get("/cells/{cell}/effects", self.effects)
+        r.add_get("/cells/{cell}/budget", self.budget)
 
     def check_listen(self, listen: str) -> tuple[str, int]:
         """Refuse a non-loopback address without a tokens file, before anything starts."""
@@ -366,7 +370,25 @@ class Gateway:
         body["seq"] = view.seq
         body["agents"] = agent_rows(view, self.config, time.time())
         body["approvals_pending"] = [a.key for a in view.approvals.values() if a.decision is None]
+        body["effects_in_doubt"] = [e["effect_id"] for e in effect_rows(view, only_in_doubt=True)]
+        body["spend"] = msgspec.to_builtins(cell_spend(view, time.time()))
         return _json(body)
+
+    async def effects(self, request: web.Request) -> web.Response:
+        """The side-effect ledger, oldest first; `?in_doubt=1` for the ones in doubt, `?agent=A` for one agent's."""
+        _, view = await self._cell(request)
+        agent = request.query.get("agent")
+        flag = request.query.get("in_doubt", "")
+        if flag not in ("", "0", "1", "true", "false"):
+            raise MalformedInput(f"in_doubt must be 1 or 0, got {flag!r}")
+        return _json(effect_rows(view, check_agent(agent) if agent else None, flag in ("1", "true")))
+
+    async def budget(self, request: web.Request) -> web.Response:
+        """Each agent's spend against its caps, and the cell's total."""
+        _, view = await self._cell(request)
+        now = time.time()
+        return _json({"cell": view.id, "agents": [spend_row(view, self.config, a, now) for a in view.agents.values()],
+                      "total": msgspec.to_builtins(cell_spend(view, now))})
 
     async def agent(self, request: web.Request) -> web.Response:
         _, view = await self._cell(request)

@@ -174,5 +174,17 @@ def openapi() -> dict[str, Any]:
                                                             "items": {"$ref": "#/components/schemas/AnyEvent"}}},
                             "text/event-stream": {"schema": {"type": "string"}}}}, **errors}},
             },
+            "/cells/{cell}/effects": {"get": {
+                "summary": "the side-effect ledger, oldest first (each with `in_doubt`)",
+                "parameters": [cell, {"name": "in_doubt", "in": "query", "schema": {"type": "string",
+                                                                                   "enum": ["0", "1"]},
+                                      "description": "1: only effects in doubt"},
+                               {"name": "agent", "in": "query", "schema": {"type": "string"},
+                                "description": "only this agent's effects"}],
+                "responses": {"200": {"description": "effects", "content": {"application/json": {
+                    "schema": {"type": "array", "items": {"type": "object"}}}}}, **errors}}},
+            "/cells/{cell}/budget": {"get": {
+                "summary": "each agent's spend across its incarnations against its caps, and the cell's total",
+                "parameters": [cell], "responses": {"200": json_ok, **errors}}},
         },
     }
