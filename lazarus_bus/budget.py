@@ -15,7 +15,7 @@ from .fold import AgentView, CellView
 from .policy import effective
 
 __all__ = ["Caps", "Spend", "caps_of", "cell_spend", "checks", "spend_of", "spend_row", "over", "blocked",
-           "refuse_over"]
+           "raise_events", "refuse_over"]
 
 WHATS: tuple[ev.Spent, ...] = ("cost", "tokens", "runtime")
 
@@ -149,6 +149,18 @@ def checks(view: CellView, config: Config, a: AgentView, now: float, channels: l
         return out
     return [ev.BudgetWarned(by="lazarus", agent=a.name, what=what, spent=spent, cap=cap)
             for what, spent, cap in over(spend, caps, caps.warn_at) if f"{what}:{cap:g}" not in a.budget_warned]
+
+
+def raise_events(view: CellView, agent: str, *, cost: float = 0.0, tokens: int = 0, runtime: float = 0.0,
+                 note: str = "", by: str = "operator") -> list[ev.AnyEvent]:
+    """`budget raise`: the budget.raised, and the approval of the agent's pending budget request it answers."""
+    out: list[ev.AnyEvent] = [ev.BudgetRaised(by=by, agent=agent, cost=cost, tokens=tokens, runtime=runtime,
+                                              note=note)]
+    a = view.agents.get(agent)
+    request = view.approvals.get(a.budget_approval or "") if a is not None else None
+    if request is not None and request.decision is None:
+        out.append(ev.RevivalApproved(by=by, key=request.key, note="answered by budget raise"))
+    return out
 
 
 def spend_row(view: CellView, config: Config, a: AgentView, now: float) -> dict[str, Any]:

@@ -917,9 +917,13 @@ def budget_raise(app: App, ref: str, name: str, cost: float, tokens: int, runtim
     """Raise an agent's caps by these amounts; a paused agent is started again and resumes."""
     if not (cost or tokens or runtime):
         raise MalformedInput("budget raise needs --cost, --tokens or --runtime")
-    payload = {"type": "budget.raised", "agent": name, "cost": cost, "tokens": tokens, "runtime": runtime,
-               "note": note}
-    _appended(app, _emit(app, app.cell(ref), payload, by="operator"))
+    from .budget import raise_events
+
+    c = app.cell(ref)
+    view = c.refresh()
+    if name not in view.agents:
+        raise NotFound(f"agent {name!r} is not invited in cell {view.name}")
+    _appended(app, c.append_many(raise_events(view, name, cost=cost, tokens=tokens, runtime=runtime, note=note)))
 
 
 @cli.command("export")
