@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from lazarus_bus import MalformedInput, events as ev, parse_draft
+from lazarus_bus import MalformedInput, parse_draft
+from lazarus_bus import events as ev
 from lazarus_bus.budget import caps_of, checks, raise_events, refuse_over, spend_of
 from lazarus_bus.config import Config
 from lazarus_bus.errors import BudgetExceeded
