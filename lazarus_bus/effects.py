@@ -26,7 +26,7 @@ def is_in_doubt(view: CellView, e: EffectView) -> bool:
         return True
     if e.incarnation:
         return e.incarnation != a.incarnation
-    return a.joined_seq > e.seq  # an unsupervised agent that joined again: a new session
+    return a.session_seq > e.seq  # an unsupervised agent invited or joined again since: a new session
 
 
 def may_start_again(e: EffectView) -> bool:

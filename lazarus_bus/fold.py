@@ -82,7 +82,7 @@ class AgentView(Struct, frozen=True, kw_only=True, gc=False):
     substitute_for: str | None = None
     replaced_by: str | None = None
     last_checkpoint: str | None = None
-    joined_seq: int = 0  # the newest agent.joined: an unsupervised agent's new session
+    session_seq: int = 0  # the newest agent.invited or agent.joined: a new session of an unsupervised agent
     # spend across every incarnation (section 14): a revival never resets it
     tokens_in: int = 0
     tokens_out: int = 0
@@ -226,6 +226,10 @@ def _lifecycle(state: str) -> Callable[[CellView, Any], CellView]:
     return handle
 
 
+_SPEND = ("tokens_in", "tokens_out", "cost", "calls", "runtime", "raised_cost", "raised_tokens", "raised_runtime",
+          "budget_warned", "budget_exceeded", "budget_on_exceed", "budget_approval")
+
+
 def _invited(view: CellView, e: ev.AgentInvited) -> CellView:
     agents = dict(view.agents)
     old = agents.get(e.agent)
@@ -239,6 +243,8 @@ def _invited(view: CellView, e: ev.AgentInvited) -> CellView:
         revive=e.revive,
         invited_at=e.ts,
         last_checkpoint=old.last_checkpoint if old else None,
+        session_seq=e.seq,
+        **({f: getattr(old, f) for f in _SPEND} if old else {}),  # invited again, an agent keeps what it spent
     )
     return replace(view, agents=agents)
 
@@ -249,7 +255,7 @@ def _joined(view: CellView, e: ev.AgentJoined) -> CellView:
     host = a.host if a.command and a.host else (e.host or a.host)
     pid = a.pid if a.command else e.pid or a.pid  # the agent's own pid may be a wrapper's child
     return _agent(view, e.agent, phase="running", pid=pid, host=host, heartbeat_pid=e.pid or a.heartbeat_pid,
-                  last_seen=e.ts, joined_seq=e.seq)
+                  last_seen=e.ts, session_seq=e.seq)
 
 
 def _beaten(a: AgentView, beats: list[ev.AgentHeartbeat]) -> AgentView:
