@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lazarus_bus import Cell, InDoubt, Refused, Root, connect, events as ev
+from lazarus_bus import Cell, InDoubt, Refused, Root, connect
+from lazarus_bus import events as ev
 from lazarus_bus.client import FENCED_EXIT, Agent
 from lazarus_bus.errors import EffectDone, Forbidden
 from lazarus_bus.fold import CellView
