@@ -53,21 +53,27 @@ def status_table(cells: list[dict[str, Any]]) -> None:
     if not cells:
         console.print("no cells (create one with `lazarus cell create NAME`)")
         return
-    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "REVIVAL", "HEARTBEAT", "PID", "SPEND", "IN DOUBT",
-                  "WHY", box=None, pad_edge=False)
+    rows = [r for c in cells for r in c.get("agents", ())]
+    spend = any(spend_text(r["spend"]) != "-" for r in rows)  # the columns appear once there is something to show
+    doubt = any(r["in_doubt"] for r in rows)
+    extra = [*(["SPEND"] if spend else []), *(["IN DOUBT"] if doubt else [])]
+    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "REVIVAL", "HEARTBEAT", "PID", *extra, "WHY", box=None,
+                  pad_edge=False)
+    blank = [""] * len(extra)
     for c in cells:
         if "error" in c:
-            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", "", "", "",
+            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", "", *blank,
                           c["error"])
             continue
         if not c["agents"]:
-            table.add_row(c["name"], c["state"], "-", "", "", "", "", "", "", "", "")
+            table.add_row(c["name"], c["state"], "-", "", "", "", "", "", *blank, "")
         for r in c["agents"]:
             style = HEALTH_STYLE.get(r["health"], "yellow")
-            doubt = ", ".join(r["in_doubt"])
+            held = ", ".join(r["in_doubt"])
+            more = [*([spend_text(r["spend"])] if spend else []),
+                    *([f"[bold yellow]{held}[/]" if held else ""] if doubt else [])]
             table.add_row(c["name"], c["state"], r["agent"], r["role"], f"[{style}]{r['health']}[/]",
-                          r["revival"] or "", _age(r["heartbeat_age"]), str(r["pid"] or "-"), spend_text(r["spend"]),
-                          f"[bold yellow]{doubt}[/]" if doubt else "", r["reason"] or "")
+                          r["revival"] or "", _age(r["heartbeat_age"]), str(r["pid"] or "-"), *more, r["reason"] or "")
     console.print(table)
     for c in cells:
         for r in c.get("agents", ()):
