@@ -358,7 +358,9 @@ class Gateway:
                 continue
             rows = agent_rows(view, self.config, now)
             row: dict[str, Any] = {"id": cid, "name": view.name, "mission": view.mission, "state": view.state,
-                                   "seq": view.seq, "agents": {r["agent"]: r["health"] for r in rows}}
+                                   "seq": view.seq, "agents": {r["agent"]: r["health"] for r in rows},
+                                   "cost": round(sum(r["spend"]["cost"] for r in rows), 6),
+                                   "effects_in_doubt": sum(len(r["in_doubt"]) for r in rows)}
             if cid in self.served.corrupt:
                 row.update(state="corrupt", error=self.served.corrupt[cid])
             out.append(row)

@@ -94,7 +94,8 @@ def revival_state(view: CellView, a: AgentView, now: float) -> str | None:
     if a.budget_exceeded is not None:
         request = view.approvals.get(a.budget_approval or "")
         pending = f", awaiting approval {a.budget_approval}" if request is not None and request.decision is None else ""
-        return f"budget exceeded{pending}" if blocked(a) or pending else None
+        if blocked(a) or pending:
+            return f"budget exceeded{pending}"
     if a.phase != "dead" or a.revival is None:
         return None
     if a.revival == "restart":

@@ -80,7 +80,7 @@ def status_table(cells: list[dict[str, Any]]) -> None:
             if r["in_doubt"]:
                 console.print(f"{c['name']}/{r['agent']} has effects in doubt: {', '.join(r['in_doubt'])} "
                               f"(`lazarus effects {c['name']} --in-doubt`, then `lazarus effects resolve`)")
-            if (r["revival"] or "").startswith("awaiting approval "):
+            if "awaiting approval " in (r["revival"] or ""):
                 key = r["revival"].rsplit(" ", 1)[1]
                 console.print(f"{c['name']}/{r['agent']} waits for you: "
                               f"`lazarus approve {key}` or `lazarus deny {key}`")

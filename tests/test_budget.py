@@ -166,3 +166,10 @@ def test_the_live_fold_equals_a_replay() -> None:
         seq += 1
         events.append(msgspec.structs.replace(d, seq=seq, cell="c1", id=f"e{seq}"))
     assert fold_all(events) == s.view
+
+
+def test_a_stop_is_an_escalation_and_a_pause_asks() -> None:
+    from lazarus_bus.notify import kind_of
+
+    assert kind_of(ev.BudgetExceeded(by="lazarus", agent="w", on_exceed="stop")) == "escalation"
+    assert kind_of(ev.BudgetExceeded(by="lazarus", agent="w", on_exceed="pause")) is None  # its request notifies

@@ -309,6 +309,7 @@ def test_the_gateway_lists_effects_and_spend_and_refuses_malformed_usage(up: Up,
     assert [(r["effect_id"], r["in_doubt"]) for r in every[1]] == [("pay-1", True), ("pay-2", False)]
     assert bad_flag[0] == 422
     assert cell[1]["effects_in_doubt"] == ["pay-1"] and "spend" in cell[1]
+    assert cell[1]["agents"][0]["in_doubt"] == ["pay-1"] and cell[1]["agents"][0]["spend"]["caps"]["cost"] == 10
     assert budget[1]["agents"][0]["caps"]["cost"] == 10
     assert negative[0] == 422 and "cost" in negative[1]["error"]
     assert nan[0] == 400 and inf[0] in (400, 422)
