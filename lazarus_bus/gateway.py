@@ -25,7 +25,7 @@ from .budget import cell_spend, spend_row
 from .cells import Cell
 from .config import Config
 from .effects import effect_rows
-from .errors import CorruptLog, Forbidden, LazarusError, MalformedInput, NotFound, Refused
+from .errors import CorruptLog, EffectDone, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
 from .health import agent_rows, judge
 from .names import check_agent
@@ -422,7 +422,10 @@ class Gateway:
         expected = body.pop("expected_seq", None)
         by = self._author(request, body.get("by"))
         draft = ev.parse_emitted(body, by=by)
-        return await self._written(cell, draft, expected)
+        try:
+            return await self._written(cell, draft, expected)
+        except EffectDone as done:  # refused, and answered with the recorded result
+            return _json({"error": str(done), "result": done.result}, status=done.http_status)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         cell, _ = await self._cell(request)

@@ -287,6 +287,8 @@ async def _http(base: str) -> list[tuple[int, Any]]:
             ("POST", "/cells/forge/events", b'{"type": "agent.usage", "by": "w", "agent": "w", "cost": NaN}'),
             ("POST", "/cells/forge/events", b'{"type": "agent.usage", "by": "w", "agent": "w", "cost": 1e999}'),
             ("POST", "/cells/forge/events", b'{"type": "agent.usage", "by": "w", "agent": "w", "cost": 0.5}'),
+            ("POST", "/cells/forge/events",
+             b'{"type": "effect.started", "by": "w", "agent": "w", "effect_id": "pay-2"}'),
         ]:
             async with s.request(method, base + path, data=body,
                                  headers={"Content-Type": "application/json"}) as r:
@@ -300,11 +302,11 @@ def test_the_gateway_lists_effects_and_spend_and_refuses_malformed_usage(up: Up,
     cli.ok("agent", "invite", "forge", "w", "--role", "write")
     cli.ok("effect", "start", "forge", "w", "pay-1")
     cli.ok("effect", "start", "forge", "w", "pay-2")
-    cli.ok("effect", "complete", "forge", "w", "pay-2")
+    cli.ok("effect", "complete", "forge", "w", "pay-2", "--result", '{"paid": 2}')
     cli.ok("agent", "leave", "forge", "w")
     cli.ok("agent", "invite", "forge", "w", "--role", "write")
     up.start("--http", "127.0.0.1:0")
-    doubt, every, bad_flag, cell, budget, negative, nan, inf, ok = asyncio.run(_http(up.http))
+    doubt, every, bad_flag, cell, budget, negative, nan, inf, ok, again = asyncio.run(_http(up.http))
     assert doubt[0] == 200 and [r["effect_id"] for r in doubt[1]] == ["pay-1"]
     assert [(r["effect_id"], r["in_doubt"]) for r in every[1]] == [("pay-1", True), ("pay-2", False)]
     assert bad_flag[0] == 422
@@ -314,6 +316,7 @@ def test_the_gateway_lists_effects_and_spend_and_refuses_malformed_usage(up: Up,
     assert negative[0] == 422 and "cost" in negative[1]["error"]
     assert nan[0] == 400 and inf[0] in (400, 422)
     assert ok[0] == 201
+    assert again[0] == 409 and again[1]["result"] == {"paid": 2} and "already completed" in again[1]["error"]
     assert json.loads(cli.ok("budget", "forge", "w", "--json"))["agents"][0]["cost"] == 0.5
     assert cli("emit", "forge", "agent.usage", "--by", "w", "--data", '{"agent": "w", "cost": -2}').code == 2
     assert cli("emit", "forge", "agent.usage", "--by", "w", "--data", '{"agent": "w", "tokens_in": 1.5}').code == 2
