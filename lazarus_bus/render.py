@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from .errors import NotFound
 from .fold import CellView
@@ -104,12 +105,13 @@ def effects_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("no effects")
         return
-    table = Table("EFFECT", "AGENT", "NAME", "ATTEMPT", "STATUS", "RESULT / ERROR", "SEQ", box=None, pad_edge=False)
+    table = Table(Column("EFFECT", no_wrap=True), "AGENT", "NAME", "ATTEMPT", Column("STATUS", no_wrap=True),
+                  Column("RESULT / ERROR", overflow="fold"), "SEQ", box=None, pad_edge=False)
     for r in rows:
         status = "[bold yellow]in doubt[/]" if r["in_doubt"] else r["status"]
-        told = r["error"] if r["status"] == "failed" else ("" if r["result"] is None else str(r["result"]))
-        table.add_row(r["effect_id"], r["agent"], r["name"] or "-", str(r["attempt"]), status, told[:60],
-                      str(r["seq"]))
+        told = r["error"] if r["status"] == "failed" else ("" if r["result"] is None else json.dumps(r["result"]))
+        table.add_row(r["effect_id"], r["agent"], r["name"] or "-", str(r["attempt"]), status,
+                      told if len(told) <= 36 else told[:35] + "…", str(r["seq"]))
     console.print(table)
 
 
