@@ -88,9 +88,9 @@ def catalogue() -> str:
         lines.append(f"| `{name}` | {kind} | {meaning[name]} |")
     lines += ["", "## Roles", "", "| capability | roles |", "|---|---|"]
     lines += [f"| {cap} | {', '.join(roles)} |" for cap, roles in CAPABILITIES.items()]
-    lines += ["", "Presence is `agent.joined`, `agent.heartbeat`, `agent.left` and `agent.usage`, for the agent itself;",
-              "a `write` agent may update the tasks assigned to it; the recipient of a handoff may always accept",
-              "it; an effect is started by the agent itself, and only that agent (or operator) records its outcome.",
+    lines += ["", "Presence is `agent.joined`, `agent.heartbeat`, `agent.left` and `agent.usage`, for the agent",
+              "itself; a `write` agent may update the tasks assigned to it; the recipient of a handoff may always",
+              "accept it; an effect is started by the agent itself, and only it (or operator) records its outcome.",
               "`operator` and `lazarus` may append every type; the types not listed are theirs alone.", ""]
     section = ""
     for name, cls in EVENT_TYPES.items():
