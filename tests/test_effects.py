@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lazarus_bus import Cell, InDoubt, Refused, Root, connect
+from lazarus_bus import Cell, InDoubt, MalformedInput, Refused, Root, connect
 from lazarus_bus import events as ev
 from lazarus_bus.client import FENCED_EXIT, Agent
 from lazarus_bus.errors import EffectDone, Forbidden
@@ -126,6 +127,46 @@ def test_an_effect_cut_off_is_in_doubt_until_verified_run_idempotently_or_resolv
     assert forge.replay() == v
 
 
+def test_usage_and_reserve_refuse_malformed_amounts_in_the_client(root: Root, forge: Cell) -> None:
+    me = agent(root)
+    for bad in ({"cost": math.nan}, {"cost": math.inf}, {"cost": -0.01}, {"tokens_in": -1}):
+        with pytest.raises(MalformedInput):
+            me.usage(**bad)  # type: ignore[arg-type]
+    with pytest.raises(MalformedInput):
+        me.reserve(cost=math.nan)
+    with pytest.raises(MalformedInput):
+        me.reserve(tokens=-5)
+    spend = me.usage(cost=0.25, tokens_in=10, tokens_out=5)
+    assert (spend["cost"], spend["tokens"], spend["calls"]) == (0.25, 15, 1)
+    assert not [e for e in forge.log.read() if isinstance(e, ev.AgentUsage) and e.cost != 0.25]
+
+
+def test_resume_packets_say_what_was_done_what_is_in_doubt_and_what_was_spent(cli: Cli, root: Root,
+                                                                            forge: Cell) -> None:
+    me = agent(root)
+    me.effect("mail-1", Counter(), "ann")
+    with pytest.raises(KeyboardInterrupt):
+        me.effect("mail-2", crash)
+    me.usage(cost=0.5, tokens_in=100)
+    cp = me.checkpoint("two mails out of three", state={"next": 3})
+    me.handoff("w", cp, note="carry on")
+    agent(root)  # a new session: mail-2 is in doubt now
+    handoff_id = next(iter(view_of(forge).handoffs))
+    packet = json.loads(cli.ok("bus", "resume", "forge", handoff_id, "--json"))
+    assert packet["effects"]["completed"] == {"mail-1": {"paid": "ann", "n": 1}}
+    assert packet["effects"]["in_doubt"] == ["mail-2"]
+    assert packet["budget"]["spent"]["cost"] == 0.5 and packet["budget"]["left"]["cost"] is None
+    assert packet["checkpoint_summary"] == "two mails out of three"
+    assert packet["checkpoint"]["state"] == {"next": 3} and {"incarnation", "attempt"} <= packet.keys()
+    os.environ["LAZARUS_RESUME"] = f"checkpoint:{cp}"
+    try:
+        resumed = agent(root).resume()
+    finally:
+        del os.environ["LAZARUS_RESUME"]
+    assert resumed is not None and resumed["effects"]["in_doubt"] == ["mail-2"]
+    assert resumed["checkpoint"]["checkpoint_id"] == cp
+
+
 def test_the_cli_for_shell_agents(cli: Cli, root: Root, forge: Cell) -> None:
     assert cli("effect", "start", "forge", "w", "mail-1", "--name", "send").code == 0
     busy = cli("effect", "start", "forge", "w", "mail-1")
@@ -187,6 +228,9 @@ def test_the_payer_killed_at_any_point_pays_every_invoice_once(up: Up, cli: Cli,
     assert {e.effect_id: e.status for e in v.effects.values()} == {"invoice-41": "completed",
                                                                    "invoice-42": "completed"}
     stage, _, invoice = point.partition(":")
+    told = (cell.agent_logs / "payer.log").read_text()
+    if stage in ("paying", "paid"):
+        assert f"in doubt ['{invoice}']" in told, told  # the revived payer's resume packet said so
     effect = v.effects[invoice]
     outcome = [e for e in cell.log.read() if isinstance(e, ev.EffectResolved)]
     if stage == "paid":  # paid, not recorded: in doubt, and the bank said it was paid
