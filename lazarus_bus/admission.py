@@ -152,6 +152,9 @@ def _check_effect(view: CellView, e: ev.Event) -> None:
         raise NotFound(f"no effect {effect_id} in cell {view.name}")
     if started.status == "completed" or (started.status != "started" and not isinstance(e, ev.EffectResolved)):
         raise Refused(f"effect {effect_id} already has an outcome ({started.status}, seq {started.ended_seq})")
+    if isinstance(e, ev.EffectResolved) and started.status == "started" and not is_in_doubt(view, started):
+        raise Refused(f"effect {effect_id} is still running (its incarnation runs): it records its own outcome; "
+                      "resolve it once it is in doubt")
     stamped = getattr(e, "incarnation", "")
     if isinstance(e, (ev.EffectCompleted, ev.EffectFailed)) and stamped and started.incarnation \
             and stamped != started.incarnation:

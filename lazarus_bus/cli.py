@@ -461,6 +461,12 @@ def _describe_event(e: ev.Event) -> str:
             return f"{e.action}{extra} (attempt {e.attempt}){delay}"
         case ev.RevivalApprovalRequested():
             return f"ask for approval (key {e.key})"
+        case ev.BudgetWarned():
+            return f"warn: {e.what} {e.spent:g} of {e.cap:g}"
+        case ev.BudgetExceeded():
+            return f"budget exceeded: {e.what} {e.spent:g} of {e.cap:g} ({e.on_exceed})"
+        case ev.BudgetRaised():
+            return "raise the budget"
     return e.type
 
 

@@ -177,6 +177,8 @@ def test_the_cli_for_shell_agents(cli: Cli, root: Root, forge: Cell) -> None:
     cli.ok("effect", "start", "forge", "w", "mail-2")
     cli.ok("effect", "fail", "forge", "w", "mail-2", "--error", "smtp down", "--retryable")
     assert "1" in cli.ok("effect", "start", "forge", "w", "mail-2", "--json")
+    running = cli("effects", "resolve", "forge", "mail-2", "--outcome", "completed")
+    assert running.code == 4 and "still running" in running.err  # its session runs: it records its own outcome
     cli.ok("agent", "leave", "forge", "w")  # the session that started mail-2 is gone
     [row] = json.loads(cli.ok("effects", "forge", "--in-doubt", "--json"))
     assert (row["effect_id"], row["attempt"], row["in_doubt"]) == ("mail-2", 2, True)
