@@ -4,10 +4,12 @@ from .cells import Cell, Root
 from .client import Agent, connect
 from .config import Config, load_config, resolve
 from .errors import (
+    BudgetExceeded,
     Conflict,
     CorruptLog,
     Fenced,
     Forbidden,
+    InDoubt,
     LazarusError,
     MalformedInput,
     NotFound,
@@ -34,6 +36,7 @@ __all__ = [
     "AgentView",
     "AnyEvent",
     "Appended",
+    "BudgetExceeded",
     "Cell",
     "CellView",
     "Config",
@@ -45,6 +48,7 @@ __all__ = [
     "FileLog",
     "Forbidden",
     "Head",
+    "InDoubt",
     "LazarusError",
     "LogBackend",
     "MalformedInput",

@@ -6,7 +6,8 @@ from msgspec import Struct
 from msgspec.structs import replace
 
 from . import events as ev
-from .errors import Conflict, Fenced, Forbidden, MalformedInput, NotFound, Refused
+from .effects import is_in_doubt, may_start_again
+from .errors import Conflict, EffectDone, Fenced, Forbidden, MalformedInput, NotFound, Refused
 from .fold import CellView, fold
 from .names import SYSTEM_AUTHORS, check_agent
 
@@ -19,6 +20,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "checkpoint": ("lead", "write"),
     "handoff": ("lead", "write"),
     "task": ("lead",),
+    "effect": ("lead", "write"),
 }
 States = tuple[str, ...]
 ANY_STATE: States = ("provisioned", "active", "frozen", "archived")
@@ -63,6 +65,14 @@ ADMISSION: dict[type[ev.Event], Admission] = {
     ev.HandoffAccepted: Admission(capability="handoff", states=_WORK.states),
     ev.TaskCreated: Admission(capability="task", states=_WORK.states),
     ev.TaskUpdated: Admission(capability="task", states=_WORK.states),
+    ev.EffectStarted: Admission(capability="effect", states=_WORK.states),
+    ev.EffectCompleted: Admission(capability="effect"),  # an outcome is recorded in a frozen cell too
+    ev.EffectFailed: Admission(capability="effect"),
+    ev.EffectResolved: Admission(capability="effect"),
+    ev.AgentUsage: Admission(capability="presence"),  # every role spends; what was spent is always recorded
+    ev.BudgetWarned: Admission(),
+    ev.BudgetExceeded: Admission(),
+    ev.BudgetRaised: Admission(),
 }
 assert ADMISSION.keys() == set(ev.EVENT_TYPES.values()), "every event type needs an admission rule"
 _LIFECYCLE = (ev.CellActivated, ev.CellFrozen, ev.CellThawed, ev.CellArchived, ev.CellDestroyed)
@@ -91,6 +101,13 @@ def _check_author(view: CellView, e: ev.Event) -> None:
             return  # the recipient may always accept a handoff addressed to it
         if h is not None:
             raise Forbidden(f"agent {e.by} may not accept handoff {e.handoff_id}: only its recipient {h.to} may")
+    if isinstance(e, _EFFECT_OUTCOMES):
+        started = view.effects.get(e.effect_id)
+        if started is not None and started.agent != e.by:
+            raise Forbidden(f"agent {e.by} may not record an outcome of effect {e.effect_id}: "
+                            f"agent {started.agent} started it")
+    if isinstance(e, ev.EffectStarted) and e.agent != e.by:
+        raise Forbidden(f"agent {e.by} may start effects only for itself")
     if isinstance(e, ev.TaskUpdated) and agent.role == "write":
         t = view.tasks.get(e.task_id)
         if t is not None and t.assignee == e.by and e.assignee in (None, e.by):
@@ -98,6 +115,52 @@ def _check_author(view: CellView, e: ev.Event) -> None:
         raise Forbidden(f"agent {e.by} (role write) may update only tasks assigned to it")
     if agent.role not in CAPABILITIES[cap]:
         raise Forbidden(f"agent {e.by} (role {agent.role}) lacks the {cap} capability needed for {e.type}")
+
+
+_EFFECT_OUTCOMES = (ev.EffectCompleted, ev.EffectFailed, ev.EffectResolved)
+
+
+def _attempt(e: ev.EffectStarted, expected: int) -> None:
+    if e.attempt not in (0, expected):
+        raise Refused(f"effect {e.effect_id}: this start is attempt {expected}, not {e.attempt}")
+
+
+def _check_effect(view: CellView, e: ev.Event) -> None:
+    """The ledger's rules: a completed id is answered with its result and never started again; a start after
+    a retryable failure or a `retry` resolution is the next attempt; any other repeat is refused."""
+    if isinstance(e, ev.EffectStarted):
+        _known_agent(view, e.agent, "agent")
+        old = view.effects.get(e.effect_id)
+        if old is None:
+            return _attempt(e, 1)
+        if old.status == "completed":
+            raise EffectDone(f"effect {e.effect_id} already completed (seq {old.ended_seq}); its recorded result "
+                             "answers it", old.result)
+        if may_start_again(old):
+            if old.agent != e.agent:
+                raise Forbidden(f"effect {e.effect_id} belongs to agent {old.agent}")
+            return _attempt(e, old.attempt + 1)
+        if old.status == "failed":
+            raise Refused(f"effect {e.effect_id} failed for good: {old.error or 'no error given'} "
+                          "(`lazarus effects resolve --outcome retry` allows another attempt)")
+        if is_in_doubt(view, old):
+            raise Refused(f"effect {e.effect_id} is in doubt (started at seq {old.seq} by an incarnation that is "
+                          "gone, no outcome): resolve it first (`lazarus effects resolve`)")
+        raise Refused(f"effect {e.effect_id} is already running (started at seq {old.seq}, attempt {old.attempt})")
+    effect_id: str = e.effect_id  # type: ignore[attr-defined]
+    started = view.effects.get(effect_id)
+    if started is None:
+        raise NotFound(f"no effect {effect_id} in cell {view.name}")
+    if started.status == "completed" or (started.status != "started" and not isinstance(e, ev.EffectResolved)):
+        raise Refused(f"effect {effect_id} already has an outcome ({started.status}, seq {started.ended_seq})")
+    if isinstance(e, ev.EffectResolved) and started.status == "started" and not is_in_doubt(view, started):
+        raise Refused(f"effect {effect_id} is still running (its incarnation runs): it records its own outcome; "
+                      "resolve it once it is in doubt")
+    stamped = getattr(e, "incarnation", "")
+    if isinstance(e, (ev.EffectCompleted, ev.EffectFailed)) and stamped and started.incarnation \
+            and stamped != started.incarnation:
+        raise Refused(f"effect {effect_id} was started by another incarnation ({started.incarnation}): "
+                      "it is in doubt, so resolve it (`effects resolve`), do not complete it")
 
 
 def _check_incarnation(view: CellView, e: ev.Event) -> None:
@@ -228,6 +291,8 @@ def admit(view: CellView | None, e: ev.Event) -> list[ev.Event]:
     _check_epoch(view, e)
     _check_state(view, e)
     _check_refs(view, e)
+    if isinstance(e, (ev.EffectStarted, *_EFFECT_OUTCOMES)):
+        _check_effect(view, e)
     if view.state == "provisioned" and ADMISSION[type(e)].activates:
         who = getattr(e, "agent", e.by)
         return [e, ev.CellActivated(by="lazarus", reason=f"first {e.type} ({who})")]

@@ -493,6 +493,12 @@ def _describe_event(e: ev.Event) -> str:
             return f"{e.action}{extra} (attempt {e.attempt}){delay}"
         case ev.RevivalApprovalRequested():
             return f"ask for approval (key {e.key})"
+        case ev.BudgetWarned():
+            return f"warn: {e.what} {e.spent:g} of {e.cap:g}"
+        case ev.BudgetExceeded():
+            return f"budget exceeded: {e.what} {e.spent:g} of {e.cap:g} ({e.on_exceed})"
+        case ev.BudgetRaised():
+            return "raise the budget"
     return e.type
 
 
@@ -737,7 +743,10 @@ def bus_resume(app: App, ref: str, handoff_id: str, accept: bool, by: str | None
             raise MalformedInput("--accept needs --by (the recipient)")
         resume_packet(c.refresh(), handoff_id)  # not found before anything is written
         _emit(app, c, {"type": "handoff.accepted", "handoff_id": handoff_id}, by=by)
-    click.echo(json.dumps(resume_packet(c.refresh(), handoff_id), indent=None if app.json else 2))
+    import time
+
+    packet = resume_packet(c.refresh(), handoff_id, app.config, time.time())
+    click.echo(json.dumps(packet, indent=None if app.json else 2))
 
 
 @bus.command("task")
@@ -789,6 +798,170 @@ def bus_tasks(app: App, ref: str) -> None:
         from .render import tasks_table
 
         tasks_table(rows)
+
+
+# -- effects and budgets -----------------------------------------------------------------
+
+
+class _ListOrGroup(click.Group):
+    """`lazarus effects CELL ...` lists, `lazarus effects resolve ...` acts: a first word that is not a
+    subcommand is the CELL of the listing (its hidden `list` subcommand)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group()
+def effect() -> None:
+    """Record an external action of a shell agent: start, complete, fail."""
+
+
+@effect.command("start")
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.argument("effect_id")
+@click.option("--name", "effect_name", default="", help="What the action is (e.g. pay).")
+@click.option("--args-sha256", default="", help="A hash of its arguments, for the ledger.")
+@common
+@pass_app
+def effect_start(app: App, ref: str, name: str, effect_id: str, effect_name: str, args_sha256: str) -> None:
+    """Announce an action before doing it; prints the seq. A completed id prints its recorded result on
+    stdout and exits 4: do not do it again."""
+    from .effects import next_attempt
+    from .errors import EffectDone
+    from .names import check_ref_id
+
+    c = app.cell(ref)
+    check_ref_id("effect id", effect_id)
+    payload = {"type": "effect.started", "effect_id": effect_id, "agent": name, "name": effect_name,
+               "args_sha256": args_sha256, "attempt": next_attempt(c.refresh(), effect_id)}
+    try:
+        written = _emit(app, c, payload, by=name)
+    except EffectDone as done:
+        click.echo(json.dumps(done.result))
+        raise
+    _appended(app, written, {"attempt": payload["attempt"]} if app.json else None)
+
+
+@effect.command("complete")
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.argument("effect_id")
+@click.option("--result", default=None, help="What it returned: JSON, @FILE or -.")
+@common
+@pass_app
+def effect_complete(app: App, ref: str, name: str, effect_id: str, result: str | None) -> None:
+    """Record that the action took place, with its result."""
+    payload = {"type": "effect.completed", "effect_id": effect_id, "result": read_data(result)}
+    _appended(app, _emit(app, app.cell(ref), payload, by=name))
+
+
+@effect.command("fail")
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.argument("effect_id")
+@click.option("--error", default="", help="What went wrong.")
+@click.option("--retryable", is_flag=True, help="It did not happen and may be tried again.")
+@common
+@pass_app
+def effect_fail(app: App, ref: str, name: str, effect_id: str, error: str, retryable: bool) -> None:
+    """Record that the action did not take place."""
+    payload = {"type": "effect.failed", "effect_id": effect_id, "error": error, "retryable": retryable}
+    _appended(app, _emit(app, app.cell(ref), payload, by=name))
+
+
+@cli.group(cls=_ListOrGroup)
+def effects() -> None:
+    """The side-effect ledger: `effects CELL` lists it, `effects resolve` settles one in doubt."""
+
+
+@effects.command("list", hidden=True)
+@click.argument("ref", metavar="CELL")
+@click.option("--agent", "agent_name", default=None, help="Only this agent's effects.")
+@click.option("--in-doubt", "only_in_doubt", is_flag=True, help="Only effects in doubt.")
+@common
+@pass_app
+def effects_list(app: App, ref: str, agent_name: str | None, only_in_doubt: bool) -> None:
+    """Every effect of a cell, oldest first."""
+    from .effects import effect_rows
+
+    rows = effect_rows(app.cell(ref).refresh(), agent_name, only_in_doubt)
+    if app.json:
+        click.echo(json.dumps(rows))
+        return
+    from .render import effects_table
+
+    effects_table(rows)
+
+
+@effects.command("resolve")
+@click.argument("ref", metavar="CELL")
+@click.argument("effect_id")
+@click.option("--outcome", required=True, type=click.Choice(["completed", "failed", "retry"]))
+@click.option("--result", default=None, help="Its result when it completed: JSON, @FILE or -.")
+@click.option("--note", default="", help="How you know.")
+@click.option("--by", default="operator", show_default=True)
+@common
+@pass_app
+def effects_resolve(app: App, ref: str, effect_id: str, outcome: str, result: str | None, note: str,
+                    by: str) -> None:
+    """Settle an effect: completed (with its result), failed, or retry (the agent may start it again)."""
+    payload = {"type": "effect.resolved", "effect_id": effect_id, "outcome": outcome, "result": read_data(result),
+               "note": note}
+    _appended(app, _emit(app, app.cell(ref), payload, by=by))
+
+
+@cli.group(cls=_ListOrGroup)
+def budget() -> None:
+    """Spend against caps: `budget CELL [AGENT]` shows it, `budget raise` grants more."""
+
+
+@budget.command("list", hidden=True)
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT", required=False)
+@common
+@pass_app
+def budget_show(app: App, ref: str, name: str | None) -> None:
+    """Each agent's spend (across every incarnation) against its caps, and the cell's total."""
+    import time
+
+    from .budget import cell_spend, spend_row
+
+    view, now = app.cell(ref).refresh(), time.time()
+    if name is not None and name not in view.agents:
+        raise NotFound(f"agent {name!r} is not invited in cell {view.name}")
+    rows = [spend_row(view, app.config, a, now) for a in view.agents.values() if name in (None, a.name)]
+    total = msgspec.to_builtins(cell_spend(view, now))
+    if app.json:
+        click.echo(json.dumps({"cell": view.id, "agents": rows, "total": total}))
+        return
+    from .render import budget_table
+
+    budget_table(view.name, rows, total)
+
+
+@budget.command("raise")
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.option("--cost", type=float, default=0.0, help="Add this much to the cost cap.")
+@click.option("--tokens", type=int, default=0, help="Add this many tokens to the token cap.")
+@click.option("--runtime", type=float, default=0.0, help="Add these seconds to the runtime cap.")
+@click.option("--note", default="")
+@common
+@pass_app
+def budget_raise(app: App, ref: str, name: str, cost: float, tokens: int, runtime: float, note: str) -> None:
+    """Raise an agent's caps by these amounts; a paused agent is started again and resumes."""
+    if not (cost or tokens or runtime):
+        raise MalformedInput("budget raise needs --cost, --tokens or --runtime")
+    from .budget import raise_events
+
+    c = app.cell(ref)
+    view = c.refresh()
+    if name not in view.agents:
+        raise NotFound(f"agent {name!r} is not invited in cell {view.name}")
+    _appended(app, c.append_many(raise_events(view, name, cost=cost, tokens=tokens, runtime=runtime, note=note)))
 
 
 @cli.command("export")

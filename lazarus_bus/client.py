@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -17,14 +19,19 @@ from typing import Any
 import msgspec
 
 from . import events as ev
+from .budget import refuse_over, spend_row
 from .cells import Cell, Root
 from .checkpoints import checkpoint, handoff, restore
 from .config import resolve
+from .effects import is_in_doubt, next_attempt
 from .errors import (
+    BudgetExceeded,
     Conflict,
     CorruptLog,
+    EffectDone,
     Fenced,
     Forbidden,
+    InDoubt,
     LazarusError,
     MalformedInput,
     NotFound,
@@ -32,10 +39,11 @@ from .errors import (
     TooLarge,
 )
 from .log import Appended
-from .names import check_agent
-from .resume import resume_packet
+from .names import check_agent, check_ref_id
+from .resume import agent_packet, checkpoint_packet, resume_packet
 
-__all__ = ["FENCED_EXIT", "Agent", "SocketRemote", "connect", "use_socket"]
+__all__ = ["FENCED_EXIT", "Agent", "BudgetExceeded", "InDoubt", "SocketRemote", "args_sha256", "connect",
+           "use_socket"]
 
 FENCED_EXIT = 75  # EX_TEMPFAIL: this copy stopped because another runs
 
@@ -130,6 +138,17 @@ def use_socket(cell: Cell) -> Cell:
     return cell
 
 
+def args_sha256(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """What an effect was called with, as a hash for the ledger (arguments JSON cannot hold go by repr)."""
+    body = msgspec.json.encode({"args": list(args), "kwargs": kwargs}, enc_hook=repr, order="sorted")
+    return hashlib.sha256(body).hexdigest()
+
+
+def _recorded(result: Any) -> Any:
+    """A result as the ledger keeps it (JSON; anything else by repr), so a first call and a repeat agree."""
+    return msgspec.json.decode(msgspec.json.encode(result, enc_hook=repr))
+
+
 @contextlib.contextmanager
 def _fencing() -> Iterator[None]:
     """Told it is fenced (a newer incarnation of this agent runs), the process stops itself at once:
@@ -155,6 +174,7 @@ class Agent:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one append at a time from this process's threads
+        self._effects = threading.RLock()
         self._old_term: Any = None
         self.errors = 0
 
@@ -231,21 +251,94 @@ class Agent:
         """Take up a handoff addressed to this agent; returns its resume packet."""
         if not self.cell.refresh().handoffs[handoff_id].accepted:
             self._append(ev.HandoffAccepted(by=self.name, handoff_id=handoff_id))
-        return resume_packet(self.cell.refresh(), handoff_id)
+        return resume_packet(self.cell.refresh(), handoff_id, self.cell.root.config, time.time())
 
     def resume(self) -> dict[str, Any] | None:
-        """What `LAZARUS_RESUME` points at: a resume packet, a checkpoint, or None for a fresh start."""
+        """What `LAZARUS_RESUME` points at: a resume packet, a checkpoint (each with what this agent did and
+        spent), the latter alone when the agent has a ledger or spend but no checkpoint, else None (a fresh start)."""
         pointer = os.environ.get("LAZARUS_RESUME", "")
         kind, _, ref = pointer.partition(":")
         view = self.cell.refresh()
         if kind == "handoff" and ref in view.handoffs:
             return self.accept(ref)
+        mine = agent_packet(view, self.cell.root.config, self.name, time.time())
         if kind == "checkpoint" and ref in view.checkpoints:
-            cp = view.checkpoints[ref]
-            return {"checkpoint": {"checkpoint_id": cp.checkpoint_id, "by": cp.by, "summary": cp.summary,
-                                   "state": cp.state, "artifacts": cp.artifacts, "archive": cp.archive,
-                                   "sha256": cp.sha256, "seq": cp.seq}}
+            return {"checkpoint": checkpoint_packet(view.checkpoints[ref]), **mine}
+        a = view.agents.get(self.name)
+        if any(e.agent == self.name for e in view.effects.values()) or (a is not None and (a.cost or a.calls)):
+            return {"checkpoint": None, **mine}
         return None
+
+    # -- effects and budgets ----------------------------------------------------------------
+
+    def effect(self, effect_id: str, fn: Callable[..., Any], *args: Any, idempotent: bool = False,
+               verify: Callable[[str], Any] | None = None, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` at most once per `effect_id`, across crashes and revivals: a completed id
+        returns its recorded result without calling `fn`. One left in doubt (started by an incarnation that
+        is gone, no outcome) is settled by `verify(effect_id)` when given (None: it did not happen, so `fn`
+        runs; anything else is its result), run again only when `idempotent` (with `idempotency_key`),
+        else raises InDoubt. `fn`'s exception is recorded as `effect.failed`, retryable when it says so
+        (`exc.retryable`) or is a TimeoutError or ConnectionError, and raised again."""
+        check_ref_id("effect id", effect_id)
+        if idempotent:
+            kwargs = {**kwargs, "idempotency_key": effect_id}
+        with self._effects:  # one effect at a time per process: a thread racing itself cannot run one twice
+            view = self.cell.refresh()
+            old = view.effects.get(effect_id)
+            if old is not None and old.status == "completed":
+                return old.result
+            if old is not None and old.status == "started" and is_in_doubt(view, old):
+                if verify is not None:
+                    found = verify(effect_id)
+                    if found is not None:
+                        result = _recorded(found)
+                        self._append(ev.EffectResolved(by=self.name, effect_id=effect_id, outcome="completed",
+                                                       result=result, note="verified by the agent"))
+                        return result
+                    self._append(ev.EffectResolved(by=self.name, effect_id=effect_id, outcome="retry",
+                                                   note="verified by the agent: it did not happen"))
+                elif idempotent:
+                    self._append(ev.EffectResolved(by=self.name, effect_id=effect_id, outcome="retry",
+                                                   note="idempotent: run again with its idempotency key"))
+                else:
+                    raise InDoubt(f"effect {effect_id} of agent {self.name} was started at seq {old.seq} by an "
+                                  "incarnation that is gone, with no outcome: it may have happened. Pass verify= "
+                                  "or idempotent=True, or settle it with `lazarus effects resolve`", effect_id)
+                view = self.cell.refresh()
+            try:
+                self._append(ev.EffectStarted(by=self.name, agent=self.name, effect_id=effect_id,
+                                              name=getattr(fn, "__name__", ""),
+                                              args_sha256=args_sha256(args, kwargs),
+                                              attempt=next_attempt(view, effect_id)))
+            except EffectDone as done:
+                return done.result
+            try:
+                value = fn(*args, **kwargs)
+            except Exception as exc:
+                retryable = bool(getattr(exc, "retryable", isinstance(exc, (TimeoutError, ConnectionError))))
+                self._append(ev.EffectFailed(by=self.name, effect_id=effect_id, error=f"{type(exc).__name__}: {exc}",
+                                             retryable=retryable))
+                raise
+            result = _recorded(value)
+            self._append(ev.EffectCompleted(by=self.name, effect_id=effect_id, result=result))
+            return result
+
+    def usage(self, *, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0, calls: int = 1) -> dict[str, Any]:
+        """Report what was just spent (increments, finite and non-negative); returns the spend against caps."""
+        self._append(ev.AgentUsage(by=self.name, agent=self.name, tokens_in=tokens_in, tokens_out=tokens_out,
+                                   cost=cost, calls=calls))
+        return self.spend()
+
+    def spend(self) -> dict[str, Any]:
+        """This agent's spend across every incarnation, its caps and what is left."""
+        view = self.cell.refresh()
+        return spend_row(view, self.cell.root.config, view.agents[self.name], time.time())
+
+    def reserve(self, *, cost: float = 0.0, tokens: int = 0) -> None:
+        """Fail closed: raise BudgetExceeded before a call that would cross a cap (or once one is reached)."""
+        if ev.non_finite(cost, "cost") or cost < 0 or tokens < 0:
+            raise MalformedInput("reserve() takes finite, non-negative amounts")
+        refuse_over(self.cell.refresh(), self.cell.root.config, self.name, time.time(), cost=cost, tokens=tokens)
 
     @property
     def workspace(self) -> Path:

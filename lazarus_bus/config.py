@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from .errors import MalformedInput
-from .events import Policy, non_finite
+from .events import BudgetPolicy, OnExceed, Policy, non_finite
 from .limits import check_limits
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "DaemonConfig",
     "ResurrectionConfig",
     "ApprovalsConfig",
+    "BudgetConfig",
+    "EffectsConfig",
     "NotifyConfig",
     "HttpConfig",
     "IsolationConfig",
@@ -77,6 +79,24 @@ class ApprovalsConfig(_Section, frozen=True, kw_only=True):
     on_timeout: Literal["deny", "approve"] = "deny"
 
 
+class BudgetConfig(_Section, frozen=True, kw_only=True):
+    """Caps on what each agent spends across its incarnations (0 = no cap); missions and agents may override."""
+
+    max_cost: Annotated[float, Meta(ge=0)] = 0.0
+    max_tokens: Annotated[int, Meta(ge=0)] = 0
+    max_runtime: Seconds = 0.0
+    warn_at: Annotated[float, Meta(gt=0, le=1)] = 0.8
+    on_exceed: OnExceed = "pause"
+    missions: dict[str, BudgetPolicy] = {}
+    agents: dict[str, BudgetPolicy] = {}
+
+
+class EffectsConfig(_Section, frozen=True, kw_only=True):
+    """What a restart does when the dead agent left effects in doubt."""
+
+    on_in_doubt: Literal["resume", "ask"] = "resume"
+
+
 class NotifyConfig(_Section, frozen=True, kw_only=True):
     """Where deaths, approval requests and escalations are announced."""
 
@@ -125,6 +145,8 @@ class Config(_Section, frozen=True, kw_only=True):
     daemon: DaemonConfig = DaemonConfig()
     resurrection: ResurrectionConfig = ResurrectionConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    budget: BudgetConfig = BudgetConfig()
+    effects: EffectsConfig = EffectsConfig()
     notify: NotifyConfig = NotifyConfig()
     http: HttpConfig = HttpConfig()
     isolation: IsolationConfig = IsolationConfig()
@@ -148,6 +170,12 @@ def load_config(path: Path) -> Config:
         check_limits(dict(config.isolation.limits))
     except MalformedInput as exc:
         raise MalformedInput(f"config {path}: isolation.limits: {exc}") from None
+    r = config.resurrection
+    for place, layer in [*(("missions." + k, v) for k, v in r.missions.items()),
+                         *(("agents." + k, v) for k, v in r.agents.items())]:
+        if layer.budget is not None:
+            raise MalformedInput(f"config {path}: resurrection.{place}.budget: budgets are set in "
+                                 f"[budget.{place}], not under [resurrection]")
     where = non_finite(msgspec.to_builtins(config), "")
     if where is not None:
         raise MalformedInput(f"config {path}: {where.lstrip('.')} must be a finite number (TOML's inf and nan are not)")

@@ -11,6 +11,9 @@ __all__ = [
     "Forbidden",
     "TooLarge",
     "Fenced",
+    "EffectDone",
+    "InDoubt",
+    "BudgetExceeded",
     "CorruptLog",
 ]
 
@@ -60,6 +63,27 @@ class Fenced(Refused):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"fenced: {message}")
+
+
+class EffectDone(Conflict):
+    """A start of an effect that already completed: refused, and answered with the recorded result."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class InDoubt(Refused):
+    """An effect was started by an incarnation that is gone, with no outcome: it may or may not have
+    happened, and running it again blind could do it twice."""
+
+    def __init__(self, message: str, effect_id: str = "") -> None:
+        super().__init__(f"in doubt: {message}")
+        self.effect_id = effect_id
+
+
+class BudgetExceeded(Refused):
+    """Spending more would cross (or has crossed) a cap: fail closed, before the call."""
 
 
 class TooLarge(Refused):

@@ -84,6 +84,21 @@ SecretName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", desc
 SecretSource = Annotated[str, Meta(pattern=r"^(@.+|env:[A-Za-z_][A-Za-z0-9_]*)$", max_length=4096,
                                    description="@FILE or env:VAR: where the value is read at each spawn")]
 Network = Literal["host", "none"]
+OnExceed = Literal["pause", "ask", "stop"]
+Spent = Literal["cost", "tokens", "runtime"]
+EffectOutcome = Literal["completed", "failed", "retry"]
+Amount = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0)]
+
+
+class BudgetPolicy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Budget overrides a mission, cell or agent may carry; unset keys inherit (0 = no cap)."""
+
+    max_cost: Amount | None = None
+    max_tokens: Count | None = None
+    max_runtime: Seconds | None = None
+    warn_at: Annotated[float, Meta(gt=0, le=1)] | None = None
+    on_exceed: OnExceed | None = None
 
 
 class Policy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -102,6 +117,7 @@ class Policy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     stale_after: Seconds | None = None
     dead_after: Seconds | None = None
     progress_after: Seconds | None = None
+    budget: BudgetPolicy | None = None  # the cell's own `[budget]` layer (section 14); not a resurrection key
 
 
 # gc=False: events are immutable and acyclic (built from JSON), so the cycle collector need not
@@ -390,6 +406,87 @@ class TaskUpdated(Event, frozen=True, kw_only=True, tag="task.updated"):
     assignee: Name | None = None
 
 
+# Effects and budgets (section 14) ---------------------------------------------------------
+
+
+class EffectStarted(Event, frozen=True, kw_only=True, tag="effect.started"):
+    """An agent is about to perform an external action it named with a stable id."""
+
+    effect_id: Ref
+    agent: Name
+    incarnation: Incarnation = ""
+    name: str = ""
+    args_sha256: str = ""
+    attempt: Count = 0  # 1 for the first start; admission sets it
+
+
+class EffectCompleted(Event, frozen=True, kw_only=True, tag="effect.completed"):
+    """The action took place; its result answers every later call with the same id."""
+
+    effect_id: Ref
+    incarnation: Incarnation = ""
+    result: Any = None
+
+
+class EffectFailed(Event, frozen=True, kw_only=True, tag="effect.failed"):
+    """The action did not take place; `retryable` lets a later start try again."""
+
+    effect_id: Ref
+    incarnation: Incarnation = ""
+    error: str = ""
+    retryable: bool = False
+
+
+class EffectResolved(Event, frozen=True, kw_only=True, tag="effect.resolved"):
+    """Someone who checked says how an effect left without an outcome ended."""
+
+    effect_id: Ref
+    incarnation: Incarnation = ""
+    outcome: EffectOutcome
+    result: Any = None
+    note: str = ""
+
+
+class AgentUsage(Event, frozen=True, kw_only=True, tag="agent.usage"):
+    """What an agent spent since its last report: increments, finite and non-negative."""
+
+    agent: Name
+    incarnation: Incarnation = ""
+    tokens_in: Count = 0
+    tokens_out: Count = 0
+    cost: Amount = 0.0
+    calls: Count = 0
+
+
+class BudgetWarned(Event, frozen=True, kw_only=True, tag="budget.warned"):
+    """An agent's spend crossed `warn_at` of a cap (once per cap)."""
+
+    agent: Name
+    what: Spent = "cost"
+    spent: float = 0.0
+    cap: float = 0.0
+
+
+class BudgetExceeded(Event, frozen=True, kw_only=True, tag="budget.exceeded"):
+    """An agent's spend reached a cap; `on_exceed` says what the daemon does about it."""
+
+    agent: Name
+    what: Spent = "cost"
+    spent: float = 0.0
+    cap: float = 0.0
+    on_exceed: OnExceed = "pause"
+
+
+class BudgetRaised(Event, frozen=True, kw_only=True, tag="budget.raised"):
+    """An agent's caps grew by these amounts; a paused agent starts again."""
+
+    agent: Name
+    cost: Amount = 0.0
+    tokens: Count = 0
+    runtime: Seconds = 0.0
+    note: str = ""
+
+
 AnyEvent = Union[
     CellProvisioned,
     CellActivated,
@@ -406,6 +503,7 @@ AnyEvent = Union[
     AgentExited,
     AgentDeclaredDead,
     AgentRevived,
+    AgentUsage,
     RevivalPlanned,
     RevivalApprovalRequested,
     RevivalApproved,
@@ -417,11 +515,19 @@ AnyEvent = Union[
     CheckpointRestored,
     TaskCreated,
     TaskUpdated,
+    EffectStarted,
+    EffectCompleted,
+    EffectFailed,
+    EffectResolved,
+    BudgetWarned,
+    BudgetExceeded,
+    BudgetRaised,
 ]
 
 # the types an agent's own process appends, stamped with its incarnation
 INCARNATED: tuple[type[Event], ...] = (AgentJoined, AgentHeartbeat, AgentLeft, BusMessage, CheckpointCreated,
-                                       HandoffCreated, HandoffAccepted, CheckpointRestored, TaskCreated, TaskUpdated)
+                                       HandoffCreated, HandoffAccepted, CheckpointRestored, TaskCreated, TaskUpdated,
+                                       EffectStarted, EffectCompleted, EffectFailed, EffectResolved, AgentUsage)
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]

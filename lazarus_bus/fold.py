@@ -19,6 +19,7 @@ __all__ = [
     "ApprovalView",
     "CellView",
     "CheckpointView",
+    "EffectView",
     "HandoffView",
     "TaskView",
     "fold",
@@ -27,7 +28,7 @@ __all__ = [
     "PROJECTION_VERSION",
 ]
 
-PROJECTION_VERSION = 2
+PROJECTION_VERSION = 3
 INTERVALS_KEPT = 32
 RUN = 4096  # heartbeats fold_all folds at once, at most
 
@@ -83,6 +84,40 @@ class AgentView(Struct, frozen=True, kw_only=True, gc=False):
     substitute_for: str | None = None
     replaced_by: str | None = None
     last_checkpoint: str | None = None
+    session_seq: int = 0  # the newest agent.invited or agent.joined: a new session of an unsupervised agent
+    # spend across every incarnation (section 14): a revival never resets it
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    calls: int = 0
+    runtime: float = 0.0  # seconds of supervised runs that ended; the current one is counted from spawned_at
+    raised_cost: float = 0.0
+    raised_tokens: int = 0
+    raised_runtime: float = 0.0
+    budget_warned: tuple[str, ...] = ()  # "what:cap" already warned about
+    budget_exceeded: str | None = None  # what reached its cap, until a budget.raised
+    budget_on_exceed: str = ""
+    budget_approval: str | None = None
+
+
+class EffectView(Struct, frozen=True, kw_only=True, gc=False):
+    """One effect id's ledger: its latest attempt and how it ended (status `started` = no outcome yet)."""
+
+    effect_id: str
+    agent: str
+    seq: int
+    started_at: float
+    name: str = ""
+    args_sha256: str = ""
+    incarnation: str = ""
+    attempt: int = 1
+    status: Literal["started", "completed", "failed", "retry"] = "started"
+    result: Any = None
+    error: str = ""
+    retryable: bool = False
+    note: str = ""
+    ended_seq: int = 0
+    ended_by: str = ""
 
 
 class CheckpointView(Struct, frozen=True, kw_only=True, gc=False):
@@ -164,6 +199,7 @@ class CellView(Struct, frozen=True, kw_only=True, gc=False):
     handoffs: dict[str, HandoffView] = {}
     tasks: dict[str, TaskView] = {}
     approvals: dict[str, ApprovalView] = {}
+    effects: dict[str, EffectView] = {}
     topics: dict[str, int] = {}
     messages: int = 0
     epoch: int = 0  # of the newest leader.elected (NATS): leader decisions below it are refused
@@ -196,6 +232,10 @@ def _lifecycle(state: str) -> Callable[[CellView, Any], CellView]:
     return handle
 
 
+_SPEND = ("tokens_in", "tokens_out", "cost", "calls", "runtime", "raised_cost", "raised_tokens", "raised_runtime",
+          "budget_warned", "budget_exceeded", "budget_on_exceed", "budget_approval")
+
+
 def _invited(view: CellView, e: ev.AgentInvited) -> CellView:
     agents = dict(view.agents)
     old = agents.get(e.agent)
@@ -211,6 +251,8 @@ def _invited(view: CellView, e: ev.AgentInvited) -> CellView:
         secrets=e.secrets,
         invited_at=e.ts,
         last_checkpoint=old.last_checkpoint if old else None,
+        session_seq=e.seq,
+        **({f: getattr(old, f) for f in _SPEND} if old else {}),  # invited again, an agent keeps what it spent
     )
     return replace(view, agents=agents)
 
@@ -221,7 +263,7 @@ def _joined(view: CellView, e: ev.AgentJoined) -> CellView:
     host = a.host if a.command and a.host else (e.host or a.host)
     pid = a.pid if a.command else e.pid or a.pid  # the agent's own pid may be a wrapper's child
     return _agent(view, e.agent, phase="running", pid=pid, host=host, heartbeat_pid=e.pid or a.heartbeat_pid,
-                  last_seen=e.ts)
+                  last_seen=e.ts, session_seq=e.seq)
 
 
 def _beaten(a: AgentView, beats: list[ev.AgentHeartbeat]) -> AgentView:
@@ -306,9 +348,13 @@ def _exited(view: CellView, e: ev.AgentExited) -> CellView:
         phase = a.phase  # a stop the log already explains
     elif view.state in ("frozen", "archived") and e.returncode != 0:
         phase = "stopped"  # stopped on purpose with its cell; started again on thaw
+    elif a.budget_exceeded and a.budget_on_exceed != "ask" and e.returncode != 0:
+        phase = "stopped"  # stopped for its budget; started again once it is raised
     else:
         phase = "exited"
-    return _agent(view, e.agent, phase=phase, returncode=e.returncode, signal=e.signal, exited_at=e.ts)
+    ran = e.ts - a.spawned_at if a.spawned_at and a.spawned_at >= a.exited_at else 0.0
+    return _agent(view, e.agent, phase=phase, returncode=e.returncode, signal=e.signal, exited_at=e.ts,
+                  runtime=a.runtime + max(0.0, ran))
 
 
 def _declared_dead(view: CellView, e: ev.AgentDeclaredDead) -> CellView:
@@ -344,11 +390,16 @@ def _planned(view: CellView, e: ev.RevivalPlanned) -> CellView:
                   revival_seq=e.seq, revival_attempt=e.attempt, revival_substitute=e.substitute, restarts=restarts)
 
 
+BUDGET_KEY = "budget-"  # approval keys that ask to raise a budget, not to revive
+
+
 def _approval_requested(view: CellView, e: ev.RevivalApprovalRequested) -> CellView:
     approvals = dict(view.approvals)
     approvals[e.key] = ApprovalView(key=e.key, agent=e.agent, seq=e.seq, requested_at=e.ts,
                                     message=e.message, substitute=e.substitute, channels=e.channels)
     view = replace(view, approvals=approvals)
+    if e.key.startswith(BUDGET_KEY) and e.agent in view.agents:
+        return _agent(view, e.agent, budget_approval=e.key)
     if e.agent in view.agents:
         view = _agent(view, e.agent, approval=e.key, revival="ask", revival_at=e.ts, revival_seq=e.seq)
     return view
@@ -420,6 +471,56 @@ def _tasks(view: CellView, run: Sequence[ev.TaskCreated | ev.TaskUpdated]) -> Ce
     return replace(view, tasks=tasks)
 
 
+def _effect_started(view: CellView, e: ev.EffectStarted) -> CellView:
+    effects = dict(view.effects)
+    old = effects.get(e.effect_id)
+    effects[e.effect_id] = EffectView(effect_id=e.effect_id, agent=e.agent, seq=e.seq, started_at=e.ts, name=e.name,
+                                      args_sha256=e.args_sha256, incarnation=e.incarnation,
+                                      attempt=old.attempt + 1 if old is not None else 1)
+    return replace(view, effects=effects)
+
+
+def _effect_ended(view: CellView, e: ev.Event, **changes: Any) -> CellView:
+    effects = dict(view.effects)
+    effects[e.effect_id] = replace(effects[e.effect_id], ended_seq=e.seq, ended_by=e.by,  # type: ignore[attr-defined]
+                                   **changes)
+    return replace(view, effects=effects)
+
+
+def _effect_completed(view: CellView, e: ev.EffectCompleted) -> CellView:
+    return _effect_ended(view, e, status="completed", result=e.result)
+
+
+def _effect_failed(view: CellView, e: ev.EffectFailed) -> CellView:
+    return _effect_ended(view, e, status="failed", error=e.error, retryable=e.retryable)
+
+
+def _effect_resolved(view: CellView, e: ev.EffectResolved) -> CellView:
+    return _effect_ended(view, e, status=e.outcome, result=e.result, note=e.note, retryable=e.outcome == "retry")
+
+
+def _usage(view: CellView, e: ev.AgentUsage) -> CellView:
+    a = view.agents[e.agent]
+    return _agent(view, e.agent, tokens_in=a.tokens_in + e.tokens_in, tokens_out=a.tokens_out + e.tokens_out,
+                  cost=a.cost + e.cost, calls=a.calls + e.calls)
+
+
+def _budget_warned(view: CellView, e: ev.BudgetWarned) -> CellView:
+    a = view.agents[e.agent]
+    return _agent(view, e.agent, budget_warned=(*a.budget_warned, f"{e.what}:{e.cap:g}"))
+
+
+def _budget_exceeded(view: CellView, e: ev.BudgetExceeded) -> CellView:
+    return _agent(view, e.agent, budget_exceeded=e.what, budget_on_exceed=e.on_exceed)
+
+
+def _budget_raised(view: CellView, e: ev.BudgetRaised) -> CellView:
+    a = view.agents[e.agent]
+    return _agent(view, e.agent, raised_cost=a.raised_cost + e.cost, raised_tokens=a.raised_tokens + e.tokens,
+                  raised_runtime=a.raised_runtime + e.runtime, budget_exceeded=None, budget_on_exceed="",
+                  budget_approval=None)
+
+
 # Folds that touch nothing a heartbeat reads or writes, nor each other's fields (a checkpoint sets only
 # its author's last_checkpoint): fold_all holds them with the heartbeats and folds each kind at once.
 _BATCHED: dict[type, Callable[[CellView, Any], CellView]] = {
@@ -467,6 +568,14 @@ _HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
     ev.CheckpointRestored: _restored,
     ev.TaskCreated: _one(_tasks),
     ev.TaskUpdated: _one(_tasks),
+    ev.EffectStarted: _effect_started,
+    ev.EffectCompleted: _effect_completed,
+    ev.EffectFailed: _effect_failed,
+    ev.EffectResolved: _effect_resolved,
+    ev.AgentUsage: _usage,
+    ev.BudgetWarned: _budget_warned,
+    ev.BudgetExceeded: _budget_exceeded,
+    ev.BudgetRaised: _budget_raised,
 }
 
 assert _HANDLERS.keys() == set(ev.EVENT_TYPES.values()), "every event type needs a fold handler"

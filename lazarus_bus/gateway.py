@@ -25,10 +25,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import events as ev
+from .budget import cell_spend, spend_row
 from .cells import Cell
 from .checkpoints import checkpoint
 from .config import Config
-from .errors import CorruptLog, Forbidden, LazarusError, MalformedInput, NotFound, Refused
+from .effects import effect_rows
+from .errors import CorruptLog, EffectDone, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
 from .health import agent_rows, judge
 from .names import check_agent
@@ -245,6 +247,8 @@ class Gateway:
         r.add_post("/cells/{cell}/events", self.append)
         r.add_get("/cells/{cell}/events", self.events)
         r.add_post("/cells/{cell}/checkpoints", self.checkpoint)
+        r.add_get("/cells/{cell}/effects", self.effects)
+        r.add_get("/cells/{cell}/budget", self.budget)
 
     def check_listen(self, listen: str) -> tuple[str, int]:
         """Refuse a non-loopback address without a tokens file, before anything starts."""
@@ -511,7 +515,9 @@ class Gateway:
                 continue
             rows = agent_rows(view, self.config, now)
             row: dict[str, Any] = {"id": cid, "name": view.name, "mission": view.mission, "state": view.state,
-                                   "seq": view.seq, "agents": {r["agent"]: r["health"] for r in rows}}
+                                   "seq": view.seq, "agents": {r["agent"]: r["health"] for r in rows},
+                                   "cost": round(sum(r["spend"]["cost"] for r in rows), 6),
+                                   "effects_in_doubt": sum(len(r["in_doubt"]) for r in rows)}
             if cid in self.served.corrupt:
                 row.update(state="corrupt", error=scrub(self.served.corrupt[cid]))
             out.append(row)
@@ -536,7 +542,25 @@ class Gateway:
         body["seq"] = view.seq
         body["agents"] = agent_rows(view, self.config, time.time())
         body["approvals_pending"] = [a.key for a in view.approvals.values() if a.decision is None]
+        body["effects_in_doubt"] = [e["effect_id"] for e in effect_rows(view, only_in_doubt=True)]
+        body["spend"] = msgspec.to_builtins(cell_spend(view, time.time()))
         return _json(body)
+
+    async def effects(self, request: web.Request) -> web.Response:
+        """The side-effect ledger, oldest first; `?in_doubt=1` for the ones in doubt, `?agent=A` for one agent's."""
+        _, view = await self._cell(request)
+        agent = request.query.get("agent")
+        flag = request.query.get("in_doubt", "")
+        if flag not in ("", "0", "1", "true", "false"):
+            raise MalformedInput(f"in_doubt must be 1 or 0, got {flag!r}")
+        return _json(effect_rows(view, check_agent(agent) if agent else None, flag in ("1", "true")))
+
+    async def budget(self, request: web.Request) -> web.Response:
+        """Each agent's spend against its caps, and the cell's total."""
+        _, view = await self._cell(request)
+        now = time.time()
+        return _json({"cell": view.id, "agents": [spend_row(view, self.config, a, now) for a in view.agents.values()],
+                      "total": msgspec.to_builtins(cell_spend(view, now))})
 
     async def agent(self, request: web.Request) -> web.Response:
         _, view = await self._cell(request)
@@ -568,7 +592,10 @@ class Gateway:
         expected = body.pop("expected_seq", None)
         by = self._author(request, body.get("by"))
         draft = ev.parse_emitted(body, by=by)
-        return await self._written(cell, self._stamped(request, draft), expected)
+        try:
+            return await self._written(cell, self._stamped(request, draft), expected)
+        except EffectDone as done:  # refused, and answered with the recorded result
+            return _json({"error": str(done), "result": done.result}, status=done.http_status)
 
     async def checkpoint(self, request: web.Request) -> web.Response:
         """A checkpoint whose workspace paths the daemon archives: a confined agent may not write the

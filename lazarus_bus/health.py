@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
+from .budget import blocked, spend_row
 from .config import Config
+from .effects import in_doubt
 from .fold import AgentView, CellView
 from .policy import Effective, effective
 
@@ -89,6 +91,11 @@ def revival_state(view: CellView, a: AgentView, now: float) -> str | None:
     """Where a dead agent's revival stands, in words an operator acts on (None: nothing pending)."""
     if a.phase == "left":
         return "completed" if a.left_reason == "completed" else None
+    if a.budget_exceeded is not None:
+        request = view.approvals.get(a.budget_approval or "")
+        pending = f", awaiting approval {a.budget_approval}" if request is not None and request.decision is None else ""
+        if blocked(a) or pending:
+            return f"budget exceeded{pending}"
     if a.phase != "dead" or a.revival is None:
         return None
     if a.revival == "restart":
@@ -119,5 +126,6 @@ def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = 
             "heartbeat_age": round(now - a.last_heartbeat, 3) if a.last_heartbeat else None,
             "pid": a.pid or None, "supervised": bool(a.command), "attempt": a.attempt,
             "cycle": a.cycle, "status": a.status, "phase": a.phase, "detail": v.detail,
+            "spend": spend_row(view, config, a, now), "in_doubt": [e.effect_id for e in in_doubt(view, a.name)],
         })
     return rows

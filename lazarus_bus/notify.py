@@ -12,6 +12,7 @@ import msgspec
 from .config import NotifyConfig
 from .events import (
     AgentDeclaredDead,
+    BudgetExceeded,
     Event,
     RevivalApprovalRequested,
     RevivalPlanned,
@@ -33,6 +34,8 @@ def kind_of(event: Event) -> str | None:
             return "approval"
         case RevivalPlanned(action="escalated"):
             return "escalation"
+        case BudgetExceeded(on_exceed="stop"):
+            return "escalation"  # `stop` escalates; `pause` and `ask` file an approval request instead
     return None
 
 

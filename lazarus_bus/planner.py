@@ -8,7 +8,9 @@ from typing import Any
 from msgspec import Struct
 
 from . import events as ev
+from .budget import blocked, checks
 from .config import Config
+from .effects import open_effects
 from .fold import AgentView, CellView
 from .health import judge
 from .policy import Effective, effective
@@ -137,12 +139,15 @@ def _decide(view: CellView, config: Config, a: AgentView, p: Effective, now: flo
     """What the policy does with a death: the revival.planned and what follows it."""
     if p.mode == "no":
         return [_planned(a, "suppressed")], []
-    if p.mode == "ask":
+    doubt = [e.effect_id for e in open_effects(view, a.name)]  # at a death, every open effect is in doubt
+    if p.mode == "ask" or (p.mode == "yes" and doubt and config.effects.on_in_doubt == "ask" and a.command):
         sub = None if a.command else _candidate(view, config, a, p, now)
         key = _key(view, a.name, "ask")
         why = detail.get("returncode", detail.get("age", ""))
+        held = (f"; it holds effects in doubt: {', '.join(doubt)} (see `lazarus effects {view.name} --in-doubt`, "
+                "settle them with `lazarus effects resolve`)" if doubt else "")
         message = (f"agent {a.name} of mission {p.mission} (cell {view.name}) is dead: {reason}"
-                   f"{f' ({why})' if why != '' else ''}; "
+                   f"{f' ({why})' if why != '' else ''}{held}; "
                    + (f"suggested substitute: {sub.name}" if sub else
                       "it will be restarted" if a.command else "no healthy substitute")
                    + f"; run `lazarus approve {key}` or `lazarus deny {key}`")
@@ -174,6 +179,11 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
         return []
     if a.phase == "left":
         return [Stop(cell=cid, agent=name, why="agent left")] if running_per_log else []
+    spending = checks(view, config, a, now, channels_of(config))
+    if spending:
+        return [Append(cell=cid, agent=name, at_seq=view.seq, why="budget", events=spending)]
+    if blocked(a) and not (a.phase == "exited" and a.returncode == 0):
+        return [Stop(cell=cid, agent=name, why="budget exceeded")] if running_per_log else []
     if a.phase in ("invited", "stopped") and supervised:
         return [Start(cell=cid, at_seq=view.seq, agent=name, attempt=1, resume=resume_pointer(view, name),
                       why="first start" if a.phase == "invited" else "cell thawed")]

@@ -40,7 +40,7 @@ def _apply(base: Effective, layer: Policy | None) -> Effective:
     if layer is None:
         return base
     changes = {f: getattr(layer, f) for f in layer.__struct_fields__
-               if getattr(layer, f) is not None and f != "mission"}
+               if getattr(layer, f) is not None and f not in ("mission", "budget")}
     return replace(base, **changes) if changes else base
 
 

@@ -88,8 +88,9 @@ def catalogue() -> str:
         lines.append(f"| `{name}` | {kind} | {meaning[name]} |")
     lines += ["", "## Roles", "", "| capability | roles |", "|---|---|"]
     lines += [f"| {cap} | {', '.join(roles)} |" for cap, roles in CAPABILITIES.items()]
-    lines += ["", "Presence is `agent.joined`, `agent.heartbeat` and `agent.left`, for the agent itself; a `write`",
-              "agent may update the tasks assigned to it; the recipient of a handoff may always accept it.",
+    lines += ["", "Presence is `agent.joined`, `agent.heartbeat`, `agent.left` and `agent.usage`, for the agent",
+              "itself; a `write` agent may update the tasks assigned to it; the recipient of a handoff may always",
+              "accept it; an effect is started by the agent itself, and only it (or operator) records its outcome.",
               "`operator` and `lazarus` may append every type; the types not listed are theirs alone.", ""]
     section = ""
     for name, cls in EVENT_TYPES.items():
@@ -183,5 +184,17 @@ def openapi() -> dict[str, Any]:
                                                             "items": {"$ref": "#/components/schemas/AnyEvent"}}},
                             "text/event-stream": {"schema": {"type": "string"}}}}, **errors}},
             },
+            "/cells/{cell}/effects": {"get": {
+                "summary": "the side-effect ledger, oldest first (each with `in_doubt`)",
+                "parameters": [cell, {"name": "in_doubt", "in": "query", "schema": {"type": "string",
+                                                                                   "enum": ["0", "1"]},
+                                      "description": "1: only effects in doubt"},
+                               {"name": "agent", "in": "query", "schema": {"type": "string"},
+                                "description": "only this agent's effects"}],
+                "responses": {"200": {"description": "effects", "content": {"application/json": {
+                    "schema": {"type": "array", "items": {"type": "object"}}}}}, **errors}}},
+            "/cells/{cell}/budget": {"get": {
+                "summary": "each agent's spend across its incarnations against its caps, and the cell's total",
+                "parameters": [cell], "responses": {"200": json_ok, **errors}}},
         },
     }

@@ -13,7 +13,8 @@ from lazarus_bus.admission import ADMISSION
 from lazarus_bus.fold import _HANDLERS
 
 ROOT = Path(__file__).resolve().parents[1]
-PURE = ("events", "names", "errors", "fold", "admission", "health", "policy", "planner", "resume", "config", "limits")
+PURE = ("events", "names", "errors", "fold", "admission", "health", "policy", "planner", "resume", "config",
+        "limits", "effects", "budget")
 
 
 def test_import_contracts_are_kept() -> None:
