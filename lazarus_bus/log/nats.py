@@ -17,7 +17,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -35,6 +35,8 @@ SUBJECTS = f"{SUBJECT_PREFIX}.*.events"
 CELLS_BUCKET = "LAZARUS_CELLS"
 LEASES_BUCKET = "LAZARUS_LEASES"
 WRONG_LAST_SEQUENCE = (10071, 10164)  # expected last subject sequence; last sequence (2.10+)
+JS_TIMEOUT = 4.0  # one JetStream request; a node down or an election is retried (Nats.call)
+RECONNECT_WAIT = 2.0  # at most this long for a lost connection to come back, per request
 DIRECT_READ = 64  # reads of fewer messages use direct gets
 BATCH = 1000
 T = TypeVar("T")
@@ -117,10 +119,10 @@ class Nats:
         except Exception as exc:  # noqa: BLE001 - any failure to reach the server is one clear line
             self.loop.call_soon_threadsafe(self.loop.stop)
             raise LazarusError(f"cannot reach NATS at {self.url}: {exc or type(exc).__name__}") from None
-        self.js = self.nc.jetstream(timeout=10)
+        self.js = self.nc.jetstream(timeout=JS_TIMEOUT)
         try:
             self._check_version()
-            self.run(self._ensure(replicas, storage))
+            self.call(self._ensure, replicas, storage)
         except BaseException:
             self.run(self.nc.close())
             self.loop.call_soon_threadsafe(self.loop.stop)
@@ -128,7 +130,8 @@ class Nats:
 
     def _check_version(self) -> None:
         """Replication is refused where the server can fork a subject's sequence."""
-        version = str(getattr(self.nc, "connected_server_version", "") or "")
+        found = self.nc.connected_server_version
+        version = f"{found.major}.{found.minor}.{found.patch}" if found is not None else ""
         if self.replicas > 1 and _version(version) < MIN_REPLICATED:
             raise Refused(f"nats_replicas = {self.replicas} needs nats-server 2.10 or newer, and "
                                f"{self.nc.connected_url.netloc if self.nc.connected_url else self.url} runs "
@@ -170,6 +173,36 @@ class Nats:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the connection's loop and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _connected(self, wait: float) -> None:
+        """A connection lost comes back in moments when another server is up (reconnect_time_wait);
+        with none up, fail fast: the daemon's loop must not wait on a server that is not there."""
+        until = time.monotonic() + wait
+        while not self.nc.is_connected:
+            if self.nc.is_closed or time.monotonic() >= until:
+                raise LazarusError(f"NATS at {self.url}: not connected ({self.trouble or 'reconnecting'})")
+            time.sleep(0.02)
+
+    def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, timeout: float = 15) -> T:
+        """`fn(*args)` on the connection's loop, again after a transient failure (a node down, a stream
+        electing its leader: a timeout, no responders, a 503) until `timeout`. Appends may be retried:
+        Nats-Msg-Id makes a second copy of one a duplicate, which the id rule answers."""
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.errors import ServiceUnavailableError
+
+        deadline, pause = time.monotonic() + timeout, 0.1
+        while True:
+            self._connected(min(RECONNECT_WAIT, max(0.0, deadline - time.monotonic())))
+            try:
+                return self.run(fn(*args), timeout=max(0.1, deadline - time.monotonic()))
+            except (NatsTimeout, NoRespondersError, ServiceUnavailableError, TimeoutError) as exc:
+                if time.monotonic() + pause >= deadline:
+                    raise LazarusError(f"NATS at {self.url}: {type(exc).__name__}: no answer within {timeout:g} s"
+                                       ) from None
+                log.info("nats %s: %s; again in %.1f s", self.url, type(exc).__name__, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     async def _ensure(self, replicas: int, storage: str) -> None:
         from nats.js.api import StorageType, StreamConfig
@@ -273,7 +306,23 @@ class Nats:
             raise
         if ack.duplicate:
             raise _Moved()  # NATS saw this id already: re-read the head and let the id rule decide
+        if self.replicas > 1:
+            await self._no_fork(subject, expected, int(ack.seq))
         return int(ack.seq)
+
+    async def _no_fork(self, subject: str, expected: int, ours: int) -> None:
+        """On a replicated stream: the subject's next message after `expected` must be ours; another one
+        there means two writers were both told their expected sequence held (a fork, nats-server#4320)."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            first = await self.js.get_msg(self.stream, seq=expected + 1, subject=subject, next=True, direct=True)
+        except NotFoundError:
+            return
+        if int(first.seq or 0) != ours:
+            raise CorruptLog(f"nats:{self.stream}/{subject}: fork: stream seq {first.seq} and {ours} were both "
+                             f"appended after {expected}; the server lost the expected-sequence rule "
+                             "(nats-server#4320: upgrade it); this append is not acknowledged")
 
     async def purge(self, subject: str) -> None:
         await self.js.purge_stream(self.stream, subject=subject)
@@ -422,7 +471,7 @@ class NatsLog(LogBackend):
     # -- reading --------------------------------------------------------------------------
 
     def _fetch_head(self) -> Head:
-        got = self.nats.run(self.nats.last(self.subject))
+        got = self.nats.call(self.nats.last, self.subject)
         if got is None:
             self._head, self._last = Head(0, ZERO_HASH), 0
             return self._head
@@ -441,13 +490,13 @@ class NatsLog(LogBackend):
 
     def _messages(self, since: int, until: int | None) -> Iterator[tuple[int, bytes]]:
         """(stream seq, data) from the cell's event `since` (the chain's anchor) or the start, in batches."""
-        last = self.nats.run(self.nats.last(self.subject))
+        last = self.nats.call(self.nats.last, self.subject)
         if last is None:
             return
         end = min(last[0], self._index.get(until, last[0])) if until is not None else last[0]
         start = self._index.get(since, 1) if since > 0 else 1
         while start <= end:
-            batch = self.nats.run(self.nats.fetch(self.subject, start, end))
+            batch = self.nats.call(self.nats.fetch, self.subject, start, end)
             if not batch:
                 return
             yield from (m for m in batch if m[0] <= end)
@@ -493,7 +542,7 @@ class NatsLog(LogBackend):
         """The ids of the cell's last 10,000 events, read since the last look."""
         if self._last <= self._window_at:
             return
-        for stream_seq, data in self.nats.run(self.nats.fetch(self.subject, self._window_at + 1, self._last)):
+        for stream_seq, data in self.nats.call(self.nats.fetch, self.subject, self._window_at + 1, self._last):
             event = decode_event(data)
             self._window.add(event.id, event.seq)
             self._index[event.seq] = stream_seq
@@ -521,7 +570,7 @@ class NatsLog(LogBackend):
                 try:
                     for draft, event, line in zip(todo, events, lines):
                         msg_id = f"{event.id}:{event.seq}"
-                        stream_seq = self.nats.run(self.nats.publish(self.subject, line, msg_id, self._last))
+                        stream_seq = self.nats.call(self.nats.publish, self.subject, line, msg_id, self._last)
                         self._last, self._head = stream_seq, Head(event.seq, hashlib.sha256(line).hexdigest())
                         self._index[event.seq] = stream_seq
                         written.append(Appended(event.seq, event))
@@ -542,7 +591,7 @@ class NatsLog(LogBackend):
             for line in lines:
                 event = decode_event(line)
                 try:
-                    self._last = self.nats.run(self.nats.publish(self.subject, line, f"{batch}:{event.seq}",
-                                                                 self._last))
+                    self._last = self.nats.call(self.nats.publish, self.subject, line, f"{batch}:{event.seq}",
+                                                                 self._last)
                 except _Moved:
                     raise Conflict(f"{self.path} was written to during the import") from None

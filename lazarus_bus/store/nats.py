@@ -35,11 +35,11 @@ class NatsStore(Store):
 
     def cells(self) -> dict[str, str | None]:
         nats = self.nats
-        return dict(sorted(nats.run(nats.cells()).items()))
+        return dict(sorted(nats.call(nats.cells).items()))
 
     def find(self, name: str) -> str | None:
         nats = self.nats
-        return nats.run(nats.find(name))
+        return nats.call(nats.find, name)
 
     def open_log(self, cell_id: str, *, create: bool = False, base: Path | None = None) -> LogBackend:
         return NatsLog(self.nats, cell_id, max_event_bytes=self.config.max_event_bytes)
@@ -47,23 +47,23 @@ class NatsStore(Store):
     @contextlib.contextmanager
     def claim(self, cell_id: str, name: str, names: Callable[[], dict[str, str]]) -> Iterator[None]:
         nats = self.nats
-        if cell_id in nats.run(nats.cells()):
+        if cell_id in nats.call(nats.cells):
             raise Refused(f"cell id {cell_id} is taken (in NATS stream {self.config.nats_stream})")
-        if not nats.run(nats.register(cell_id, name)):
+        if not nats.call(nats.register, cell_id, name):
             raise Refused(f"cell name {name!r} is taken (in NATS stream {self.config.nats_stream})")
         try:
             yield
         except BaseException:  # what the failed create published goes too, so the id is free again
-            nats.run(nats.purge(subject_of(cell_id)))
-            nats.run(nats.unregister(cell_id, name))
+            nats.call(nats.purge, subject_of(cell_id))
+            nats.call(nats.unregister, cell_id, name)
             raise
 
     def bury(self, cell_id: str, name: str, log: LogBackend, cell_dir: Path, grave: Path) -> None:
         """The graveyard keeps a verified copy; then the subject and its names go."""
         atomic_write(grave, b"".join(line + b"\n" for _, line in log.read_raw()))
         nats = self.nats
-        nats.run(nats.purge(subject_of(cell_id)))
-        nats.run(nats.unregister(cell_id, name))
+        nats.call(nats.purge, subject_of(cell_id))
+        nats.call(nats.unregister, cell_id, name)
         log.close()
         shutil.rmtree(cell_dir, ignore_errors=True)
 
@@ -103,9 +103,9 @@ class NatsStore(Store):
 
     def lease(self, cell_id: str, holder: str, ttl: float, revision: int | None) -> int | None:
         nats = self.nats  # bounded under a third of the lease: a NATS away never holds the daemon up long
-        return nats.run(nats.lease(cell_id, holder, ttl, revision), timeout=max(0.5, ttl / 3))
+        return nats.call(nats.lease, cell_id, holder, ttl, revision, timeout=max(0.5, ttl / 3))
 
     def release(self, cell_id: str, holder: str) -> None:
         """Best effort and brief: a daemon stopping while NATS is away must still stop (the lease expires)."""
         nats = self.nats
-        nats.run(nats.release(cell_id, holder), timeout=2)
+        nats.call(nats.release, cell_id, holder, timeout=2)
