@@ -254,6 +254,15 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         cluster.stop()
 
 
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server of the test's own (starting one takes milliseconds): one stream may hold the subjects."""
+    server = NatsServer(tmp_path / "nats-store")
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("nats-store"))

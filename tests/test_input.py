@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -219,10 +220,23 @@ def test_cell_destroyed_cannot_be_emitted_on_its_own(cli: Cli) -> None:
     assert cli.ok("cell", "destroy", "forge").strip().isdigit()
 
 
+def _rechained(events: list[dict[str, Any]]) -> bytes:
+    """The events as log lines with every `prev` recomputed: a chain that verifies, whatever they say."""
+    import hashlib
+    import json
+
+    prev, lines = "0" * 64, []
+    for e in events:
+        e["prev"] = prev
+        line = json.dumps(e, separators=(",", ":")).encode()
+        prev = hashlib.sha256(line).hexdigest()
+        lines.append(line + b"\n")
+    return b"".join(lines)
+
+
 def test_a_rechained_log_holding_what_the_rules_refuse_is_not_imported(cli: Cli, root_dir: Path,
                                                                          tmp_path: Path) -> None:
     """Every prev recomputed after an edit passes `verify`; import re-admits each event all the same."""
-    import hashlib
     import json
 
     cli.ok("cell", "create", "forge")
@@ -235,14 +249,7 @@ def test_a_rechained_log_holding_what_the_rules_refuse_is_not_imported(cli: Cli,
     for k in ("agent", "pid", "cycle", "status", "model", "incarnation"):
         forged.pop(k, None)
     events.append(forged)  # a read-only agent's message: the rules refuse it, the fold would not
-    prev = "0" * 64
-    lines = []
-    for e in events:
-        e["prev"] = prev
-        line = json.dumps(e, separators=(",", ":")).encode()
-        prev = hashlib.sha256(line).hexdigest()
-        lines.append(line)
-    (tmp_path / "forged.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "forged.jsonl").write_bytes(_rechained(events))
     cli.ok("cell", "archive", "forge")
     cli.ok("cell", "destroy", "forge")
     before = sorted(p.name for p in root_dir.iterdir())
@@ -253,7 +260,6 @@ def test_a_rechained_log_holding_what_the_rules_refuse_is_not_imported(cli: Cli,
 
 def test_replay_refuses_a_rechained_log_holding_what_the_rules_refuse(cli: Cli, root_dir: Path) -> None:
     """`verify` only checks the chain; `replay` re-admits every event, in a run of heartbeats too."""
-    import hashlib
     import json
 
     cli.ok("cell", "create", "forge")
@@ -269,14 +275,7 @@ def test_replay_refuses_a_rechained_log_holding_what_the_rules_refuse(cli: Cli, 
     n = [i for i, e in enumerate(events) if e["type"] == "agent.heartbeat"][2]
     assert events[n]["by"] == "scout" and events[n - 1]["type"] == "agent.heartbeat"
     events[n]["agent"] = "ada"  # scout's third heartbeat, in a run, now speaking for ada: a fold would take it
-    prev = "0" * 64
-    lines = []
-    for e in events:
-        e["prev"] = prev
-        line = json.dumps(e, separators=(",", ":")).encode()
-        prev = hashlib.sha256(line).hexdigest()
-        lines.append(line)
-    log.write_bytes(b"\n".join(lines) + b"\n")
+    log.write_bytes(_rechained(events))
     assert cli("verify", "forge").code == 0  # the chain holds
     r = cli("replay", "forge")
     assert r.code == 5 and f"seq {n + 1}" in r.err and "append rules" in r.err, r.err

@@ -4,7 +4,6 @@ that only grow, fencing when a lease is lost or cannot be renewed; and stale dec
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,18 +27,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    s = NatsServer(tmp_path / "nats-store")
-    s.start()
-    yield s
-    s.stop(signal.SIGKILL)
-
-
-def _root(tmp_path: Path, server: NatsServer, name: str, stream: str) -> Root:
+def _root(tmp_path: Path, own_nats: NatsServer, name: str, stream: str) -> Root:
     d = tmp_path / name
     d.mkdir()
-    (d / "lazarus.toml").write_text(f'backend = "nats"\nnats_url = "{server.url}"\nnats_stream = "{stream}"\n'
+    (d / "lazarus.toml").write_text(f'backend = "nats"\nnats_url = "{own_nats.url}"\nnats_stream = "{stream}"\n'
                                     f'nats_lease = {TTL}\nfsync = "never"\n')
     return Root(d, load_config(d / "lazarus.toml"))
 
@@ -49,9 +40,9 @@ def test_instances_are_unique_per_start() -> None:
     assert a != b and a.startswith("alpha/") and len(a.split("/")[1]) == 8
 
 
-def test_the_holder_acts_only_before_its_own_deadline_and_epochs_grow(tmp_path: Path, server: NatsServer) -> None:
-    stream = nats_toml(server).split('nats_stream = "')[1].split('"')[0]
-    ra, rb = _root(tmp_path, server, "a", stream), _root(tmp_path, server, "b", stream)
+def test_the_holder_acts_only_before_its_own_deadline_and_epochs_grow(tmp_path: Path, own_nats: NatsServer) -> None:
+    stream = nats_toml(own_nats).split('nats_stream = "')[1].split('"')[0]
+    ra, rb = _root(tmp_path, own_nats, "a", stream), _root(tmp_path, own_nats, "b", stream)
     cid = ra.create("forge").id
     ca, cb = Clock(), Clock()
     a = Leadership(ra.store, new_instance("same"), ttl=TTL, fence_after=1.0, grace=0.5, clock=ca)
@@ -75,15 +66,15 @@ def test_the_holder_acts_only_before_its_own_deadline_and_epochs_grow(tmp_path: 
     assert b.may_start(cid)
 
 
-def test_a_lease_not_renewed_for_fence_after_is_fenced(tmp_path: Path, server: NatsServer) -> None:
-    stream = nats_toml(server).split('nats_stream = "')[1].split('"')[0]
-    root = _root(tmp_path, server, "a", stream)
+def test_a_lease_not_renewed_for_fence_after_is_fenced(tmp_path: Path, own_nats: NatsServer) -> None:
+    stream = nats_toml(own_nats).split('nats_stream = "')[1].split('"')[0]
+    root = _root(tmp_path, own_nats, "a", stream)
     cid = root.create("forge").id
     clock = Clock()
     a = Leadership(root.store, new_instance("alpha"), ttl=TTL, fence_after=2.0, grace=0.5, clock=clock)
     a.apply(a.renew([cid]))
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGSTOP)  # NATS unreachable: renewals time out (a third of the lease)
+    assert own_nats.proc is not None
+    own_nats.proc.send_signal(signal.SIGSTOP)  # NATS unreachable: renewals time out (a third of the lease)
     try:
         clock.now += 1.0
         renewals = a.renew([cid])
@@ -92,12 +83,12 @@ def test_a_lease_not_renewed_for_fence_after_is_fenced(tmp_path: Path, server: N
         clock.now += 1.0
         assert a.apply(a.renew([cid])) == ([], [cid]) and not a.leads(cid)
     finally:
-        server.proc.send_signal(signal.SIGCONT)
+        own_nats.proc.send_signal(signal.SIGCONT)
 
 
-def test_a_superseded_leaders_decisions_are_refused(tmp_path: Path, server: NatsServer) -> None:
-    stream = nats_toml(server).split('nats_stream = "')[1].split('"')[0]
-    root = _root(tmp_path, server, "a", stream)
+def test_a_superseded_leaders_decisions_are_refused(tmp_path: Path, own_nats: NatsServer) -> None:
+    stream = nats_toml(own_nats).split('nats_stream = "')[1].split('"')[0]
+    root = _root(tmp_path, own_nats, "a", stream)
     cell = root.create("forge")
     cell.append(ev.AgentInvited(by="operator", agent="w", role="write", command=["true"]))
     cell.append(ev.LeaderElected(by="lazarus", instance="alpha/00000001", host="alpha", epoch=5))

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from lazarus_bus import Root, load_config
 from lazarus_bus.demo import EXAMPLES
 from tests.conftest import HELPERS, Cli, NatsCluster, NatsServer, Procs, nats_toml
 from tests.support import BASE, Up, base, wait
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A server of the test's own (starting one takes milliseconds): one stream may hold the subjects."""
-    server = NatsServer(tmp_path / "nats-store")
-    server.start()
-    yield server
-    server.stop(signal.SIGKILL)
 
 
 @pytest.fixture
@@ -122,16 +112,22 @@ def test_a_nats_restart_loses_no_acknowledged_event(tmp_path: Path, cli: Cli, ro
 LEASE, STALE, DEAD = 5.0, 3.0, 6.0
 
 
+def _two_roots(tmp_path: Path, config: str) -> dict[str, Path]:
+    """A root for each of two machines, alpha and beta, with one config."""
+    roots = {}
+    for host in ("alpha", "beta"):
+        roots[host] = tmp_path / host
+        roots[host].mkdir()
+        (roots[host] / "lazarus.toml").write_text(config)
+    return roots
+
+
 @pytest.mark.slow
 def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats: NatsServer,
                                                       procs: Procs) -> None:
     shared = nats_toml(own_nats, f"nats_lease = {LEASE}\n") + base(health={"stale_after": STALE, "dead_after": DEAD}) \
         + '[resurrection]\nmode = "yes"\n'
-    roots = {}
-    for host in ("alpha", "beta"):
-        roots[host] = tmp_path / host
-        roots[host].mkdir()
-        (roots[host] / "lazarus.toml").write_text(shared)
+    roots = _two_roots(tmp_path, shared)
     a_cli, b_cli = Cli(roots["alpha"], procs), Cli(roots["beta"], procs)
     cid = a_cli.ok("cell", "create", "forge").strip()
     a_cli.ok("agent", "invite", "forge", "keeper", "--role", "write", "--heartbeat-interval", "0.3",
@@ -213,11 +209,7 @@ def test_a_leader_paused_past_its_lease_leaves_one_copy_and_its_stale_decisions_
     shared = (nats_toml(own_nats, f"nats_lease = {LEASE}\n")
               + base(health={"stale_after": STALE, "dead_after": DEAD}).replace("[daemon]\n", "[daemon]\nfence_after = 2.0\n")
               + '[resurrection]\nmode = "yes"\n')
-    roots = {}
-    for host in ("alpha", "beta"):
-        roots[host] = tmp_path / host
-        roots[host].mkdir()
-        (roots[host] / "lazarus.toml").write_text(shared)
+    roots = _two_roots(tmp_path, shared)
     script, ledger = tmp_path / "ledger_agent.py", tmp_path / "ledger.txt"
     script.write_text(LEDGER_AGENT)
     lazarus = str(Path(sys.executable).parent / "lazarus")
