@@ -13,7 +13,7 @@ import pytest
 from lazarus_bus import Root, load_config
 from lazarus_bus.demo import EXAMPLES
 from tests.conftest import HELPERS, Cli, NatsCluster, NatsServer, Procs, nats_toml
-from tests.support import BASE, Up, base, wait
+from tests.support import BASE, Proxy, Up, base, wait
 
 
 @pytest.fixture
@@ -337,3 +337,51 @@ def test_an_r3_stream_on_a_cluster_keeps_one_chain_and_outlives_any_node(root_di
     assert json.loads(cli.ok("verify", "busy", "--json"))["events"] == 602
     cli.ok("cell", "create", "other")
     assert {"busy", "other"} <= {line.split()[1] for line in cli.ok("cell", "list").splitlines()[1:]}
+
+
+@pytest.mark.slow
+def test_a_leader_cut_off_from_nats_fences_itself_and_one_copy_remains(tmp_path: Path, own_nats: NatsServer,
+                                                                      procs: Procs) -> None:
+    proxy = Proxy(own_nats.url)  # alpha's machine reaches NATS through it: its daemon and its agent
+    stream = own_nats.stream()
+    health = base(health={"stale_after": STALE, "dead_after": DEAD}).replace("[daemon]\n", "[daemon]\nfence_after = 2.0\n")
+    roots = _two_roots(tmp_path, "")
+    for host, url in (("alpha", proxy.url), ("beta", own_nats.url)):
+        (roots[host] / "lazarus.toml").write_text(f'backend = "nats"\nnats_url = "{url}"\nnats_stream = "{stream}"\n'
+                                                  f"nats_lease = {LEASE}\n" + health + '[resurrection]\nmode = "yes"\n')
+    script, ledger = tmp_path / "ledger_agent.py", tmp_path / "ledger.txt"
+    script.write_text(LEDGER_AGENT)
+    lazarus = str(Path(sys.executable).parent / "lazarus")
+    a_cli, b_cli = Cli(roots["alpha"], procs), Cli(roots["beta"], procs)
+    cid = a_cli.ok("cell", "create", "forge").strip()
+    a_cli.ok("agent", "invite", "forge", "clerk", "--role", "write", "--heartbeat-interval", "0.5",
+             "--cmd", f"{sys.executable} {script} {ledger} {lazarus}")
+    a, b = Up(roots["alpha"], a_cli, procs), Up(roots["beta"], b_cli, procs)
+    try:
+        a.start("--no-http", "--host", "alpha")
+        cell = Root(roots["beta"], load_config(roots["beta"] / "lazarus.toml")).open(cid)
+        first = wait(lambda: (x := cell.refresh().agents["clerk"]).phase == "running" and x.heartbeats and x,
+                     "alpha starts the agent")
+        b.start("--no-http", "--host", "beta")
+        proxy.cut()
+        # alpha cannot renew: after fence_after it stops its own agent, before beta may start one
+        wait(lambda: first.pid not in _copies(str(script)), "alpha fences itself", timeout=LEASE + 60)
+        second = wait(lambda: (x := cell.refresh().agents["clerk"]).spawns == 2 and x.phase == "running"
+                      and x.heartbeats and x, "beta takes over and starts the agent", timeout=LEASE + DEAD + 60)
+        assert second.host == "beta" and _copies(str(script)) == [second.pid]
+        proxy.heal()
+        wait(lambda: json.loads((roots["alpha"] / ".lazarus" / "daemon.json").read_bytes()).get("store_error")
+             is None, "alpha is back on NATS")
+        lines = ledger.read_text().splitlines()
+        wait(lambda: len(ledger.read_text().splitlines()) >= len(lines) + 10, "the one copy works on")
+        assert set(ledger.read_text().splitlines()[len(lines):]) == {str(second.pid)}
+        assert _copies(str(script)) == [second.pid]
+        assert [e.host for e in cell.log.read() if e.type == "agent.spawned"] == ["alpha", "beta"]  # type: ignore[attr-defined]
+    finally:
+        proxy.close()
+        b.stop()
+        a.stop()
+        from tests.conftest import kill_supervised
+
+        for r in roots.values():
+            kill_supervised(r)
