@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import stat
 import tarfile
@@ -17,12 +18,14 @@ import msgspec
 from . import events as ev
 from .admission import admit
 from .cells import Cell
-from .errors import NotFound, Refused, TooLarge
+from .errors import LazarusError, NotFound, Refused, TooLarge
 from .files import fsync_dir
 from .log import Appended
 from .names import check_ref_id, new_id
 
 __all__ = ["PathEscape", "checkpoint", "handoff", "restore"]
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 
@@ -128,10 +131,15 @@ def checkpoint(cell: Cell, by: str, *, summary: str = "", state: Any = None, pat
     archive, digest = _archive(cell, checkpoint_id, paths, cell.root.config.max_archive_bytes)
     draft = msgspec.structs.replace(draft, archive=archive, sha256=digest, artifacts=draft.artifacts or list(paths))
     try:
-        return cell.append(draft)[0]
+        written = cell.append(draft)[0]
     except BaseException:
         (cell.dir / archive).unlink(missing_ok=True)
         raise
+    try:  # for a restore on another host (NATS); the checkpoint is recorded either way
+        cell.root.store.keep(cell.id, archive, cell.dir / archive)
+    except (LazarusError, OSError) as exc:
+        log.warning("cell %s: archive %s kept on this host only: %s", cell.id, archive, exc)
+    return written
 
 
 MAX_MEMBERS = 100_000
@@ -252,7 +260,7 @@ def restore(cell: Cell, checkpoint_id: str, by: str = "operator") -> Appended:
     path = cell.dir / _check_relative(cp.archive, "archive path")
     if not _inside(cell.checkpoints.resolve(), path.resolve()):
         raise PathEscape(f"archive {cp.archive} is not under checkpoints/")
-    if not path.is_file():
+    if not path.is_file() and not cell.root.store.fetch(cell.id, cp.archive, path):
         raise NotFound(f"archive {cp.archive} of checkpoint {checkpoint_id} is missing")
     if _sha256(path) != cp.sha256:
         raise Refused(f"archive {cp.archive} fails its SHA-256 check (expected {cp.sha256}); not restored")

@@ -385,3 +385,23 @@ def test_a_leader_cut_off_from_nats_fences_itself_and_one_copy_remains(tmp_path:
 
         for r in roots.values():
             kill_supervised(r)
+
+
+def test_a_checkpoint_taken_on_one_machine_restores_on_another(tmp_path: Path, own_nats: NatsServer,
+                                                              procs: Procs) -> None:
+    roots = _two_roots(tmp_path, nats_toml(own_nats) + BASE)
+    a_cli, b_cli = Cli(roots["alpha"], procs), Cli(roots["beta"], procs)
+    a_cli.ok("cell", "create", "forge")
+    a_cli.ok("agent", "invite", "forge", "w", "--role", "write")
+    alpha = Root(roots["alpha"], load_config(roots["alpha"] / "lazarus.toml")).open("forge")
+    (alpha.workspace / "notes").mkdir(parents=True)
+    (alpha.workspace / "notes" / "plan.md").write_text("step 3 of 6\n")
+    cp = a_cli.ok("bus", "checkpoint", "forge", "--by", "w", "--path", "notes", "--id", "cp-1")
+    assert "cp-1" in cp
+    beta = Root(roots["beta"], load_config(roots["beta"] / "lazarus.toml")).open("forge")
+    assert not (beta.workspace / "notes").exists()  # beta's disk never had it
+    b_cli.ok("bus", "restore", "forge", "cp-1")
+    assert (beta.workspace / "notes" / "plan.md").read_text() == "step 3 of 6\n"
+    assert (beta.checkpoints / "cp-1.tar.gz").is_file()
+    alpha.log.close()
+    beta.log.close()

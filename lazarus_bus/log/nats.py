@@ -240,6 +240,33 @@ class Nats:
             self._ttls[bucket] = ttl
         return kv
 
+    async def objects(self) -> Any:
+        """The Object Store bucket of checkpoint archives, created on first use with the stream's replicas."""
+        from nats.js.api import ObjectStoreConfig
+        from nats.js.errors import BucketNotFoundError
+
+        bucket = f"{self.stream}_OBJECTS"
+        try:
+            return await self.js.object_store(bucket)
+        except BucketNotFoundError:
+            return await self.js.create_object_store(bucket, config=ObjectStoreConfig(replicas=self.replicas))
+
+    async def put_object(self, name: str, path: Any) -> None:
+        store = await self.objects()
+        with open(path, "rb") as f:
+            await store.put(name, f)
+
+    async def get_object(self, name: str, dest: Any) -> bool:
+        from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+        store = await self.objects()
+        try:
+            with open(dest, "wb") as f:
+                await store.get(name, writeinto=f)
+        except (NotFoundError, ObjectNotFoundError):
+            return False
+        return True
+
     async def last(self, subject: str) -> tuple[int, bytes] | None:
         """(stream sequence, data) of the subject's last message."""
         from nats.js.errors import NotFoundError

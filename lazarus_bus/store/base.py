@@ -72,6 +72,13 @@ class Store(abc.ABC):
         On one host the root's daemon lock is the lease: this daemon always holds it."""
         return 0
 
+    def keep(self, cell_id: str, archive: str, path: Path) -> None:
+        """A checkpoint archive, kept where every host can fetch it (here: the cell's own disk is that)."""
+
+    def fetch(self, cell_id: str, archive: str, dest: Path) -> bool:
+        """A checkpoint archive this host lacks, brought to `dest`; False when nobody keeps it."""
+        return False
+
     @property
     def trouble(self) -> str:
         """What is wrong with the store's connection now, for status ("" when all is well)."""

@@ -101,6 +101,24 @@ class NatsStore(Store):
     def trouble(self) -> str:
         return self.nats.trouble
 
+    def keep(self, cell_id: str, archive: str, path: Path) -> None:
+        """Into the Object Store bucket `<stream>_OBJECTS`, so a revival on another host can restore it."""
+        nats = self.nats
+        nats.call(nats.put_object, f"{cell_id}/{archive}", path, timeout=max(30.0, path.stat().st_size / 1e6))
+
+    def fetch(self, cell_id: str, archive: str, dest: Path) -> bool:
+        nats = self.nats
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        try:
+            found = nats.call(nats.get_object, f"{cell_id}/{archive}", part, timeout=300)
+        finally:
+            if not part.exists() or not part.stat().st_size:
+                part.unlink(missing_ok=True)
+        if found:
+            part.replace(dest)
+        return found
+
     def lease(self, cell_id: str, holder: str, ttl: float, revision: int | None) -> int | None:
         nats = self.nats  # bounded under a third of the lease: a NATS away never holds the daemon up long
         return nats.call(nats.lease, cell_id, holder, ttl, revision, timeout=max(0.5, ttl / 3))
