@@ -378,14 +378,20 @@ def _matches(event: ev.Event, types: tuple[str, ...], agents: tuple[str, ...]) -
 @click.option("--type", "types", multiple=True, help="Only this type (globs like 'agent.*'), repeatable.")
 @click.option("--agent", "agents", multiple=True, help="Only events by or about this agent, repeatable.")
 @click.option("--since", type=int, default=0, help="Only events after this seq.")
+@click.option("-n", "--lines", "last", type=int, default=None, help="Only the last N (of those matching).")
 @common
 @pass_app
-def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple[str, ...], since: int) -> None:
+def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple[str, ...], since: int,
+         last: int | None) -> None:
     """Print events as stored, one JSON line each (for auditors)."""
     if since < 0:
         raise MalformedInput("--since must be >= 0")
+    if last is not None and last < 0:
+        raise MalformedInput("-n must be >= 0")
     c = app.cell(ref)
     out = sys.stdout.buffer
+    if last is not None:
+        since = _last_seq(c, since, last, types, agents)
     stream = c.log.follow(since) if follow else c.log.read_raw(since)
     try:
         for event, line in stream:
@@ -398,12 +404,87 @@ def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple
     out.flush()
 
 
+def _last_seq(c: Cell, since: int, last: int, types: tuple[str, ...], agents: tuple[str, ...]) -> int:
+    """The seq after which the last `last` matching events begin (one pass, remembering only seqs)."""
+    from collections import deque
+
+    seqs: deque[int] = deque(maxlen=last + 1)
+    seqs.append(since)
+    for event in c.log.read(since):
+        if _matches(event, types, agents):
+            seqs.append(event.seq)
+    if len(seqs) <= last:
+        return since
+    return seqs[0]
+
+
 @cli.command()
-@click.argument("ref", metavar="CELL", required=False)
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what the agent writes, across rotations.")
+@click.option("-n", "--lines", "last", type=int, default=None, help="Only the last N lines (default: all kept).")
 @common
 @pass_app
-def status(app: App, ref: str | None) -> None:
+def logs(app: App, ref: str, name: str, follow: bool, last: int | None) -> None:
+    """An agent's captured output (stdout and stderr), rotated files included, oldest first."""
+    from .logrotate import follow_lines, last_lines
+
+    if last is not None and last < 0:
+        raise MalformedInput("-n must be >= 0")
+    c = app.cell(ref)
+    view = c.refresh()
+    if name not in view.agents:
+        raise NotFound(f"agent {name} is not in cell {view.name}")
+    path = c.agent_logs / f"{name}.log"
+    out = sys.stdout.buffer
+    for line in last_lines(path, last):
+        out.write(line)
+    out.flush()
+    if not follow:
+        return
+    try:
+        for chunk in follow_lines(path):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL", required=False)
+@click.option("-w", "--watch", is_flag=True, help="Redraw live until interrupted.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between redraws with --watch.")
+@common
+@pass_app
+def status(app: App, ref: str | None, watch: bool, interval: float) -> None:
     """Health of every agent: healthy, stale, dead, unknown, stopped or left."""
+    if not watch:
+        _status_once(app, ref)
+        return
+    import time
+
+    from .render import live_status
+
+    try:
+        live_status(lambda: _status_data(app, ref), interval, app.json, time.sleep)
+    except KeyboardInterrupt:
+        pass
+
+
+def _status_once(app: App, ref: str | None) -> None:
+    body = _status_data(app, ref)
+    if app.json:
+        click.echo(json.dumps(body))
+    else:
+        from .render import status_table
+
+        click.echo(body["daemon"]["text"])
+        status_table(body["cells"])
+
+
+def _status_data(app: App, ref: str | None) -> dict[str, Any]:
+    """What `status` shows: the daemon line and one row per agent of each cell (or a corrupt cell)."""
     import time
 
     from .health import agent_rows
@@ -425,24 +506,24 @@ def status(app: App, ref: str | None) -> None:
             continue
         data.append({"id": view.id, "name": view.name, "state": view.state, "seq": view.seq,
                      "agents": agent_rows(view, app.config, now, no_daemon=not running, host=here)})
-    daemon = _daemon_line(app, running)
-    if app.json:
-        click.echo(json.dumps({"daemon": daemon, "cells": data}))
-    else:
-        from .render import status_table
-
-        click.echo(daemon["text"])
-        status_table(data)
+    return {"daemon": _daemon_line(app, running), "cells": data}
 
 
 def _daemon_line(app: App, running: bool) -> dict[str, Any]:
-    """Whether this root's daemon runs, and its pid from daemon.json."""
+    """Whether this root's daemon runs, its pid and instance from daemon.json, and which cells it leads
+    (on a store shared by hosts; `leading` is null on a local root, where the one daemon leads all)."""
     from .rootlock import daemon_status
 
     info = daemon_status(app.root.meta)
     if running:
+        text = f"daemon: running (pid {info.get('pid', '?')} on {info.get('host', '?')}"
+        if info.get("instance"):
+            text += f", instance {info['instance']}"
+        leading = info.get("leading")
+        if isinstance(leading, list):
+            text += f", leading {len(leading)} cell{'s' if len(leading) != 1 else ''}"
         return {"running": True, "pid": info.get("pid"), "host": info.get("host"),
-                "text": f"daemon: running (pid {info.get('pid', '?')} on {info.get('host', '?')})"}
+                "instance": info.get("instance"), "leading": leading, "text": text + ")"}
     return {"running": False, "text": "daemon: not running (`lazarus up` supervises and revives the agents)"}
 
 

@@ -72,7 +72,8 @@ class Daemon:
         self.socket_dir = socket_dir(root.path)
         backend = ProcessBackend(self.host, self.config.daemon.grace, passthrough=iso.env_passthrough,
                                  limits=dict(iso.limits), socket_dir=self.socket_dir,
-                                 hide=(self.config.http.tokens_file,) if self.config.http.tokens_file else ())
+                                 hide=(self.config.http.tokens_file,) if self.config.http.tokens_file else (),
+                                 log_max_bytes=self.config.logs.max_bytes, log_keep=self.config.logs.keep)
         self.instance = new_instance(self.host)
         self.leadership = Leadership(root.store, self.instance, ttl=self.config.nats_lease,
                                      fence_after=self.config.daemon.fence_after, grace=self.config.daemon.grace)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -15,9 +16,11 @@ from .replay import replay_log
 if TYPE_CHECKING:
     from .cells import Cell
 
-__all__ = ["cells_table", "replay_with_progress", "status_table", "tasks_table", "view_summary"]
+__all__ = ["cells_table", "live_status", "replay_with_progress", "status_renderables", "status_table", "tasks_table",
+           "view_summary"]
 
-console = Console(highlight=False, soft_wrap=True)
+# piped, a table is read by people later or by grep: wide enough that no cell is cut to "…"
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def cells_table(rows: list[dict[str, Any]]) -> None:
@@ -48,30 +51,69 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.0f}h"
 
 
-def status_table(cells: list[dict[str, Any]]) -> None:
+def status_table(cells: list[dict[str, Any]], out: Console | None = None) -> None:
     """`status`: one row per agent, grouped by cell."""
+    out = out or console
+    for item in status_renderables(cells):
+        out.print(item)
+
+
+def status_renderables(cells: list[dict[str, Any]]) -> list[Table | str]:
+    """The table and the "waits for you" lines, for one print or one frame of `status --watch`."""
     if not cells:
-        console.print("no cells (create one with `lazarus cell create NAME`)")
-        return
-    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "REVIVAL", "HEARTBEAT", "PID", "WHY", box=None,
-                  pad_edge=False)
+        return ["no cells (create one with `lazarus cell create NAME`)"]
+    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "REVIVAL", "RESTARTS", "HEARTBEAT", "PROGRESS", "PID",
+                  "WHY", box=None, pad_edge=False)
     for c in cells:
         if "error" in c:
-            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", "", c["error"])
+            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", "", "", "",
+                          c["error"])
             continue
         if not c["agents"]:
-            table.add_row(c["name"], c["state"], "-", "", "", "", "", "", "")
+            table.add_row(c["name"], c["state"], "-", "", "", "", "", "", "", "", "")
         for r in c["agents"]:
             style = HEALTH_STYLE.get(r["health"], "yellow")
             table.add_row(c["name"], c["state"], r["agent"], r["role"], f"[{style}]{r['health']}[/]",
-                          r["revival"] or "", _age(r["heartbeat_age"]), str(r["pid"] or "-"), r["reason"] or "")
-    console.print(table)
+                          r["revival"] or "", str(r.get("restarts", 0)), _age(r["heartbeat_age"]),
+                          _age(r.get("progress_age")), str(r["pid"] or "-"), r["reason"] or "")
+    items: list[Table | str] = [table]
     for c in cells:
         for r in c.get("agents", ()):
             if (r["revival"] or "").startswith("awaiting approval "):
                 key = r["revival"].rsplit(" ", 1)[1]
-                console.print(f"{c['name']}/{r['agent']} waits for you: "
-                              f"`lazarus approve {key}` or `lazarus deny {key}`")
+                items.append(f"{c['name']}/{r['agent']} waits for you: "
+                             f"`lazarus approve {key}` or `lazarus deny {key}`")
+    return items
+
+
+def live_status(data: Callable[[], dict[str, Any]], interval: float, as_json: bool,
+                sleep: Callable[[float], None]) -> None:
+    """`status --watch`: redraw in place on a terminal; elsewhere (a pipe) print one frame per interval,
+    with --json one JSON line per frame, so a script can follow it too."""
+    import json
+
+    if as_json or not console.is_terminal:
+        while True:
+            body = data()
+            if as_json:
+                print(json.dumps(body), flush=True)
+            else:
+                console.print(body["daemon"]["text"])
+                status_table(body["cells"])
+                console.print("")
+                console.file.flush()
+            sleep(interval)
+    from rich.console import Group
+    from rich.live import Live
+
+    def frame() -> Group:
+        body = data()
+        return Group(body["daemon"]["text"], *status_renderables(body["cells"]))
+
+    with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
+        while True:
+            sleep(interval)
+            live.update(frame(), refresh=True)
 
 
 def tasks_table(rows: list[dict[str, Any]]) -> None:

@@ -314,3 +314,16 @@ def test_export_and_import_refuse_bad_input_with_one_line_and_change_nothing(cli
     assert forge.read_bytes() == before
     assert [c["name"] for c in json.loads(cli.ok("cell", "list", "--json"))] == ["forge"]
     assert not list((cli.root / ".lazarus").glob("new-*"))  # no half-built cell left behind
+
+
+def test_tail_n_prints_the_last_n_events(cli: Cli) -> None:
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write")
+    for i in range(5):
+        cli.ok("heartbeat", "forge", "w", "--cycle", str(i))
+    lines = [json.loads(x) for x in cli.ok("tail", "forge", "-n", "2").splitlines()]
+    assert [e["cycle"] for e in lines] == [3, 4]
+    beats = [json.loads(x) for x in cli.ok("tail", "forge", "--type", "agent.heartbeat", "-n", "3").splitlines()]
+    assert [e["cycle"] for e in beats] == [2, 3, 4]
+    assert len(cli.ok("tail", "forge", "-n", "100").splitlines()) == 8  # provisioned, invited, activated, 5 beats
+    assert cli.ok("tail", "forge", "-n", "0") == ""
