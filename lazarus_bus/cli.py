@@ -300,6 +300,54 @@ def agent_leave(app: App, ref: str, name: str, reason: str, by: str) -> None:
     _appended(app, _emit(app, app.cell(ref), {"type": "agent.left", "agent": name, "reason": reason}, by=by))
 
 
+def _run(kind: str, help_text: str) -> None:
+    """`agent stop | start | restart`: one `agent.updated` with `run`; the daemon does the rest."""
+
+    @agent.command(kind, help=help_text)
+    @click.argument("ref", metavar="CELL")
+    @click.argument("name", metavar="AGENT")
+    @common
+    @pass_app
+    def command(app: App, ref: str, name: str) -> None:
+        _appended(app, _emit(app, app.cell(ref), {"type": "agent.updated", "agent": name, "run": kind},
+                             by="operator"))
+
+
+_run("stop", "Stop an agent on purpose: the daemon ends its process and does not revive it.")
+_run("start", "Start a stopped agent again.")
+_run("restart", "Stop and start an agent's process at once (not a death: no revival attempt is counted).")
+
+
+@agent.command("update")
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.option("--cmd", "cmd", default=None, help="A new argv, as one shell-quoted string.")
+@click.option("--env", multiple=True, help="KEY=VALUE merged into the agent's environment, repeatable.")
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0), default=None, help="Seconds.")
+@click.option("--revive", type=click.Choice(["yes", "no", "ask"]), default=None)
+@common
+@pass_app
+def agent_update(app: App, ref: str, name: str, cmd: str | None, env: tuple[str, ...],
+                 heartbeat_interval: float | None, revive: str | None) -> None:
+    """Change what an agent's next start runs; `agent restart` applies it now."""
+    payload: dict[str, Any] = {"type": "agent.updated", "agent": name}
+    if cmd is not None:
+        payload["command"] = shlex.split(cmd)
+    if env:
+        payload["env"] = _pairs(env, "--env")
+    if heartbeat_interval is not None:
+        payload["heartbeat_interval"] = heartbeat_interval
+    if revive is not None:
+        payload["revive"] = revive
+    if len(payload) == 2:
+        raise MalformedInput("nothing to update: give --cmd, --env, --heartbeat-interval or --revive")
+    c = app.cell(ref)
+    _appended(app, _emit(app, c, payload, by="operator"))
+    a = c.refresh().agents[name]
+    if not app.json and a.phase == "running" and a.command:
+        click.echo(f"{name} runs the old settings until `lazarus agent restart {ref} {name}`", err=True)
+
+
 @cli.command()
 @common
 @pass_app
@@ -710,6 +758,54 @@ def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool, hos
     daemon = Daemon(app.root, host=host, http="" if no_http else http,
                     announce=lambda msg: click.echo(msg, err=True))
     asyncio.run(daemon.run(once=once))
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds to wait for it to stop.")
+@common
+@pass_app
+def down(app: App, timeout: float) -> None:
+    """Stop the root's daemon (SIGTERM) and wait until it has; its agents keep running."""
+    import time
+
+    from .rootlock import daemon_running, daemon_status
+
+    meta = app.root.meta
+    if not daemon_running(meta):
+        _out(app, {"stopped": False, "running": False}, f"no daemon runs on {app.root.path}")
+        return
+    pid = _daemon_pid(meta, daemon_status(meta))
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while daemon_running(meta) or not _gone(pid):  # the lock is given back a moment before the exit
+        if time.monotonic() > deadline:
+            raise LazarusError(f"the daemon (pid {pid}) did not stop within {timeout:g}s")
+        time.sleep(0.05)
+    _out(app, {"stopped": True, "pid": pid}, f"daemon stopped (pid {pid})")
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def _daemon_pid(meta: Path, info: dict[str, Any]) -> int:
+    """The lock holder's pid, from daemon.pid (written by the holder itself), else daemon.json."""
+    try:
+        return int((meta / "daemon.pid").read_text().strip())
+    except (OSError, ValueError):
+        pid = info.get("pid")
+        if isinstance(pid, int) and info.get("host") in (None, socket.gethostname()):
+            return pid
+    raise LazarusError(f"a daemon holds {meta} but names no pid to signal")
 
 
 @cli.command()
