@@ -740,23 +740,28 @@ def revive(app: App, ref: str, name: str) -> None:
 @click.option("--once", is_flag=True, help="One pass: adopt, plan, act, then exit.")
 @click.option("--http", "http", default=None, metavar="HOST:PORT", help="Gateway address (default from config).")
 @click.option("--no-http", is_flag=True, help="No HTTP gateway.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every action.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every action in one line (spawn, death and why, revival...).")
+@click.option("--log-json", is_flag=True, help="Log every action as a JSON line, with its event's cell and seq.")
 @click.option("--host", default=None, envvar="LAZARUS_HOST",
               help="This daemon's host name in agent.spawned and leases (default: the machine's).")
 @common
 @pass_app
-def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool, host: str | None) -> None:
+def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool, log_json: bool,
+       host: str | None) -> None:
     """The daemon: watch, fold, plan, act, serve."""
     import asyncio
     import logging
 
     from .daemon import Daemon
+    from .narrate import JsonFormatter
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_json else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose or log_json else logging.WARNING, handlers=[handler])
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     daemon = Daemon(app.root, host=host, http="" if no_http else http,
-                    announce=lambda msg: click.echo(msg, err=True))
+                    announce=_announcer(log_json))
     asyncio.run(daemon.run(once=once))
 
 
@@ -806,6 +811,17 @@ def _daemon_pid(meta: Path, info: dict[str, Any]) -> int:
         if isinstance(pid, int) and info.get("host") in (None, socket.gethostname()):
             return pid
     raise LazarusError(f"a daemon holds {meta} but names no pid to signal")
+
+
+def _announcer(log_json: bool) -> Callable[[str], None]:
+    """The daemon's start line: plain on stderr, or one more JSON line (INFO, even without -v)."""
+    if not log_json:
+        return lambda msg: click.echo(msg, err=True)
+    import logging
+
+    started = logging.getLogger("lazarus.up")
+    started.setLevel(logging.INFO)
+    return started.info
 
 
 @cli.command()

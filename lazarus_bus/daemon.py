@@ -33,14 +33,17 @@ from .fold import CellView
 from .gateway import Gateway
 from .health import agent_rows
 from .leadership import Leadership, Renewal, new_instance
+from .narrate import describe, fields
 from .notify import Notifier
 from .planner import AnyAction, Start, Stop, plan
 from .rootlock import RootLock
+from .sdnotify import Notify
 from .watcher import Watcher
 
 __all__ = ["Daemon"]
 
 log = logging.getLogger(__name__)
+actions = logging.getLogger("lazarus.actions")  # `up -v`: one line per action the log records
 VERSION = _pkg_version("lazarus-pit")
 # events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
@@ -80,6 +83,7 @@ class Daemon:
         self.executor = Executor(backend, grace=self.config.daemon.grace, cells=self.watcher.cells.get,
                                  on_exit=self._mark_dirty, epoch=self.leadership.epoch, may_act=self._may_act)
         self.on_event = on_event
+        self.systemd = Notify()
         self.announce = announce
         self.started_at = time.time()
         self.last_tick = 0.0
@@ -118,6 +122,7 @@ class Daemon:
             if self._live:
                 if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
                     log.warning("approval needed in cell %s: %s", cell.id, e.message)
+                self._narrate(cell, e)
                 self.notifier.offer(e, now)
                 if self.on_event is not None:
                     self.on_event(cell, e)
@@ -125,6 +130,15 @@ class Daemon:
             self.gateway.publish(cell.id, events)
         if any(type(e) not in PASSIVE for e in events):
             self._mark_dirty(cell.id)
+
+    def _narrate(self, cell: Cell, e: Event) -> None:
+        """The action in one human line (INFO, so `up -v` shows it; `--log-json` adds the event's fields)."""
+        if not actions.isEnabledFor(logging.INFO):
+            return
+        view = cell.projection
+        line = describe(view.name if view is not None else cell.id, e)
+        if line is not None:
+            actions.info(line, extra={"lazarus": fields(cell.id, e)})
 
     def _mark_dirty(self, cell_id: str) -> None:
         self._dirty.add(cell_id)
@@ -341,6 +355,7 @@ class Daemon:
             self.write_status()
             if once:
                 return
+            self.systemd.ready(f"supervising {len(self.executor.procs)} agents in {len(self.watcher.cells)} cells")
             if self.announce is not None:
                 self.announce(f"lazarus up: root {self.root.path}, pid {os.getpid()}, "
                               f"{len(self.watcher.cells)} cells, {len(self.executor.procs)} agents supervised"
@@ -358,6 +373,8 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if not once:
+                self.systemd.stopping()
             for _, handle in self._timers.values():
                 handle.cancel()
             if self.gateway is not None and self.gateway.runner is not None:
@@ -396,6 +413,7 @@ class Daemon:
                                     ", ".join(stale))
                 self.run_pass()
                 self.write_status()
+                self.systemd.alive()  # from the loop itself: a hung loop stops the pings
                 if every > 0 and time.monotonic() >= next_verify and (verifying is None or verifying.done()):
                     next_verify = time.monotonic() + every
                     verifying = asyncio.create_task(self._verify_in_background())
