@@ -577,6 +577,43 @@ def _daemon_line(app: App, running: bool) -> dict[str, Any]:
 
 @cli.command()
 @click.argument("ref", metavar="CELL")
+@click.option("--since", type=int, default=0, help="Draw only what comes after this seq.")
+@click.option("--svg", "svg", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the timeline as SVG to this file.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write it as a standalone HTML page to this file.")
+@common
+@pass_app
+def timeline(app: App, ref: str, since: int, svg: Path | None, html_file: Path | None) -> None:
+    """Swimlanes of a cell: each agent running, stale, dead or stopped, with spawns, deaths, revivals,
+    handoffs and approvals marked."""
+    import time
+
+    from . import timeline as tl
+    from .files import atomic_write
+    from .policy import effective
+
+    if since < 0:
+        raise MalformedInput("--since must be >= 0")
+    c = app.cell(ref)
+    view = c.refresh()
+    t = tl.build(c.log.read(), now=time.time(), since=since,
+                 stale_after=lambda agent: effective(app.config, view, agent).stale_after)
+    if t is None:
+        raise NotFound(f"cell {c.id} has an empty log")
+    for path, text in ((svg, tl.to_svg), (html_file, tl.to_html)):
+        if path is not None:
+            atomic_write(path, text(t).encode(), durable=False, mode=0o644)
+    if app.json:
+        click.echo(msgspec.json.encode(t).decode())
+    elif svg is None and html_file is None:
+        from .render import timeline_print
+
+        timeline_print(t)
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL")
 @click.option("--until", type=int, default=None, help="Rebuild the state as it stood at this seq.")
 @common
 @pass_app

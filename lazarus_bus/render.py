@@ -14,10 +14,13 @@ from .fold import CellView
 from .replay import replay_log
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from .cells import Cell
+    from .timeline import Timeline
 
 __all__ = ["cells_table", "live_status", "replay_with_progress", "status_renderables", "status_table", "tasks_table",
-           "view_summary"]
+           "timeline_lines", "timeline_print", "view_summary"]
 
 # piped, a table is read by people later or by grep: wide enough that no cell is cut to "…"
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -114,6 +117,47 @@ def live_status(data: Callable[[], dict[str, Any]], interval: float, as_json: bo
         while True:
             sleep(interval)
             live.update(frame(), refresh=True)
+
+
+TIMELINE_GLYPHS = {"invited": ("·", "dim"), "running": ("█", "green"), "stale": ("▒", "yellow"),
+                   "dead": ("░", "red"), "stopped": ("─", "blue")}
+
+
+def timeline_lines(t: Timeline, width: int = 72) -> list[Text]:
+    """`lazarus timeline`: a row of cells per agent, one glyph per time slot (its state at the slot's
+    end, a mark's letter where something happened), then every mark in order with its seq."""
+    from rich.text import Text
+
+    from .timeline import MARK_GLYPHS, STATES
+
+    span = max(t.end - t.start, 1e-9)
+    name_w = max([len(lane.agent) for lane in t.lanes] + [5])
+    out = [Text(f"cell {t.name}: {len(t.lanes)} agents, {_age(t.end - t.start)} from seq {t.since + 1}")]
+    for lane in t.lanes:
+        row = Text(lane.agent.ljust(name_w) + " ")
+        slots: list[tuple[str, str]] = []
+        for i in range(width):
+            at = t.start + span * (i + 1) / width
+            state = next((s.state for s in lane.segments if s.start < at <= s.end), "")
+            slots.append(TIMELINE_GLYPHS[state] if state else (" ", ""))
+        for m in lane.marks:
+            i = min(width - 1, int((m.ts - t.start) / span * width))
+            slots[i] = (MARK_GLYPHS[m.kind], "bold")
+        for glyph, style in slots:
+            row.append(glyph, style=style)
+        out.append(row)
+    out.append(Text(" " * (name_w + 1) + "+0" + f"+{_age(span)}".rjust(width - 2)))
+    out.append(Text("  ".join(f"{TIMELINE_GLYPHS[s][0]} {s}" for s in STATES) + "   "
+                    + "  ".join(f"{g} {k}" for k, g in MARK_GLYPHS.items())))
+    for lane_mark, agent in sorted(((m, lane.agent) for lane in t.lanes for m in lane.marks), key=lambda x: x[0].seq):
+        out.append(Text(f"{lane_mark.seq:>6}  +{_age(lane_mark.ts - t.start):<6} {agent}: {lane_mark.label}"))
+    return out
+
+
+def timeline_print(t: Timeline) -> None:
+    width = max(20, min(120, (console.width or 100) - max(len(x.agent) for x in t.lanes) - 4)) if t.lanes else 60
+    for line in timeline_lines(t, width):
+        console.print(line)
 
 
 def tasks_table(rows: list[dict[str, Any]]) -> None:
