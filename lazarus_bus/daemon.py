@@ -25,6 +25,7 @@ from . import probe
 from .backends.process import ProcessBackend
 from .backends.sandbox import SOCKET_NAME, socket_dir
 from .cells import Cell, Root
+from .console import install as install_console
 from .errors import LazarusError
 from .events import Event
 from .executor import Executor
@@ -331,6 +332,7 @@ class Daemon:
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         if not once:  # the agents' socket is served even without HTTP: confined agents append through it
             self.gateway = Gateway(self, self.config)
+            install_console(self.gateway)  # the web console at /ui, on the same app and tokens
             if self.http:
                 self.gateway.check_listen(self.http)  # a refusal comes before anything starts
         self.root.path.mkdir(parents=True, exist_ok=True)

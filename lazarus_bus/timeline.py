@@ -162,6 +162,8 @@ def build(events: Iterable[ev.Event], *, now: float, stale_after: Callable[[str]
 
 def _clock(seconds: float) -> str:
     """A time offset as people read it on an axis: 45s, 12m, 3h."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
