@@ -50,6 +50,7 @@ ADMISSION: dict[type[ev.Event], Admission] = {
     ev.AgentJoined: Admission(capability="presence", states=_WORK.states, activates=True),
     ev.AgentHeartbeat: Admission(capability="presence", activates=True),
     ev.AgentLeft: Admission(capability="presence", states=ANY_STATE),
+    ev.AgentUpdated: Admission(),
     ev.AgentSpawned: Admission(states=_WORK.states, activates=True),
     ev.AgentExited: _LIFE,
     ev.AgentDeclaredDead: Admission(),
@@ -209,6 +210,26 @@ def _known_agent(view: CellView, name: str | None, what: str) -> None:
         raise NotFound(f"{what} {name!r} is not invited in cell {view.name}")
 
 
+def _check_update(view: CellView, e: ev.AgentUpdated) -> None:
+    """`agent stop | start | restart | update`: refused when there is nothing to do, said in words."""
+    _known_agent(view, e.agent, "agent")
+    a = view.agents[e.agent]
+    if a.phase == "left":
+        raise Refused(f"agent {e.agent} has left cell {view.name}: invite it again")
+    if e.command is not None and not e.command:
+        raise MalformedInput("agent.updated: command, when given, must not be empty")
+    if e.run is None:
+        return
+    if e.run != "stop" and view.state not in ("provisioned", "active"):
+        raise Refused(f"cell {view.name} is {view.state}: thaw it first")
+    if e.run == "stop" and a.held:
+        raise Refused(f"agent {e.agent} is already stopped")
+    if e.run == "start" and not (a.held or a.phase == "stopped"):
+        raise Refused(f"agent {e.agent} is {a.phase}, not stopped: `lazarus agent restart` restarts it")
+    if e.run == "restart" and not (e.command or a.command):
+        raise Refused(f"agent {e.agent} is not supervised (no command): there is no process to restart")
+
+
 def _check_refs(view: CellView, e: ev.Event) -> None:
     """Everything an event names must exist (or, for new ids, must not)."""
     if isinstance(e, ev.AgentInvited):
@@ -218,6 +239,9 @@ def _check_refs(view: CellView, e: ev.Event) -> None:
         old = view.agents.get(e.agent)
         if old is not None and old.phase != "left":
             raise Refused(f"agent {e.agent} is already invited in cell {view.name}")
+        return
+    if isinstance(e, ev.AgentUpdated):
+        _check_update(view, e)
         return
     if isinstance(e, ev.AgentRevived):
         _known_agent(view, e.agent, "agent")

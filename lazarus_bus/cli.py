@@ -300,6 +300,54 @@ def agent_leave(app: App, ref: str, name: str, reason: str, by: str) -> None:
     _appended(app, _emit(app, app.cell(ref), {"type": "agent.left", "agent": name, "reason": reason}, by=by))
 
 
+def _run(kind: str, help_text: str) -> None:
+    """`agent stop | start | restart`: one `agent.updated` with `run`; the daemon does the rest."""
+
+    @agent.command(kind, help=help_text)
+    @click.argument("ref", metavar="CELL")
+    @click.argument("name", metavar="AGENT")
+    @common
+    @pass_app
+    def command(app: App, ref: str, name: str) -> None:
+        _appended(app, _emit(app, app.cell(ref), {"type": "agent.updated", "agent": name, "run": kind},
+                             by="operator"))
+
+
+_run("stop", "Stop an agent on purpose: the daemon ends its process and does not revive it.")
+_run("start", "Start a stopped agent again.")
+_run("restart", "Stop and start an agent's process at once (not a death: no revival attempt is counted).")
+
+
+@agent.command("update")
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.option("--cmd", "cmd", default=None, help="A new argv, as one shell-quoted string.")
+@click.option("--env", multiple=True, help="KEY=VALUE merged into the agent's environment, repeatable.")
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0), default=None, help="Seconds.")
+@click.option("--revive", type=click.Choice(["yes", "no", "ask"]), default=None)
+@common
+@pass_app
+def agent_update(app: App, ref: str, name: str, cmd: str | None, env: tuple[str, ...],
+                 heartbeat_interval: float | None, revive: str | None) -> None:
+    """Change what an agent's next start runs; `agent restart` applies it now."""
+    payload: dict[str, Any] = {"type": "agent.updated", "agent": name}
+    if cmd is not None:
+        payload["command"] = shlex.split(cmd)
+    if env:
+        payload["env"] = _pairs(env, "--env")
+    if heartbeat_interval is not None:
+        payload["heartbeat_interval"] = heartbeat_interval
+    if revive is not None:
+        payload["revive"] = revive
+    if len(payload) == 2:
+        raise MalformedInput("nothing to update: give --cmd, --env, --heartbeat-interval or --revive")
+    c = app.cell(ref)
+    _appended(app, _emit(app, c, payload, by="operator"))
+    a = c.refresh().agents[name]
+    if not app.json and a.phase == "running" and a.command:
+        click.echo(f"{name} runs the old settings until `lazarus agent restart {ref} {name}`", err=True)
+
+
 @cli.command()
 @common
 @pass_app
@@ -378,14 +426,20 @@ def _matches(event: ev.Event, types: tuple[str, ...], agents: tuple[str, ...]) -
 @click.option("--type", "types", multiple=True, help="Only this type (globs like 'agent.*'), repeatable.")
 @click.option("--agent", "agents", multiple=True, help="Only events by or about this agent, repeatable.")
 @click.option("--since", type=int, default=0, help="Only events after this seq.")
+@click.option("-n", "--lines", "last", type=int, default=None, help="Only the last N (of those matching).")
 @common
 @pass_app
-def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple[str, ...], since: int) -> None:
+def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple[str, ...], since: int,
+         last: int | None) -> None:
     """Print events as stored, one JSON line each (for auditors)."""
     if since < 0:
         raise MalformedInput("--since must be >= 0")
+    if last is not None and last < 0:
+        raise MalformedInput("-n must be >= 0")
     c = app.cell(ref)
     out = sys.stdout.buffer
+    if last is not None:
+        since = _last_seq(c, since, last, types, agents)
     stream = c.log.follow(since) if follow else c.log.read_raw(since)
     try:
         for event, line in stream:
@@ -398,12 +452,87 @@ def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple
     out.flush()
 
 
+def _last_seq(c: Cell, since: int, last: int, types: tuple[str, ...], agents: tuple[str, ...]) -> int:
+    """The seq after which the last `last` matching events begin (one pass, remembering only seqs)."""
+    from collections import deque
+
+    seqs: deque[int] = deque(maxlen=last + 1)
+    seqs.append(since)
+    for event in c.log.read(since):
+        if _matches(event, types, agents):
+            seqs.append(event.seq)
+    if len(seqs) <= last:
+        return since
+    return seqs[0]
+
+
 @cli.command()
-@click.argument("ref", metavar="CELL", required=False)
+@click.argument("ref", metavar="CELL")
+@click.argument("name", metavar="AGENT")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what the agent writes, across rotations.")
+@click.option("-n", "--lines", "last", type=int, default=None, help="Only the last N lines (default: all kept).")
 @common
 @pass_app
-def status(app: App, ref: str | None) -> None:
+def logs(app: App, ref: str, name: str, follow: bool, last: int | None) -> None:
+    """An agent's captured output (stdout and stderr), rotated files included, oldest first."""
+    from .logrotate import follow_lines, last_lines
+
+    if last is not None and last < 0:
+        raise MalformedInput("-n must be >= 0")
+    c = app.cell(ref)
+    view = c.refresh()
+    if name not in view.agents:
+        raise NotFound(f"agent {name} is not in cell {view.name}")
+    path = c.agent_logs / f"{name}.log"
+    out = sys.stdout.buffer
+    for line in last_lines(path, last):
+        out.write(line)
+    out.flush()
+    if not follow:
+        return
+    try:
+        for chunk in follow_lines(path):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL", required=False)
+@click.option("-w", "--watch", is_flag=True, help="Redraw live until interrupted.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between redraws with --watch.")
+@common
+@pass_app
+def status(app: App, ref: str | None, watch: bool, interval: float) -> None:
     """Health of every agent: healthy, stale, dead, unknown, stopped or left."""
+    if not watch:
+        _status_once(app, ref)
+        return
+    import time
+
+    from .render import live_status
+
+    try:
+        live_status(lambda: _status_data(app, ref), interval, app.json, time.sleep)
+    except KeyboardInterrupt:
+        pass
+
+
+def _status_once(app: App, ref: str | None) -> None:
+    body = _status_data(app, ref)
+    if app.json:
+        click.echo(json.dumps(body))
+    else:
+        from .render import status_table
+
+        click.echo(body["daemon"]["text"])
+        status_table(body["cells"])
+
+
+def _status_data(app: App, ref: str | None) -> dict[str, Any]:
+    """What `status` shows: the daemon line and one row per agent of each cell (or a corrupt cell)."""
     import time
 
     from .health import agent_rows
@@ -425,25 +554,62 @@ def status(app: App, ref: str | None) -> None:
             continue
         data.append({"id": view.id, "name": view.name, "state": view.state, "seq": view.seq,
                      "agents": agent_rows(view, app.config, now, no_daemon=not running, host=here)})
-    daemon = _daemon_line(app, running)
-    if app.json:
-        click.echo(json.dumps({"daemon": daemon, "cells": data}))
-    else:
-        from .render import status_table
-
-        click.echo(daemon["text"])
-        status_table(data)
+    return {"daemon": _daemon_line(app, running), "cells": data}
 
 
 def _daemon_line(app: App, running: bool) -> dict[str, Any]:
-    """Whether this root's daemon runs, and its pid from daemon.json."""
+    """Whether this root's daemon runs, its pid and instance from daemon.json, and which cells it leads
+    (on a store shared by hosts; `leading` is null on a local root, where the one daemon leads all)."""
     from .rootlock import daemon_status
 
     info = daemon_status(app.root.meta)
     if running:
+        text = f"daemon: running (pid {info.get('pid', '?')} on {info.get('host', '?')}"
+        if info.get("instance"):
+            text += f", instance {info['instance']}"
+        leading = info.get("leading")
+        if isinstance(leading, list):
+            text += f", leading {len(leading)} cell{'s' if len(leading) != 1 else ''}"
         return {"running": True, "pid": info.get("pid"), "host": info.get("host"),
-                "text": f"daemon: running (pid {info.get('pid', '?')} on {info.get('host', '?')})"}
+                "instance": info.get("instance"), "leading": leading, "text": text + ")"}
     return {"running": False, "text": "daemon: not running (`lazarus up` supervises and revives the agents)"}
+
+
+@cli.command()
+@click.argument("ref", metavar="CELL")
+@click.option("--since", type=int, default=0, help="Draw only what comes after this seq.")
+@click.option("--svg", "svg", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the timeline as SVG to this file.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write it as a standalone HTML page to this file.")
+@common
+@pass_app
+def timeline(app: App, ref: str, since: int, svg: Path | None, html_file: Path | None) -> None:
+    """Swimlanes of a cell: each agent running, stale, dead or stopped, with spawns, deaths, revivals,
+    handoffs and approvals marked."""
+    import time
+
+    from . import timeline as tl
+    from .files import atomic_write
+    from .policy import effective
+
+    if since < 0:
+        raise MalformedInput("--since must be >= 0")
+    c = app.cell(ref)
+    view = c.refresh()
+    t = tl.build(c.log.read(), now=time.time(), since=since,
+                 stale_after=lambda agent: effective(app.config, view, agent).stale_after)
+    if t is None:
+        raise NotFound(f"cell {c.id} has an empty log")
+    for path, text in ((svg, tl.to_svg), (html_file, tl.to_html)):
+        if path is not None:
+            atomic_write(path, text(t).encode(), durable=False, mode=0o644)
+    if app.json:
+        click.echo(msgspec.json.encode(t).decode())
+    elif svg is None and html_file is None:
+        from .render import timeline_print
+
+        timeline_print(t)
 
 
 @cli.command()
@@ -617,24 +783,88 @@ def revive(app: App, ref: str, name: str) -> None:
 @click.option("--once", is_flag=True, help="One pass: adopt, plan, act, then exit.")
 @click.option("--http", "http", default=None, metavar="HOST:PORT", help="Gateway address (default from config).")
 @click.option("--no-http", is_flag=True, help="No HTTP gateway.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every action.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every action in one line (spawn, death and why, revival...).")
+@click.option("--log-json", is_flag=True, help="Log every action as a JSON line, with its event's cell and seq.")
 @click.option("--host", default=None, envvar="LAZARUS_HOST",
               help="This daemon's host name in agent.spawned and leases (default: the machine's).")
 @common
 @pass_app
-def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool, host: str | None) -> None:
+def up(app: App, once: bool, http: str | None, no_http: bool, verbose: bool, log_json: bool,
+       host: str | None) -> None:
     """The daemon: watch, fold, plan, act, serve."""
     import asyncio
     import logging
 
     from .daemon import Daemon
+    from .narrate import JsonFormatter
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_json else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose or log_json else logging.WARNING, handlers=[handler])
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     daemon = Daemon(app.root, host=host, http="" if no_http else http,
-                    announce=lambda msg: click.echo(msg, err=True))
+                    announce=_announcer(log_json))
     asyncio.run(daemon.run(once=once))
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds to wait for it to stop.")
+@common
+@pass_app
+def down(app: App, timeout: float) -> None:
+    """Stop the root's daemon (SIGTERM) and wait until it has; its agents keep running."""
+    import time
+
+    from .rootlock import daemon_running, daemon_status
+
+    meta = app.root.meta
+    if not daemon_running(meta):
+        _out(app, {"stopped": False, "running": False}, f"no daemon runs on {app.root.path}")
+        return
+    pid = _daemon_pid(meta, daemon_status(meta))
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while daemon_running(meta) or not _gone(pid):  # the lock is given back a moment before the exit
+        if time.monotonic() > deadline:
+            raise LazarusError(f"the daemon (pid {pid}) did not stop within {timeout:g}s")
+        time.sleep(0.05)
+    _out(app, {"stopped": True, "pid": pid}, f"daemon stopped (pid {pid})")
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def _daemon_pid(meta: Path, info: dict[str, Any]) -> int:
+    """The lock holder's pid, from daemon.pid (written by the holder itself), else daemon.json."""
+    try:
+        return int((meta / "daemon.pid").read_text().strip())
+    except (OSError, ValueError):
+        pid = info.get("pid")
+        if isinstance(pid, int) and info.get("host") in (None, socket.gethostname()):
+            return pid
+    raise LazarusError(f"a daemon holds {meta} but names no pid to signal")
+
+
+def _announcer(log_json: bool) -> Callable[[str], None]:
+    """The daemon's start line: plain on stderr, or one more JSON line (INFO, even without -v)."""
+    if not log_json:
+        return lambda msg: click.echo(msg, err=True)
+    import logging
+
+    started = logging.getLogger("lazarus.up")
+    started.setLevel(logging.INFO)
+    return started.info
 
 
 @cli.command()

@@ -24,6 +24,7 @@ __all__ = [
     "NotifyConfig",
     "HttpConfig",
     "IsolationConfig",
+    "LogsConfig",
     "load_config",
     "find_root",
     "resolve",
@@ -124,6 +125,13 @@ class IsolationConfig(_Section, frozen=True, kw_only=True):
     limits: dict[str, str] = {}  # memory, cpu, pids, nofile: under each invite's own --limit
 
 
+class LogsConfig(_Section, frozen=True, kw_only=True):
+    """Agents' captured output: rotated by size so a chatty agent cannot fill the disk."""
+
+    max_bytes: Annotated[int, Meta(ge=0)] = 10 * 1024 * 1024  # 0: never rotate
+    keep: Annotated[int, Meta(ge=0)] = 5  # rotated files kept: <agent>.log.1 (newest) to .log.<keep>
+
+
 class Config(_Section, frozen=True, kw_only=True):
     """The whole of lazarus.toml."""
 
@@ -150,6 +158,7 @@ class Config(_Section, frozen=True, kw_only=True):
     notify: NotifyConfig = NotifyConfig()
     http: HttpConfig = HttpConfig()
     isolation: IsolationConfig = IsolationConfig()
+    logs: LogsConfig = LogsConfig()
 
 
 def load_config(path: Path) -> Config:

@@ -25,6 +25,7 @@ from . import probe
 from .backends.process import ProcessBackend
 from .backends.sandbox import SOCKET_NAME, socket_dir
 from .cells import Cell, Root
+from .console import install as install_console
 from .errors import LazarusError
 from .events import Event
 from .executor import Executor
@@ -33,14 +34,17 @@ from .fold import CellView
 from .gateway import Gateway
 from .health import agent_rows
 from .leadership import Leadership, Renewal, new_instance
+from .narrate import describe, fields
 from .notify import Notifier
 from .planner import AnyAction, Start, Stop, plan
 from .rootlock import RootLock
+from .sdnotify import Notify
 from .watcher import Watcher
 
 __all__ = ["Daemon"]
 
 log = logging.getLogger(__name__)
+actions = logging.getLogger("lazarus.actions")  # `up -v`: one line per action the log records
 VERSION = _pkg_version("lazarus-pit")
 # events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
@@ -72,13 +76,15 @@ class Daemon:
         self.socket_dir = socket_dir(root.path)
         backend = ProcessBackend(self.host, self.config.daemon.grace, passthrough=iso.env_passthrough,
                                  limits=dict(iso.limits), socket_dir=self.socket_dir,
-                                 hide=(self.config.http.tokens_file,) if self.config.http.tokens_file else ())
+                                 hide=(self.config.http.tokens_file,) if self.config.http.tokens_file else (),
+                                 log_max_bytes=self.config.logs.max_bytes, log_keep=self.config.logs.keep)
         self.instance = new_instance(self.host)
         self.leadership = Leadership(root.store, self.instance, ttl=self.config.nats_lease,
                                      fence_after=self.config.daemon.fence_after, grace=self.config.daemon.grace)
         self.executor = Executor(backend, grace=self.config.daemon.grace, cells=self.watcher.cells.get,
                                  on_exit=self._mark_dirty, epoch=self.leadership.epoch, may_act=self._may_act)
         self.on_event = on_event
+        self.systemd = Notify()
         self.announce = announce
         self.started_at = time.time()
         self.last_tick = 0.0
@@ -117,6 +123,7 @@ class Daemon:
             if self._live:
                 if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
                     log.warning("approval needed in cell %s: %s", cell.id, e.message)
+                self._narrate(cell, e)
                 self.notifier.offer(e, now)
                 if self.on_event is not None:
                     self.on_event(cell, e)
@@ -124,6 +131,15 @@ class Daemon:
             self.gateway.publish(cell.id, events)
         if any(type(e) not in PASSIVE for e in events):
             self._mark_dirty(cell.id)
+
+    def _narrate(self, cell: Cell, e: Event) -> None:
+        """The action in one human line (INFO, so `up -v` shows it; `--log-json` adds the event's fields)."""
+        if not actions.isEnabledFor(logging.INFO):
+            return
+        view = cell.projection
+        line = describe(view.name if view is not None else cell.id, e)
+        if line is not None:
+            actions.info(line, extra={"lazarus": fields(cell.id, e)})
 
     def _mark_dirty(self, cell_id: str) -> None:
         self._dirty.add(cell_id)
@@ -317,6 +333,7 @@ class Daemon:
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         if not once:  # the agents' socket is served even without HTTP: confined agents append through it
             self.gateway = Gateway(self, self.config)
+            install_console(self.gateway)  # the web console at /ui, on the same app and tokens
             if self.http:
                 self.gateway.check_listen(self.http)  # a refusal comes before anything starts
         self.root.path.mkdir(parents=True, exist_ok=True)
@@ -341,6 +358,7 @@ class Daemon:
             self.write_status()
             if once:
                 return
+            self.systemd.ready(f"supervising {len(self.executor.procs)} agents in {len(self.watcher.cells)} cells")
             if self.announce is not None:
                 self.announce(f"lazarus up: root {self.root.path}, pid {os.getpid()}, "
                               f"{len(self.watcher.cells)} cells, {len(self.executor.procs)} agents supervised"
@@ -358,6 +376,8 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if not once:
+                self.systemd.stopping()
             for _, handle in self._timers.values():
                 handle.cancel()
             if self.gateway is not None and self.gateway.runner is not None:
@@ -396,6 +416,7 @@ class Daemon:
                                     ", ".join(stale))
                 self.run_pass()
                 self.write_status()
+                self.systemd.alive()  # from the loop itself: a hung loop stops the pings
                 if every > 0 and time.monotonic() >= next_verify and (verifying is None or verifying.done()):
                     next_verify = time.monotonic() + every
                     verifying = asyncio.create_task(self._verify_in_background())

@@ -252,6 +252,22 @@ class AgentLeft(Event, frozen=True, kw_only=True, tag="agent.left"):
     reason: str = ""
 
 
+Run = Literal["stop", "start", "restart"]
+
+
+class AgentUpdated(Event, frozen=True, kw_only=True, tag="agent.updated"):
+    """The operator changed an agent: what its next start runs (fields left null stay as they were) and,
+    with `run`, whether it runs: `stop` (stopped and not revived), `start` again, or `restart` (stopped,
+    then started at once; neither counts as a death or a revival attempt)."""
+
+    agent: Name
+    command: list[str] | None = None
+    env: dict[str, str] | None = None  # merged into the invite's env
+    heartbeat_interval: Seconds | None = None
+    revive: Revive | None = None
+    run: Run | None = None
+
+
 class AgentSpawned(Event, frozen=True, kw_only=True, tag="agent.spawned"):
     """The supervisor started the agent's own process."""
 
@@ -499,6 +515,7 @@ AnyEvent = Union[
     AgentJoined,
     AgentHeartbeat,
     AgentLeft,
+    AgentUpdated,
     AgentSpawned,
     AgentExited,
     AgentDeclaredDead,

@@ -98,6 +98,8 @@ class AgentView(Struct, frozen=True, kw_only=True, gc=False):
     budget_exceeded: str | None = None  # what reached its cap, until a budget.raised
     budget_on_exceed: str = ""
     budget_approval: str | None = None
+    held: bool = False  # stopped by the operator (`agent stop`): not started, not revived, until `agent start`
+    restart_pending: bool = False  # `agent restart`: stopped, then started at once, outside the revival rules
 
 
 class EffectView(Struct, frozen=True, kw_only=True, gc=False):
@@ -336,7 +338,42 @@ def _spawned(view: CellView, e: ev.AgentSpawned) -> CellView:
         dead_reason=None,
         revival=None,
         approval=None,
+        restart_pending=False,
     )
+
+
+def _running_per_log(a: AgentView) -> bool:
+    return bool(a.command) and a.spawned_at > a.exited_at and a.pid > 0
+
+
+def _updated(view: CellView, e: ev.AgentUpdated) -> CellView:
+    """What its next start runs; with `run`, whether it runs (the planner stops and starts the process)."""
+    a = view.agents[e.agent]
+    changes: dict[str, Any] = {}
+    if e.command is not None:
+        changes["command"] = list(e.command)
+    if e.env is not None:
+        changes["env"] = {**a.env, **e.env}
+    if e.heartbeat_interval is not None:
+        changes["heartbeat_interval"] = e.heartbeat_interval
+    if e.revive is not None:
+        changes["revive"] = e.revive
+    down = {"revival": None, "approval": None, "dead_reason": None}
+    if e.run == "stop":
+        changes.update(held=True, restart_pending=False, **down)
+        if not _running_per_log(a):
+            changes["phase"] = "stopped"
+    elif e.run == "start":
+        changes.update(held=False)
+        if not (e.command or a.command):  # nobody starts it: it is judged by its heartbeats again from now
+            changes.update(phase="running", last_seen=e.ts, cycle_since=e.ts)
+    elif e.run == "restart":
+        changes.update(held=False, **down)
+        if _running_per_log(a):
+            changes["restart_pending"] = True
+        else:
+            changes.update(phase="stopped", restart_pending=False)
+    return _agent(view, e.agent, **changes)
 
 
 def _exited(view: CellView, e: ev.AgentExited) -> CellView:
@@ -346,6 +383,8 @@ def _exited(view: CellView, e: ev.AgentExited) -> CellView:
     phase: Phase
     if a.phase in ("left", "dead"):
         phase = a.phase  # a stop the log already explains
+    elif a.held or a.restart_pending:
+        phase = "stopped"  # `agent stop` or `agent restart`: the operator's stop, not a death
     elif view.state in ("frozen", "archived") and e.returncode != 0:
         phase = "stopped"  # stopped on purpose with its cell; started again on thaw
     elif a.budget_exceeded and a.budget_on_exceed != "ask" and e.returncode != 0:
@@ -553,6 +592,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
     ev.AgentJoined: _joined,
     ev.AgentHeartbeat: _one(_heartbeats),
     ev.AgentLeft: _left,
+    ev.AgentUpdated: _updated,
     ev.AgentSpawned: _spawned,
     ev.AgentExited: _exited,
     ev.AgentDeclaredDead: _declared_dead,

@@ -153,6 +153,23 @@ def scrub(message: str) -> str:
     return _PATH.sub(r"\1", message)
 
 
+COOKIE = "lazarus_token"
+CONSOLE_OPEN = frozenset({"/ui/login"})  # the console's login form (and its static files) need no token
+
+
+def console_token(request: web.Request) -> str:
+    """A browser cannot send a bearer header when it follows a link: the console keeps the token in a
+    cookie (HttpOnly, SameSite=Strict) and it counts only for the console's own pages."""
+    return request.cookies.get(COOKIE, "") if request.path == "/ui" or request.path.startswith("/ui/") else ""
+
+
+def console_login(request: web.Request) -> web.Response | None:
+    """A console page asked for without a valid token sends the browser to the login form."""
+    if request.path != "/ui" and not request.path.startswith("/ui/"):
+        return None
+    return web.Response(status=303, headers={"Location": "/ui/login"}, text="log in at /ui/login\n")
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": scrub(message)}, status=status)
 
@@ -390,16 +407,19 @@ class Gateway:
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         if _via_unix(request):
             return await self._agent_auth(request, handler)
-        if self.tokens is None or request.path in ("/health", "/metrics"):
+        if self.tokens is None or request.path in ("/health", "/metrics") or request.path in CONSOLE_OPEN \
+                or request.path.startswith("/ui/static/"):
             request["identity"] = ANYONE
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return _error(401, "missing bearer token (Authorization: Bearer ...)")
+            scheme, token = "bearer", console_token(request)  # the web console's cookie (same tokens)
+        if scheme.lower() != "bearer" or not token.strip():
+            return console_login(request) or _error(401, "missing bearer token (Authorization: Bearer ...)")
         identity = self.tokens.get(hashlib.sha256(token.strip().encode()).hexdigest())
         if identity is None:
-            return _error(401, "unknown token")
+            return console_login(request) or _error(401, "unknown token")
         request["identity"] = identity
         return await handler(request)
 

@@ -109,6 +109,15 @@ def revival_state(view: CellView, a: AgentView, now: float) -> str | None:
     return a.revival  # escalated, unrecoverable, suppressed, substitute
 
 
+def progress_columns(a: AgentView, p: Effective, now: float) -> dict[str, Any]:
+    """Stuck versus working at a glance: the age of the last progress (the heartbeat `cycle` last
+    changed) and the restarts within the attempt window."""
+    return {
+        "progress_age": round(now - a.cycle_since, 3) if a.cycle_since else None,
+        "restarts": sum(1 for t in a.restarts if now - t <= p.attempt_window),
+    }
+
+
 def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = False,
                host: str | None = None) -> list[dict[str, Any]]:
     """One row per agent for `status`, `/cells/{cell}` and the planner's dry run. With `no_daemon`, a
@@ -116,7 +125,8 @@ def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = 
     unsupervised: nobody would notice its death, so `healthy` would be stale evidence."""
     rows = []
     for a in view.agents.values():
-        v = judge(view, a, effective(config, view, a.name), now)
+        p = effective(config, view, a.name)
+        v = judge(view, a, p, now)
         health: str = v.health
         if no_daemon and a.command and v.health in ("healthy", "stale", "unknown") and host in (None, a.host):
             health = UNSUPERVISED
@@ -127,5 +137,6 @@ def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = 
             "pid": a.pid or None, "supervised": bool(a.command), "attempt": a.attempt,
             "cycle": a.cycle, "status": a.status, "phase": a.phase, "detail": v.detail,
             "spend": spend_row(view, config, a, now), "in_doubt": [e.effect_id for e in in_doubt(view, a.name)],
+            **progress_columns(a, p, now),
         })
     return rows

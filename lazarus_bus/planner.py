@@ -166,6 +166,16 @@ def _declare(a: AgentView, reason: str, detail: dict[str, Any]) -> ev.AgentDecla
                                 last_seen=a.last_seen, detail=detail)
 
 
+def _operator_stop(a: AgentView, running: bool) -> str | None:
+    """`agent stop` and `agent restart`: why to stop the process ("" when it is already down, so nothing
+    is to be done), or None when the operator asked for no stop."""
+    if a.held:
+        return "stopped by the operator" if running else ""
+    if a.restart_pending and running:
+        return "restart asked by the operator"
+    return None
+
+
 def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: str | None) -> list[AnyAction]:
     """The actions one agent needs now (usually none)."""
     cid, name, supervised = view.id, a.name, bool(a.command)
@@ -184,9 +194,12 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
         return [Append(cell=cid, agent=name, at_seq=view.seq, why="budget", events=spending)]
     if blocked(a) and not (a.phase == "exited" and a.returncode == 0):
         return [Stop(cell=cid, agent=name, why="budget exceeded")] if running_per_log else []
+    operator = _operator_stop(a, running_per_log)
+    if operator is not None:
+        return [Stop(cell=cid, agent=name, why=operator)] if operator else []
     if a.phase in ("invited", "stopped") and supervised:
         return [Start(cell=cid, at_seq=view.seq, agent=name, attempt=1, resume=resume_pointer(view, name),
-                      why="first start" if a.phase == "invited" else "cell thawed")]
+                      why="first start" if a.phase == "invited" else "started again (thawed, or by the operator)")]
     if a.phase == "exited":
         if a.returncode == 0 and p.restart_on == "failure":
             return [Append(cell=cid, agent=name, at_seq=view.seq, why="completed",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -14,11 +15,16 @@ from .fold import CellView
 from .replay import replay_log
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from .cells import Cell
+    from .timeline import Timeline
 
-__all__ = ["cells_table", "replay_with_progress", "status_table", "tasks_table", "view_summary"]
+__all__ = ["cells_table", "live_status", "replay_with_progress", "status_renderables", "status_table", "tasks_table",
+           "timeline_lines", "timeline_print", "view_summary"]
 
-console = Console(highlight=False, soft_wrap=True)
+# piped, a table is read by people later or by grep: wide enough that no cell is cut to "…"
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def cells_table(rows: list[dict[str, Any]]) -> None:
@@ -49,33 +55,40 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.0f}h"
 
 
-def status_table(cells: list[dict[str, Any]]) -> None:
+def status_table(cells: list[dict[str, Any]], out: Console | None = None) -> None:
     """`status`: one row per agent, grouped by cell."""
+    out = out or console
+    for item in status_renderables(cells):
+        out.print(item)
+
+
+def status_renderables(cells: list[dict[str, Any]]) -> list[Table | str]:
+    """The table and the "waits for you" lines, for one print or one frame of `status --watch`."""
     if not cells:
-        console.print("no cells (create one with `lazarus cell create NAME`)")
-        return
+        return ["no cells (create one with `lazarus cell create NAME`)"]
     rows = [r for c in cells for r in c.get("agents", ())]
     spend = any(spend_text(r["spend"]) != "-" for r in rows)  # the columns appear once there is something to show
     doubt = any(r["in_doubt"] for r in rows)
     extra = [*(["SPEND"] if spend else []), *(["IN DOUBT"] if doubt else [])]
-    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "REVIVAL", "HEARTBEAT", "PID", *extra, "WHY", box=None,
-                  pad_edge=False)
+    table = Table("CELL", "STATE", "AGENT", "ROLE", "HEALTH", "REVIVAL", "RESTARTS", "HEARTBEAT", "PROGRESS", "PID",
+                  *extra, "WHY", box=None, pad_edge=False)
     blank = [""] * len(extra)
     for c in cells:
         if "error" in c:
-            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", "", *blank,
-                          c["error"])
+            table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", "", "", "",
+                          *blank, c["error"])
             continue
         if not c["agents"]:
-            table.add_row(c["name"], c["state"], "-", "", "", "", "", "", *blank, "")
+            table.add_row(c["name"], c["state"], "-", "", "", "", "", "", "", "", *blank, "")
         for r in c["agents"]:
             style = HEALTH_STYLE.get(r["health"], "yellow")
             held = ", ".join(r["in_doubt"])
             more = [*([spend_text(r["spend"])] if spend else []),
                     *([f"[bold yellow]{held}[/]" if held else ""] if doubt else [])]
             table.add_row(c["name"], c["state"], r["agent"], r["role"], f"[{style}]{r['health']}[/]",
-                          r["revival"] or "", _age(r["heartbeat_age"]), str(r["pid"] or "-"), *more, r["reason"] or "")
-    console.print(table)
+                          r["revival"] or "", str(r.get("restarts", 0)), _age(r["heartbeat_age"]),
+                          _age(r.get("progress_age")), str(r["pid"] or "-"), *more, r["reason"] or "")
+    items: list[Table | str] = [table]
     for c in cells:
         for r in c.get("agents", ()):
             if r["in_doubt"]:
@@ -83,8 +96,80 @@ def status_table(cells: list[dict[str, Any]]) -> None:
                               f"(`lazarus effects {c['name']} --in-doubt`, then `lazarus effects resolve`)")
             if "awaiting approval " in (r["revival"] or ""):
                 key = r["revival"].rsplit(" ", 1)[1]
-                console.print(f"{c['name']}/{r['agent']} waits for you: "
-                              f"`lazarus approve {key}` or `lazarus deny {key}`")
+                items.append(f"{c['name']}/{r['agent']} waits for you: "
+                             f"`lazarus approve {key}` or `lazarus deny {key}`")
+    return items
+
+
+def live_status(data: Callable[[], dict[str, Any]], interval: float, as_json: bool,
+                sleep: Callable[[float], None]) -> None:
+    """`status --watch`: redraw in place on a terminal; elsewhere (a pipe) print one frame per interval,
+    with --json one JSON line per frame, so a script can follow it too."""
+    import json
+
+    if as_json or not console.is_terminal:
+        while True:
+            body = data()
+            if as_json:
+                print(json.dumps(body), flush=True)
+            else:
+                console.print(body["daemon"]["text"])
+                status_table(body["cells"])
+                console.print("")
+                console.file.flush()
+            sleep(interval)
+    from rich.console import Group
+    from rich.live import Live
+
+    def frame() -> Group:
+        body = data()
+        return Group(body["daemon"]["text"], *status_renderables(body["cells"]))
+
+    with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
+        while True:
+            sleep(interval)
+            live.update(frame(), refresh=True)
+
+
+TIMELINE_GLYPHS = {"invited": ("·", "dim"), "running": ("█", "green"), "stale": ("▒", "yellow"),
+                   "dead": ("░", "red"), "stopped": ("─", "blue")}
+
+
+def timeline_lines(t: Timeline, width: int = 72) -> list[Text]:
+    """`lazarus timeline`: a row of cells per agent, one glyph per time slot (its state at the slot's
+    end, a mark's letter where something happened), then every mark in order with its seq."""
+    from rich.text import Text
+
+    from .timeline import MARK_GLYPHS, STATES
+
+    span = max(t.end - t.start, 1e-9)
+    name_w = max([len(lane.agent) for lane in t.lanes] + [5])
+    out = [Text(f"cell {t.name}: {len(t.lanes)} agents, {_age(t.end - t.start)} from seq {t.since + 1}")]
+    for lane in t.lanes:
+        row = Text(lane.agent.ljust(name_w) + " ")
+        slots: list[tuple[str, str]] = []
+        for i in range(width):
+            at = t.start + span * (i + 1) / width
+            state = next((s.state for s in lane.segments if s.start < at <= s.end), "")
+            slots.append(TIMELINE_GLYPHS[state] if state else (" ", ""))
+        for m in lane.marks:
+            i = min(width - 1, int((m.ts - t.start) / span * width))
+            slots[i] = (MARK_GLYPHS[m.kind], "bold")
+        for glyph, style in slots:
+            row.append(glyph, style=style)
+        out.append(row)
+    out.append(Text(" " * (name_w + 1) + "+0" + f"+{_age(span)}".rjust(width - 2)))
+    out.append(Text("  ".join(f"{TIMELINE_GLYPHS[s][0]} {s}" for s in STATES) + "   "
+                    + "  ".join(f"{g} {k}" for k, g in MARK_GLYPHS.items())))
+    for lane_mark, agent in sorted(((m, lane.agent) for lane in t.lanes for m in lane.marks), key=lambda x: x[0].seq):
+        out.append(Text(f"{lane_mark.seq:>6}  +{_age(lane_mark.ts - t.start):<6} {agent}: {lane_mark.label}"))
+    return out
+
+
+def timeline_print(t: Timeline) -> None:
+    width = max(20, min(120, (console.width or 100) - max(len(x.agent) for x in t.lanes) - 4)) if t.lanes else 60
+    for line in timeline_lines(t, width):
+        console.print(line)
 
 
 def spend_text(row: dict[str, Any]) -> str:

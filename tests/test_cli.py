@@ -314,3 +314,39 @@ def test_export_and_import_refuse_bad_input_with_one_line_and_change_nothing(cli
     assert forge.read_bytes() == before
     assert [c["name"] for c in json.loads(cli.ok("cell", "list", "--json"))] == ["forge"]
     assert not list((cli.root / ".lazarus").glob("new-*"))  # no half-built cell left behind
+
+
+def test_tail_n_prints_the_last_n_events(cli: Cli) -> None:
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write")
+    for i in range(5):
+        cli.ok("heartbeat", "forge", "w", "--cycle", str(i))
+    lines = [json.loads(x) for x in cli.ok("tail", "forge", "-n", "2").splitlines()]
+    assert [e["cycle"] for e in lines] == [3, 4]
+    beats = [json.loads(x) for x in cli.ok("tail", "forge", "--type", "agent.heartbeat", "-n", "3").splitlines()]
+    assert [e["cycle"] for e in beats] == [2, 3, 4]
+    assert len(cli.ok("tail", "forge", "-n", "100").splitlines()) == 8  # provisioned, invited, activated, 5 beats
+    assert cli.ok("tail", "forge", "-n", "0") == ""
+
+
+def test_shell_completion_is_clicks_own(cli: Cli) -> None:
+    """`_LAZARUS_COMPLETE=bash_source lazarus` prints the script the user guide tells people to source."""
+    import subprocess
+
+    exe = str(Path(sys.executable).parent / "lazarus")
+    env = {**cli.env(), "_LAZARUS_COMPLETE": "bash_source"}
+    script = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "_lazarus_completion()" in script and "complete -o nosort -F _lazarus_completion lazarus" in script
+    env = {**cli.env(), "_LAZARUS_COMPLETE": "bash_complete", "COMP_WORDS": "lazarus agent re", "COMP_CWORD": "2"}
+    got = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=60).stdout
+    assert got.split() == ["plain,restart"]
+
+
+def test_the_systemd_unit_is_ready_to_use() -> None:
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(Path(__file__).parent.parent / "config" / "lazarus.service")
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["KillMode"] == "process" and int(service["WatchdogSec"]) > 1
+    assert service["ExecStart"].split()[1:3] == ["up", "--log-json"]

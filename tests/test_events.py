@@ -16,7 +16,7 @@ SAMPLE = Path(__file__).parent / "data" / "sample_v1.jsonl"
 def test_every_catalogue_type_is_defined() -> None:
     assert set(EVENT_TYPES) == {
         "cell.provisioned", "cell.activated", "cell.frozen", "cell.thawed", "cell.archived", "cell.destroyed", "leader.elected",
-        "agent.invited", "agent.joined", "agent.heartbeat", "agent.left", "agent.spawned", "agent.exited",
+        "agent.invited", "agent.joined", "agent.heartbeat", "agent.left", "agent.updated", "agent.spawned", "agent.exited",
         "agent.declared_dead", "agent.revived", "revival.planned", "revival.approval_requested",
         "revival.approved", "revival.denied", "bus.message", "checkpoint.created", "handoff.created",
         "handoff.accepted", "checkpoint.restored", "task.created", "task.updated",

@@ -47,6 +47,8 @@ drafts = st.one_of(
               substitute_for=st.one_of(st.none(), agent)),
     st.builds(ev.RevivalPlanned, by=st.sampled_from(["lazarus", "operator"]), agent=agent,
               action=st.sampled_from(["restart", "substitute", "ask", "suppressed", "escalated"])),
+    st.builds(ev.AgentUpdated, by=st.just("operator"), agent=agent,
+              run=st.sampled_from([None, "stop", "start", "restart"]), revive=st.sampled_from([None, "yes"])),
     st.builds(ev.RevivalApprovalRequested, by=st.just("lazarus"), key=ref, agent=agent),
     st.builds(ev.RevivalApproved, by=st.just("operator"), key=ref),
     st.builds(ev.RevivalDenied, by=st.just("operator"), key=ref),
@@ -197,3 +199,16 @@ def test_an_event_naming_what_the_log_never_introduced_is_corrupt_wherever_it_is
             fold_them()
     with pytest.raises(CorruptLog, match="seq 4: agent.heartbeat before cell.provisioned"):
         fold(None, msgspec.structs.replace(BEAT, seq=4))
+
+
+def test_an_operator_stop_is_stopped_not_dead() -> None:
+    """`agent stop` of a running agent: its exit makes it `stopped`, held until `agent start`."""
+    view = fold_all([ev.CellProvisioned(by="operator", name="forge", seq=1), *PRELUDE,
+                     ev.AgentSpawned(by="lazarus", agent="bob", pid=7, attempt=1, ts=10.0),
+                     ev.AgentUpdated(by="operator", agent="bob", run="stop", ts=11.0),
+                     ev.AgentExited(by="lazarus", agent="bob", pid=7, signal=15, ts=12.0)])
+    assert view is not None
+    bob = view.agents["bob"]
+    assert bob.phase == "stopped" and bob.held and bob.deaths == 0
+    view = fold(view, ev.AgentUpdated(by="operator", agent="bob", run="start", env={"A": "1"}))
+    assert not view.agents["bob"].held and view.agents["bob"].env == {"A": "1"}

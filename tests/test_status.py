@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lazarus_bus import Cell
 from lazarus_bus.fold import CellView
-from tests.conftest import Cli
+from tests.conftest import Cli, Procs
 from tests.support import Up, wait
 
 
@@ -68,3 +68,41 @@ def test_an_approval_pending_is_said_with_how_to_give_it(up: Up, cli: Cli) -> No
     wait(lambda: f"lazarus approve {key}" in up.log.read_text(), "the daemon's terminal says it")
     cli.ok("approve", key)
     wait(lambda: view_of(cell).agents["w"].spawns == 2, "the approved revival")
+
+
+def test_status_shows_restarts_heartbeat_and_progress_ages(up: Up, cli: Cli) -> None:
+    up.config('[resurrection]\nmode = "yes"\n')
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", "sleep 600")
+    cli.ok("agent", "invite", "forge", "beat", "--role", "write", "--heartbeat-interval", "5")
+    up.start()
+    cell = up.cell()
+    wait(lambda: view_of(cell).agents["w"].phase == "running", "the start")
+    os.kill(view_of(cell).agents["w"].pid, signal.SIGKILL)
+    wait(lambda: view_of(cell).agents["w"].attempt == 2 and view_of(cell).agents["w"].phase == "running", "a revival")
+    cli.ok("heartbeat", "forge", "beat", "--cycle", "7")
+    _, rows = _rows(cli)
+    assert rows["w"]["restarts"] == 1 and rows["beat"]["restarts"] == 0
+    assert rows["beat"]["heartbeat_age"] is not None and rows["beat"]["progress_age"] is not None
+    text = cli.ok("status")
+    header = text.splitlines()[1]
+    assert "RESTARTS" in header and "HEARTBEAT" in header and "PROGRESS" in header
+    line = next(x for x in text.splitlines() if " w " in f" {x} ")
+    assert " 1 " in line
+
+
+def test_status_watch_redraws_until_interrupted(up: Up, cli: Cli, procs: Procs) -> None:
+    up.config()
+    cli.ok("cell", "create", "forge")
+    watcher = procs.start(cli.argv("status", "--watch", "--json", "--interval", "0.2"), env=cli.env())
+    assert watcher.stdout is not None
+    first = json.loads(watcher.stdout.readline())
+    assert first["daemon"]["running"] is False and first["cells"][0]["agents"] == []
+    cli.ok("agent", "invite", "forge", "w", "--role", "write")
+    while True:  # each frame is read fresh: the new agent shows up without a restart of the watch
+        frame = json.loads(watcher.stdout.readline())
+        if frame["cells"][0]["agents"]:
+            break
+    assert frame["cells"][0]["agents"][0]["agent"] == "w"
+    watcher.send_signal(signal.SIGINT)
+    assert watcher.wait(30) == 0

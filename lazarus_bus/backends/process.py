@@ -23,6 +23,7 @@ from ..errors import LazarusError, Refused
 from ..files import atomic_write
 from ..fold import AgentView
 from ..limits import Rlimit, rlimits
+from ..logrotate import RotatingLog
 from ..secrets import Masker, read_secrets
 from .sandbox import SOCKET_NAME, Sandbox, bwrap_argv, podman_argv
 
@@ -122,7 +123,7 @@ def _close_fds_except(keep: set[int]) -> None:
     os.closerange(low, top if top > 0 else 65536)
 
 
-def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, go_r: int, out_w: int,
+def _agent_child(argv: list[str], env: dict[str, str], cwd: str, go_r: int, out: int,
                  limits: Sequence[Rlimit]) -> None:
     """In the agent's own process: wait for the word that its start is durable, then exec."""
     try:
@@ -132,7 +133,6 @@ def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, 
         if os.read(go_r, 1) != GO:
             os._exit(127)  # the daemon died before the start was recorded: never run unrecorded
         os.close(go_r)
-        out = out_w if out_w >= 0 else os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
@@ -153,9 +153,9 @@ def _agent_child(argv: list[str], env: dict[str, str], cwd: str, log_path: str, 
         os._exit(127)
 
 
-def _pump(pid: int, out_r: int, log_path: str, masker: Masker) -> None:
-    """The shim copies the agent's output into its log with every secret masked, until the agent ends."""
-    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+def _pump(pid: int, out_r: int, out: RotatingLog, masker: Masker) -> None:
+    """The shim copies the agent's output into its log, rotated at `[logs] max_bytes`, with every secret
+    masked, until the agent ends."""
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     poller.register(out_r, select.POLLIN)
@@ -165,7 +165,7 @@ def _pump(pid: int, out_r: int, log_path: str, masker: Masker) -> None:
     while not done:
         ready = poller.poll(int(QUIET * 1000) if masker.held else None)
         if not ready:
-            os.write(out, masker.flush())
+            out.write(masker.flush())
             continue
         for fd, _ in ready:
             if fd == pidfd:
@@ -178,13 +178,13 @@ def _pump(pid: int, out_r: int, log_path: str, masker: Masker) -> None:
             if not chunk:
                 done = True
                 break
-            os.write(out, masker.feed(chunk))
-    os.write(out, masker.flush())
-    os.close(out)
+            out.write(masker.feed(chunk))
+    out.write(masker.flush())
+    out.close()
     os.close(pidfd)
 
 
-def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_dir: str, agent: str,
+def _shim(argv: list[str], env: dict[str, str], cwd: str, log: tuple[str, int, int], exit_dir: str, agent: str,
           go_r: int, info_w: int, masks: list[str], limits: Sequence[Rlimit]) -> None:
     """The agent's parent: its own session, deaf to the signals meant for the agent, records the exit."""
     try:
@@ -197,23 +197,20 @@ def _shim(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_di
         for fd in (0, 1, 2):
             os.dup2(null, fd)  # the daemon's terminal or pipes are not the shim's to hold open
         os.close(null)
-        out_r, out_w = os.pipe() if masks else (-1, -1)
+        out_r, out_w = os.pipe()  # always through the shim: it masks secrets and rotates the file
         pid = os.fork()
         if pid == 0:
             os.close(info_w)
-            if out_r >= 0:
-                os.close(out_r)
-            _agent_child(argv, env, cwd, log_path, go_r, out_w, limits)
-        if out_w >= 0:
-            os.close(out_w)
+            os.close(out_r)
+            _agent_child(argv, env, cwd, go_r, out_w, limits)
+        os.close(out_w)
         # in the parent too, so the agent's group exists before its pid is reported (whichever runs first)
         with contextlib.suppress(PermissionError, ProcessLookupError):  # the child did it and exec'd, or is gone
             os.setpgid(pid, pid)
         os.close(go_r)
         os.write(info_w, pid.to_bytes(4, "little"))
         os.close(info_w)
-        if out_r >= 0:
-            _pump(pid, out_r, log_path, Masker(masks))
+        _pump(pid, out_r, RotatingLog(*log), Masker(masks))
         while True:
             try:
                 _, status = os.waitpid(pid, 0)
@@ -240,8 +237,10 @@ class ProcessBackend:
 
     def __init__(self, host: str, grace: float = 5.0, *, passthrough: Sequence[str] = (),
                  limits: dict[str, str] | None = None, socket_dir: Path | None = None,
-                 hide: Sequence[str] = ()) -> None:
+                 hide: Sequence[str] = (), log_max_bytes: int = 10 * 1024 * 1024, log_keep: int = 5) -> None:
         self.host = host
+        self.log_max_bytes = log_max_bytes
+        self.log_keep = log_keep
         self.grace = grace
         self.passthrough = tuple(passthrough)
         self.default_limits = dict(limits or {})
@@ -349,7 +348,8 @@ class ProcessBackend:
         if shim == 0:
             os.close(go_w)
             os.close(info_r)
-            _shim(argv, env, str(cell.workspace), log_path, str(sdir), a.name, go_r, info_w, masks, calls)
+            _shim(argv, env, str(cell.workspace), (log_path, self.log_max_bytes, self.log_keep), str(sdir), a.name,
+                  go_r, info_w, masks, calls)
         os.close(go_r)
         os.close(info_w)
         try:
