@@ -16,11 +16,13 @@ from typing import Any
 import jinja2
 import msgspec
 from aiohttp import web
+from rich.text import Text
 
 from . import events as ev
 from . import timeline as tl
 from .cells import Cell
-from .errors import Forbidden, LazarusError, NotFound
+from .budget import base_caps, raise_events
+from .errors import Forbidden, LazarusError, NotFound, Refused
 from .fold import CellView
 from .gateway import COOKIE, KEEPALIVE, SSE_QUEUE, Gateway, Identity
 from .health import agent_rows
@@ -28,6 +30,7 @@ from .logrotate import last_lines
 from .names import check_agent, check_ref_id
 from .planner import manual_revival
 from .policy import effective
+from .render import spend_text
 
 __all__ = ["Console", "install"]
 
@@ -63,6 +66,7 @@ class Console:
         self.env = jinja2.Environment(loader=jinja2.FunctionLoader(_loader), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
         self.env.filters["ago"] = _ago
+        self.env.filters["spend"] = lambda row: Text.from_markup(spend_text(row)).plain
         self.env.filters["clock"] = lambda ts: time.strftime("%H:%M:%S", time.localtime(ts))
 
     def install(self) -> None:
@@ -80,6 +84,7 @@ class Console:
         r.add_get("/ui/cells/{cell}/agents/{agent}/log", self.read(self.log))
         r.add_post("/ui/cells/{cell}/approvals/{key}/{decision:approve|deny}", self.act(self.decide))
         r.add_post("/ui/cells/{cell}/agents/{agent}/{verb:revive|stop|start|restart}", self.act(self.agent_verb))
+        r.add_post("/ui/cells/{cell}/agents/{agent}/raise-budget", self.act(self.raise_budget))
 
     # -- who may --------------------------------------------------------------------------
 
@@ -141,6 +146,10 @@ class Console:
                                   "left": None if deadline is None else max(0.0, deadline - now),
                                   "on_timeout": on_timeout, "since": now - a.requested_at})
             for r in rows:
+                exceeded = r["spend"]["exceeded"]
+                if exceeded:
+                    needs.append({"kind": "budget", "cell": view.name, "cell_id": cid, "agent": r["agent"],
+                                  "what": exceeded, "spend": r["spend"]})
                 if r["revival"] in ("escalated", "unrecoverable", "suppressed", "approval denied"):
                     needs.append({"kind": "revive", "cell": view.name, "cell_id": cid, "agent": r["agent"],
                                   "why": r["revival"], "reason": r["reason"]})
@@ -240,6 +249,20 @@ class Console:
             await self.gateway._io(cell.append_many, manual_revival(view, self.config, name, time.time()))
         else:
             await self.gateway._io(cell.append, ev.AgentUpdated(by="operator", agent=name, run=verb))  # type: ignore[arg-type]
+
+    async def raise_budget(self, request: web.Request) -> None:
+        """One more of the exceeded cap's own amount, as approving the agent's budget request grants."""
+        cell, view = await self._view(request)
+        name = check_agent(request.match_info["agent"])
+        a = view.agents.get(name)
+        if a is None or not a.budget_exceeded:
+            raise Refused(f"agent {name}'s budget is not exceeded: nothing to raise")
+        what = a.budget_exceeded
+        amount = float(getattr(base_caps(self.config, view, name), what))
+        events = raise_events(view, name, cost=amount if what == "cost" else 0.0,
+                              tokens=int(amount) if what == "tokens" else 0,
+                              runtime=amount if what == "runtime" else 0.0, note="from the console")
+        await self.gateway._io(cell.append_many, events)
 
     # -- login ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ Debian's chromedriver, against a real daemon with real agents. Every wait is on 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -174,3 +175,28 @@ def test_a_tokens_file_puts_the_console_behind_a_login(up: Up, cli: Cli, browser
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(up.http + "/cells", timeout=30)
     assert refused.value.code == 401
+
+
+def test_an_agent_over_its_budget_is_raised_from_the_console(up: Up, cli: Cli, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    up.config('[resurrection]\nmode = "yes"\n[budget]\nmax_cost = 1.0\n')
+    cli.ok("cell", "create", "forge")
+    usage = json.dumps({"agent": "w", "cost": 1.2})
+    (up.root_dir.parent / "spend.sh").write_text(  # spends past the cap on its first run only
+        f"[ -e spent ] || {' '.join(cli.argv('emit'))} forge agent.usage --by w --data '{usage}'\n"
+        "touch spent\nexec sleep 600\n")
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", f"sh {up.root_dir.parent / 'spend.sh'}")
+    up.start("--http", "127.0.0.1:0")
+    cell = up.cell()
+    wait(lambda: cell.refresh().agents["w"].budget_exceeded == "cost", "the agent crosses the cap", timeout=90)
+
+    browser.get(up.http + "/ui")
+    need = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#needs-you li.budget[data-agent='w']"),
+                 "the exceeded budget in 'needs you'")[0]
+    assert "cost cap" in need.text and "/1 cost" in need.text
+    need.find_element(By.CSS_SELECTOR, "button.raise").click()
+    raised = wait(lambda: [e for e in cell.log.read() if isinstance(e, ev.BudgetRaised)], "budget.raised")
+    assert raised[0].by == "operator" and raised[0].cost == 1.0 and raised[0].note == "from the console"
+    until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#needs-you li.budget"), "nothing more to raise")
+    assert cell.refresh().agents["w"].budget_exceeded is None
