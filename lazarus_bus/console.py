@@ -20,8 +20,8 @@ from rich.text import Text
 
 from . import events as ev
 from . import timeline as tl
-from .cells import Cell
 from .budget import base_caps, raise_events
+from .cells import Cell
 from .errors import Forbidden, LazarusError, NotFound, Refused
 from .fold import CellView
 from .gateway import COOKIE, KEEPALIVE, SSE_QUEUE, Gateway, Identity
