@@ -187,6 +187,20 @@ while True:  # a line of work every 0.2 s, beside the log: a second copy shows w
 '''
 
 
+def _ledger_cell(tmp_path: Path, roots: dict[str, Path], procs: Procs
+                 ) -> tuple[Path, Path, str, tuple[Cli, Cli], tuple[Up, Up]]:
+    """A cell made on alpha with the ledger agent invited: its script, its ledger, the cell id, and
+    a CLI and a daemon (not started) for each machine."""
+    script, ledger = tmp_path / "ledger_agent.py", tmp_path / "ledger.txt"
+    script.write_text(LEDGER_AGENT)
+    lazarus = str(Path(sys.executable).parent / "lazarus")
+    a_cli, b_cli = Cli(roots["alpha"], procs), Cli(roots["beta"], procs)
+    cid = a_cli.ok("cell", "create", "forge").strip()
+    a_cli.ok("agent", "invite", "forge", "clerk", "--role", "write", "--heartbeat-interval", "0.5",
+             "--cmd", f"{sys.executable} {script} {ledger} {lazarus}")
+    return script, ledger, cid, (a_cli, b_cli), (Up(roots["alpha"], a_cli, procs), Up(roots["beta"], b_cli, procs))
+
+
 def _copies(marker: str) -> list[int]:
     """Live processes running the ledger agent."""
     out = []
@@ -210,14 +224,7 @@ def test_a_leader_paused_past_its_lease_leaves_one_copy_and_its_stale_decisions_
               + base(health={"stale_after": STALE, "dead_after": DEAD}).replace("[daemon]\n", "[daemon]\nfence_after = 2.0\n")
               + '[resurrection]\nmode = "yes"\n')
     roots = _two_roots(tmp_path, shared)
-    script, ledger = tmp_path / "ledger_agent.py", tmp_path / "ledger.txt"
-    script.write_text(LEDGER_AGENT)
-    lazarus = str(Path(sys.executable).parent / "lazarus")
-    a_cli, b_cli = Cli(roots["alpha"], procs), Cli(roots["beta"], procs)
-    cid = a_cli.ok("cell", "create", "forge").strip()
-    a_cli.ok("agent", "invite", "forge", "clerk", "--role", "write", "--heartbeat-interval", "0.5",
-             "--cmd", f"{sys.executable} {script} {ledger} {lazarus}")
-    a, b = Up(roots["alpha"], a_cli, procs), Up(roots["beta"], b_cli, procs)
+    script, ledger, cid, (a_cli, b_cli), (a, b) = _ledger_cell(tmp_path, roots, procs)
     try:
         a_proc = a.start("--no-http", "--host", "alpha")
         cell = Root(roots["beta"], load_config(roots["beta"] / "lazarus.toml")).open(cid)
@@ -349,14 +356,7 @@ def test_a_leader_cut_off_from_nats_fences_itself_and_one_copy_remains(tmp_path:
     for host, url in (("alpha", proxy.url), ("beta", own_nats.url)):
         (roots[host] / "lazarus.toml").write_text(f'backend = "nats"\nnats_url = "{url}"\nnats_stream = "{stream}"\n'
                                                   f"nats_lease = {LEASE}\n" + health + '[resurrection]\nmode = "yes"\n')
-    script, ledger = tmp_path / "ledger_agent.py", tmp_path / "ledger.txt"
-    script.write_text(LEDGER_AGENT)
-    lazarus = str(Path(sys.executable).parent / "lazarus")
-    a_cli, b_cli = Cli(roots["alpha"], procs), Cli(roots["beta"], procs)
-    cid = a_cli.ok("cell", "create", "forge").strip()
-    a_cli.ok("agent", "invite", "forge", "clerk", "--role", "write", "--heartbeat-interval", "0.5",
-             "--cmd", f"{sys.executable} {script} {ledger} {lazarus}")
-    a, b = Up(roots["alpha"], a_cli, procs), Up(roots["beta"], b_cli, procs)
+    script, ledger, cid, (a_cli, b_cli), (a, b) = _ledger_cell(tmp_path, roots, procs)
     try:
         a.start("--no-http", "--host", "alpha")
         cell = Root(roots["beta"], load_config(roots["beta"] / "lazarus.toml")).open(cid)
