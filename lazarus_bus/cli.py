@@ -456,6 +456,8 @@ def _last_seq(c: Cell, since: int, last: int, types: tuple[str, ...], agents: tu
     """The seq after which the last `last` matching events begin (one pass, remembering only seqs)."""
     from collections import deque
 
+    if not types and not agents:  # every event matches: the last `last` are the head's, read no more
+        return max(since, c.log.head().seq - last)
     seqs: deque[int] = deque(maxlen=last + 1)
     seqs.append(since)
     for event in c.log.read(since):

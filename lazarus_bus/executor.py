@@ -136,11 +136,11 @@ class Executor:
         a = view.agents[action.agent]
         host = self.backend.host
         incarnation = new_id()  # the agent.spawned id, known to the process before it runs
+        epoch = self.epoch(cell.id)  # so is the epoch it is started under (LAZARUS_EPOCH)
         last = 0
 
         def record(pid: int, started: float) -> None:
             nonlocal last
-            epoch = self.epoch(cell.id)
             drafts: list[ev.Event] = [ev.AgentSpawned(id=incarnation, by="lazarus", agent=a.name, pid=pid,
                                                       start_time=started, host=host, attempt=action.attempt,
                                                       resume=action.resume, isolation=view.isolation,
@@ -151,7 +151,7 @@ class Executor:
             last = cell.append_many(drafts, expected_seq=expected)[-1].seq
 
         proc = self.backend.spawn(cell, a, attempt=action.attempt, resume=action.resume, incarnation=incarnation,
-                                  record=record)
+                                  epoch=epoch, record=record)
         self.watch(cell, proc)
         return last
 

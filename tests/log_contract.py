@@ -44,6 +44,14 @@ class LogContract:
         assert list(log.read(50)) == []
         assert [e.payload for e in log.read(0, 3)] == [1, 2, 3]  # type: ignore[attr-defined]
 
+    def test_a_fresh_reader_starts_anywhere(self, make_log: MakeLog) -> None:
+        log = make_log()
+        log.append_many([msg(i) for i in range(1, 301)])
+        for since in (1, 2, 63, 64, 150, 236, 299, 300, 301, 5000):
+            fresh = make_log()  # a new process: no index of where anything is
+            assert [e.seq for e in fresh.read(since)] == list(range(since + 1, 301)), since
+        assert [e.seq for e in make_log().read(100, 110)] == list(range(101, 111))
+
     def test_nothing_follows_cell_destroyed_in_a_batch(self, make_log: MakeLog) -> None:
         log = make_log()
         log.append(msg(1))

@@ -143,6 +143,7 @@ def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats:
         assert not leading("beta")
         first = wait(lambda: (x := cell.refresh().agents["keeper"]).phase == "running" and x.heartbeats and x, "started")
         assert first.host == "alpha"
+        assert _environ(first.pid)["LAZARUS_EPOCH"] == str(_epochs(cell)["alpha"]) != "0"
         os.kill(first.pid, signal.SIGKILL)
         wait(lambda: cell.refresh().agents["keeper"].spawns == 2 and cell.refresh().agents["keeper"].heartbeats
              > first.heartbeats, "one revival")
@@ -160,6 +161,8 @@ def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats:
         third = wait(lambda: (x := cell.refresh().agents["keeper"]).spawns == 3 and x.phase == "running" and x,
                      "beta revives it", timeout=LEASE + DEAD + 60)
         assert third.host == "beta"
+        assert _environ(third.pid)["LAZARUS_EPOCH"] == str(_epochs(cell)["beta"])  # a later epoch than alpha's
+        assert _epochs(cell)["beta"] > _epochs(cell)["alpha"]
         dead = [e for e in cell.log.read() if e.type == "agent.declared_dead"]
         assert [e.reason for e in dead] == ["exited", "heartbeat_timeout"]  # type: ignore[attr-defined]
         assert b_cli.ok("verify", "forge").startswith("ok:")
@@ -170,6 +173,17 @@ def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats:
 
         for r in roots.values():
             kill_supervised(r)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """A process's environment as anyone on the machine can read it."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(kv.decode().partition("=")[::2] for kv in f.read().split(b"\0") if kv)
+
+
+def _epochs(cell: object) -> dict[str, int]:
+    """The epoch of each host's latest `leader.elected`."""
+    return {e.host: e.epoch for e in cell.log.read() if e.type == "leader.elected"}  # type: ignore[attr-defined]
 
 
 LEDGER_AGENT = '''
@@ -405,3 +419,52 @@ def test_a_checkpoint_taken_on_one_machine_restores_on_another(tmp_path: Path, o
     assert (beta.checkpoints / "cp-1.tar.gz").is_file()
     alpha.log.close()
     beta.log.close()
+
+
+def test_a_fresh_reader_finds_its_start_among_other_cells_and_reads_leave_no_consumer(own_nats: NatsServer) -> None:
+    import threading
+
+    from lazarus_bus import parse_draft
+    from lazarus_bus.log.nats import Nats, NatsLog
+
+    stream = own_nats.stream()
+    conn = Nats.get(own_nats.url, stream)
+    mine, other = NatsLog(conn, "mine"), NatsLog(conn, "other")
+    for i in range(1, 401):  # two cells' events interleaved in one stream: stream seqs are not cell seqs
+        (other if i % 3 == 0 else mine).append(parse_draft({"type": "bus.message", "by": "operator",
+                                                             "topic": "t", "payload": i}))
+    total = mine.head().seq
+    for since in (1, 2, 100, 200, total - 10, total - 1, total):
+        assert [e.seq for e in NatsLog(conn, "mine").read(since)] == list(range(since + 1, total + 1)), since
+    # four readers of the whole log at once, each read longer than direct gets serve: a consumer per read
+    # left behind would reach the server's limit (error 10026) in a long-lived fleet
+    failures: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(5):
+                assert len(list(NatsLog(conn, "mine").read())) == total
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures
+    assert conn.call(conn.js.stream_info, stream).state.consumer_count == 0
+
+
+def test_a_fresh_tail_of_a_long_nats_cell_prints_its_last_events(nats_root: Path, cli: Cli) -> None:
+    cli.ok("cell", "create", "long")
+    c = Root(nats_root, load_config(nats_root / "lazarus.toml")).open("long")
+    from lazarus_bus import parse_draft
+
+    c.log.append_many([parse_draft({"type": "bus.message", "by": "operator", "topic": "t", "payload": i})
+                       for i in range(500)])
+    lines = [json.loads(x) for x in cli.ok("tail", "long", "-n", "10").splitlines()]
+    assert [e["payload"] for e in lines] == list(range(490, 500))
+    assert [e["seq"] for e in lines] == list(range(c.log.head().seq - 9, c.log.head().seq + 1))
+    typed = [json.loads(x) for x in cli.ok("tail", "long", "-n", "2", "--type", "cell.provisioned").splitlines()]
+    assert [e["type"] for e in typed] == ["cell.provisioned"]

@@ -253,7 +253,8 @@ class ProcessBackend:
     def state_dir(cell: Cell) -> Path:
         return cell.state_dir / "agents"
 
-    def environment(self, cell: Cell, a: AgentView, resume: str, incarnation: str = "") -> dict[str, str]:
+    def environment(self, cell: Cell, a: AgentView, resume: str, incarnation: str = "", epoch: int = 0
+                    ) -> dict[str, str]:
         """PATH, HOME, LANG, TZ and the `[isolation] env_passthrough` names of the daemon's environment,
         the LAZARUS_* variables, then the invite's `env`: nothing else of the daemon's reaches an agent."""
         env = {k: os.environ[k] for k in (*KEPT_ENV, *self.passthrough)
@@ -261,7 +262,7 @@ class ProcessBackend:
         env.update({
             "LAZARUS_CELL": cell.id, "LAZARUS_CELL_DIR": str(cell.dir), "LAZARUS_ROOT": str(cell.root.path),
             "LAZARUS_AGENT": a.name, "LAZARUS_ROLE": a.role, "LAZARUS_RESUME": resume,
-            "LAZARUS_INCARNATION": incarnation,
+            "LAZARUS_INCARNATION": incarnation, "LAZARUS_EPOCH": str(epoch),
         })
         env.update(a.env)
         return env
@@ -318,7 +319,7 @@ class ProcessBackend:
         assert base is not None
         return podman_argv(base, box, list(a.command), cwd, env, limits), box.name
 
-    def spawn(self, cell: Cell, a: AgentView, *, attempt: int, resume: str, incarnation: str = "",
+    def spawn(self, cell: Cell, a: AgentView, *, attempt: int, resume: str, incarnation: str = "", epoch: int = 0,
               record: Callable[[int, float], None]) -> Proc:
         """Fork the shim and the agent; `record` makes the start durable before the agent may exec."""
         if not a.command:
@@ -328,7 +329,7 @@ class ProcessBackend:
         sdir.mkdir(parents=True, exist_ok=True)
         cell.agent_logs.mkdir(parents=True, exist_ok=True)
         log_path = str(cell.agent_logs / f"{a.name}.log")
-        env = self.environment(cell, a, resume, incarnation)
+        env = self.environment(cell, a, resume, incarnation, epoch)
         values = read_secrets(a.secrets)  # at each spawn: a rotated secret is picked up by the next start
         env.update(values)
         if view.isolation >= 2:

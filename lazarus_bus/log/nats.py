@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -83,6 +84,20 @@ def servers_of(url: str | list[str]) -> list[str]:
     return out
 
 
+def _import_nats(websocket: bool) -> Any:
+    """nats-py, without the aiohttp it imports for its WebSocket transport whenever aiohttp is installed
+    (a fifth of a second and two TLS contexts at every CLI call) unless a ws:// server needs it."""
+    if websocket or "nats" in sys.modules or "aiohttp" in sys.modules:
+        import nats
+        return nats
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # `import aiohttp` raises ImportError
+    try:
+        import nats
+    finally:
+        del sys.modules["aiohttp"]
+    return nats
+
+
 def _version(text: str) -> tuple[int, ...]:
     parts = []
     for part in text.lstrip("v").split("-")[0].split(".")[:3]:
@@ -98,9 +113,8 @@ class Nats:
 
     def __init__(self, url: str | list[str], stream: str, replicas: int = 1, storage: str = "file",
                  security: Security | None = None) -> None:
-        import nats
-
         self.servers = servers_of(url)
+        nats = _import_nats(websocket=any(s.startswith("ws") for s in self.servers))
         self.url, self.stream, self.replicas = ",".join(self.servers), stream, replicas
         self._ttls: dict[str, float] = {}
         self.trouble = ""  # what is wrong with the connection now ("" when all is well), for status
@@ -321,6 +335,29 @@ class Nats:
             seq = got + 1
         return out
 
+    async def locate(self, subject: str, seq: int, last: int) -> int | None:
+        """The stream sequence of the subject's event `seq`, by a binary search of direct gets over
+        [1, last]: a fresh process reads from where its snapshot (or `tail -n`) begins, never the whole
+        log before it. Cell seqs grow with stream seqs, so about log2(last) gets find it."""
+        from nats.js.errors import NotFoundError
+
+        lo, hi = 1, last
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            try:
+                msg = await self.js.get_msg(self.stream, seq=mid, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                hi = mid - 1
+                continue
+            got, found = int(msg.seq or 0), _seq_of(msg.data or b"")
+            if found == seq:
+                return got
+            if found < seq:
+                lo = got + 1
+            else:
+                hi = mid - 1
+        return None
+
     async def publish(self, subject: str, data: bytes, msg_id: str, expected: int) -> int:
         from nats.js.errors import APIError
 
@@ -479,6 +516,21 @@ class _Moved(Exception):
     """Another writer appended first: re-read and try again."""
 
 
+class _Seq(msgspec.Struct):
+    seq: int
+
+
+_seq_decoder = msgspec.json.Decoder(_Seq)
+
+
+def _seq_of(data: bytes) -> int:
+    """An event's seq without decoding the rest of it; a message that is no event sorts first."""
+    try:
+        return _seq_decoder.decode(data).seq
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return -1
+
+
 class NatsLog(LogBackend):
     """A cell's log as the messages of one JetStream subject."""
 
@@ -521,7 +573,12 @@ class NatsLog(LogBackend):
         if last is None:
             return
         end = min(last[0], self._index.get(until, last[0])) if until is not None else last[0]
-        start = self._index.get(since, 1) if since > 0 else 1
+        start = 1
+        if since > 0:
+            found = self._index.get(since) or self.nats.call(self.nats.locate, self.subject, since, last[0])
+            if found is None:
+                return  # past the head: nothing after it yet (as the file backend answers)
+            start = self._index[since] = found
         while start <= end:
             batch = self.nats.call(self.nats.fetch, self.subject, start, end)
             if not batch:
