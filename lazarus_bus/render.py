@@ -34,8 +34,8 @@ def cells_table(rows: list[dict[str, Any]]) -> None:
         return
     table = Table("ID", "NAME", "STATE", "AGENTS", "SEQ", "MISSION", box=None, pad_edge=False)
     for r in rows:
-        if r["state"] == "corrupt":
-            table.add_row(r["id"], r.get("name", ""), "[bold red]corrupt[/]", "", "", r["error"])
+        if "error" in r:  # corrupt, or unreadable (a registered cell whose log is gone)
+            table.add_row(r["id"], r.get("name", ""), f"[bold red]{r['state']}[/]", "", "", r["error"])
             continue
         table.add_row(r["id"], r["name"], r["state"], str(len(r["agents"])), str(r["seq"]), r["mission"])
     console.print(table)

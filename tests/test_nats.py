@@ -46,8 +46,11 @@ def test_concurrent_appenders_in_separate_processes_keep_seqs_gap_free(nats_root
         assert w.returncode == 0, err.decode()
     verified = json.loads(cli.ok("verify", "busy", "--json"))
     assert verified["events"] == 1 + 4 * 150
-    lines = [json.loads(x) for x in cli.ok("tail", "busy").splitlines()]
+    # 4 writers racing: each "wrong last sequence" answer (10071, 10164) was a conflict retried, not an error
+    lines = [json.loads(x) for x in cli.ok("tail", "busy").splitlines()]  # a fresh read through a new consumer
     assert [e["seq"] for e in lines] == list(range(1, 602))
+    assert sorted((e["topic"], e["payload"]) for e in lines[1:]) == sorted((f"w{i}", n) for i in range(4)
+                                                                         for n in range(150))
     for w in range(4):
         assert [e["payload"] for e in lines if e.get("topic") == f"w{w}"] == list(range(150))
 
@@ -342,6 +345,14 @@ def test_the_daemon_follows_on_through_a_nats_restart_and_says_so(tmp_path: Path
 @pytest.mark.slow
 def test_an_r3_stream_on_a_cluster_keeps_one_chain_and_outlives_any_node(root_dir: Path, cli: Cli, procs: Procs,
                                                                        nats_cluster: NatsCluster) -> None:
+    from lazarus_bus.log.nats import Nats
+
+    for fresh in ("R3A", "R3B", "R3C"):  # `cell create` on a brand-new R3 stream, whose election answers
+        (root_dir / "lazarus.toml").write_text(nats_cluster.toml(fresh) + BASE)  # 503 or no responders at first
+        cli.ok("cell", "create", f"first-{fresh.lower()}")
+        assert json.loads(cli.ok("tail", f"first-{fresh.lower()}", "-n", "1"))["type"] == "cell.provisioned"
+        conn = Nats.get([n.url for n in nats_cluster.nodes], fresh, replicas=3)
+        conn.call(conn.js.delete_stream, fresh)  # one stream per account: the next one is brand-new too
     (root_dir / "lazarus.toml").write_text(nats_cluster.toml("R3") + BASE)
     cli.ok("cell", "create", "busy")  # a brand-new R3 stream, its KV buckets R3 too
     writers = [procs.start([sys.executable, str(HELPERS / "appender.py"), str(root_dir), "busy", f"w{i}", "150"],
@@ -351,13 +362,18 @@ def test_an_r3_stream_on_a_cluster_keeps_one_chain_and_outlives_any_node(root_di
         assert w.returncode == 0, err.decode()
     verified = json.loads(cli.ok("verify", "busy", "--json"))
     assert verified["events"] == 1 + 4 * 150  # one chain: no fork, no seq twice, no gap
-    lines = [json.loads(x) for x in cli.ok("tail", "busy").splitlines()]
+    # 4 writers racing: each "wrong last sequence" answer (10071, 10164) was a conflict retried, not an error
+    lines = [json.loads(x) for x in cli.ok("tail", "busy").splitlines()]  # a fresh read through a new consumer
     assert [e["seq"] for e in lines] == list(range(1, 602))
+    assert sorted((e["topic"], e["payload"]) for e in lines[1:]) == sorted((f"w{i}", n) for i in range(4)
+                                                                         for n in range(150))
     nats_cluster.nodes[0].stop(signal.SIGKILL)  # the first URL's node goes down
     cli.ok("bus", "publish", "busy", "after", "--by", "operator", "--data", "1")
     assert json.loads(cli.ok("verify", "busy", "--json"))["events"] == 602
     cli.ok("cell", "create", "other")
-    assert {"busy", "other"} <= {line.split()[1] for line in cli.ok("cell", "list").splitlines()[1:]}
+    listed = cli.ok("cell", "list")
+    assert {"busy", "other"} <= {line.split()[1] for line in listed.splitlines()[1:]}
+    assert listed.count("unreadable") == 3  # the cells of the deleted streams: listed, and the list goes on
 
 
 @pytest.mark.slow
@@ -468,3 +484,36 @@ def test_a_fresh_tail_of_a_long_nats_cell_prints_its_last_events(nats_root: Path
     assert [e["seq"] for e in lines] == list(range(c.log.head().seq - 9, c.log.head().seq + 1))
     typed = [json.loads(x) for x in cli.ok("tail", "long", "-n", "2", "--type", "cell.provisioned").splitlines()]
     assert [e["type"] for e in typed] == ["cell.provisioned"]
+
+
+@pytest.mark.slow
+def test_a_daemon_and_its_agent_outlive_any_one_cluster_node(root_dir: Path, cli: Cli, up: Up,
+                                                            nats_cluster: NatsCluster) -> None:
+    up.config(top=nats_cluster.toml("HA", f"nats_lease = {LEASE}\n"), health={"stale_after": STALE, "dead_after": DEAD},
+              extra='[resurrection]\nmode = "yes"\n')
+    cid = cli.ok("cell", "create", "forge").strip()
+    cli.ok("agent", "invite", "forge", "keeper", "--role", "write", "--heartbeat-interval", "0.3",
+           "--cmd", f"{sys.executable} {EXAMPLES / 'keeper.py'}")
+    status = root_dir / ".lazarus" / "daemon.json"
+    try:
+        up.start("--no-http", "--host", "alpha")
+        cell = Root(root_dir, load_config(root_dir / "lazarus.toml")).open(cid)
+        first = wait(lambda: (x := cell.refresh().agents["keeper"]).phase == "running" and x.heartbeats and x,
+                     "started", timeout=60)
+        nats_cluster.nodes[0].stop(signal.SIGKILL)  # the first URL's node: the daemon's and the agent's server
+        beats = cell.refresh().agents["keeper"].heartbeats
+        # the agent's heartbeats keep landing, and the daemon keeps its lease across more than one lease
+        # period, so it neither fences itself nor stops the agent
+        wait(lambda: cell.refresh().agents["keeper"].heartbeats >= beats + 3 * int(LEASE / 0.3),
+             "heartbeats after the node died", timeout=120)
+        daemon = json.loads(status.read_bytes())
+        assert cid in daemon["leading"] and daemon["running"]
+        assert cell.refresh().agents["keeper"].spawns == 1 and cell.refresh().agents["keeper"].pid == first.pid
+        os.kill(first.pid, signal.SIGKILL)  # and a death is still seen and revived
+        wait(lambda: (x := cell.refresh().agents["keeper"]).spawns == 2 and x.phase == "running" and x.heartbeats,
+             "revived with a node down", timeout=120)
+        assert "keeper" in cli.ok("status", "forge")
+        assert cli.ok("verify", "forge").startswith("ok:")
+        assert up.proc is not None and up.proc.poll() is None
+    finally:
+        up.stop()
