@@ -20,8 +20,8 @@ from typing import Any
 
 import msgspec
 
+from . import cgroups, probe
 from . import events as ev
-from . import probe
 from .backends.process import ProcessBackend
 from .backends.sandbox import SOCKET_NAME, socket_dir
 from .cells import Cell, Root
@@ -73,6 +73,7 @@ class Daemon:
         self.watcher = Watcher(root, self._observed)
         iso = self.config.isolation
         probe.reset()  # what each isolation level needs is probed again at each daemon start
+        cgroups.settle()  # on cgroup v2, into a leaf of its own cgroup, so agents can have theirs
         self.socket_dir = socket_dir(root.path)
         backend = ProcessBackend(self.host, self.config.daemon.grace, passthrough=iso.env_passthrough,
                                  limits=dict(iso.limits), socket_dir=self.socket_dir,

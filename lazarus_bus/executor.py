@@ -117,10 +117,12 @@ class Executor:
         detail = {**e.detail, "log_tail": "\n".join(lines)} if tail else dict(e.detail)
         view = cell.projection
         a = view.agents.get(e.agent) if view is not None else None
-        limits = self.backend.limits_for(a) if a is not None else {}
+        limits = self.backend.limits_for(a, view.isolation) if a is not None and view is not None else {}
+        oom = (cell.id, e.agent) in self.backend.oom
+        self.backend.oom.discard((cell.id, e.agent))
         if limits:
             detail["limits"] = describe(limits)
-            hit = limit_hit(limits, detail.get("signal"), tail)
+            hit = limit_hit(limits, tail, oom)
             if hit:
                 detail["limit"] = hit
         return msgspec.structs.replace(e, detail=detail)
@@ -144,7 +146,8 @@ class Executor:
             drafts: list[ev.Event] = [ev.AgentSpawned(id=incarnation, by="lazarus", agent=a.name, pid=pid,
                                                       start_time=started, host=host, attempt=action.attempt,
                                                       resume=action.resume, isolation=view.isolation,
-                                                      limits=self.backend.limits_for(a), epoch=epoch)]
+                                                      limits=self.backend.limits_for(a, view.isolation),
+                                                      epoch=epoch)]
             if action.revived:
                 drafts.append(ev.AgentRevived(by="lazarus", agent=a.name, pid=pid, attempt=action.revived,
                                               epoch=epoch))
@@ -266,14 +269,15 @@ _LIMIT_SIGNS = {
 }
 
 
-def limit_hit(limits: dict[str, str], sig: object, tail: str) -> str:
-    """The limit that ended an agent, as `memory=64M`, when its end shows it: an rlimit does not kill but
-    makes a call fail, so the words the failure printed are the evidence (or SIGXCPU for cpu time)."""
+def limit_hit(limits: dict[str, str], tail: str, oom: bool = False) -> str:
+    """The limit that ended an agent, as `memory=64M`, when its end shows it: the kernel's own count of
+    memory kills in the agent's cgroup (`oom`), else the words a failed call printed (an rlimit does not
+    kill but makes a call fail)."""
+    if oom and "memory" in limits:  # at level 2 the kill lands inside bwrap, which exits as its child did
+        return f"memory={limits['memory']}"
     for kind, signs in _LIMIT_SIGNS.items():
         if kind in limits and any(s in tail for s in signs):
             return f"{kind}={limits[kind]}"
-    if sig == signal.SIGKILL and "memory" in limits and limits.get("via") == "cgroup":
-        return f"memory={limits['memory']}"
     return ""
 
 

@@ -11,16 +11,16 @@ import os
 import resource
 import shutil
 import subprocess
-from pathlib import Path
 
 from msgspec import Struct
 
-__all__ = ["BWRAP", "Level", "Limits", "cgroup_dir", "level", "levels", "limits_support", "podman_base",
+from . import cgroups
+
+__all__ = ["BWRAP", "Level", "Limits", "level", "levels", "limits_support", "podman_base",
            "problem", "reset"]
 
 BWRAP = "/usr/bin/bwrap"
 TRIAL_TIMEOUT = 60.0
-CGROUP2 = Path("/sys/fs/cgroup")
 
 
 class Level(Struct, frozen=True, kw_only=True):
@@ -149,35 +149,19 @@ def reset() -> None:
     level.cache_clear()
     _podman_trials.cache_clear()
     limits_support.cache_clear()
-
-
-def cgroup_dir() -> Path | None:
-    """The daemon's own cgroup v2 directory when the memory, pids and cpu controllers can be delegated
-    below it, else None."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    rel = next((ln[3:] for ln in lines if ln.startswith("0::")), None)
-    if rel is None:
-        return None
-    for mount in (CGROUP2, CGROUP2 / "unified"):
-        here = mount / rel.lstrip("/")
-        try:
-            controllers = (here / "cgroup.controllers").read_text().split()
-        except OSError:
-            continue
-        if {"memory", "pids", "cpu"} <= set(controllers) and os.access(here, os.W_OK):
-            return here
-    return None
+    cgroups.hierarchy.cache_clear()
 
 
 @functools.cache
 def limits_support() -> Limits:
-    """How this machine enforces `--limit` (this version: rlimits, whatever the cgroups)."""
-    rlim = ("rlimits: memory as address space (RLIMIT_AS), pids as the user's processes (RLIMIT_NPROC), "
-            "nofile as RLIMIT_NOFILE; cpu (a share of cores) is not enforced")
-    if cgroup_dir() is not None:
-        return Limits(via="prlimit", detail=f"a writable cgroup v2 is here, but this version uses {rlim}")
-    return Limits(via="prlimit", detail=("no writable cgroup v2 with the memory, pids and cpu controllers "
-                                         f"(v1 or hybrid here, or not delegated): {rlim}"))
+    """How this machine enforces `--limit`: the agent's own cgroup where the daemon can write one, else rlimits."""
+    found = cgroups.hierarchy()
+    if found is not None:
+        where = ", ".join(found.bases)
+        return Limits(via="cgroup", detail=(f"cgroup v{found.version} under {where}: memory (no swap), cpu (a "
+                                            "quota of cores) and pids by the kernel, nofile as RLIMIT_NOFILE; "
+                                            "a memory kill is named in the death's detail"))
+    return Limits(via="prlimit", detail=(
+        "no writable cgroup (v2 with the memory, cpu and pids controllers delegated, or v1 mounted writable): "
+        "rlimits, memory as address space (RLIMIT_AS), pids as the user's processes (RLIMIT_NPROC), nofile as "
+        "RLIMIT_NOFILE; cpu (a share of cores) is not enforced"))

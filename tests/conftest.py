@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from lazarus_bus import Config, Root
+from lazarus_bus import Config, Root, cgroups
 from lazarus_bus.backends.process import alive
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -79,6 +80,8 @@ def kill_supervised(root: Path) -> None:
             if pid and start and alive(pid, start):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL) if pid == body.get("pid") else os.kill(pid, signal.SIGKILL)
+        if body.get("cgroup"):  # and its cgroup goes, with anything still in it
+            cgroups.end(msgspec.convert(body["cgroup"], cgroups.Group))
 
 
 @pytest.fixture

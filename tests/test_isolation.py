@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lazarus_bus import Cell, probe
+from lazarus_bus import Cell, cgroups, probe
 from lazarus_bus.backends.process import alive
 from tests.conftest import Cli, Procs, kill_supervised
 from tests.support import Up, wait
@@ -21,6 +21,8 @@ from tests.support import Up, wait
 needs_bwrap = pytest.mark.skipif(not probe.level(2).ok, reason=f"level 2 unavailable: {probe.level(2).detail}")
 needs_podman = pytest.mark.skipif(not probe.level(3).ok, reason=f"level 3 unavailable: {probe.level(3).detail}")
 CONFINED = [pytest.param(2, marks=needs_bwrap), pytest.param(3, marks=needs_podman)]
+needs_cgroups = pytest.mark.skipif(cgroups.hierarchy() is None, reason=probe.limits_support().detail)
+WITH_CGROUP = [pytest.param(1, marks=needs_cgroups), pytest.param(2, marks=[needs_bwrap, needs_cgroups])]
 
 
 def script(cell: Cell, name: str, body: str) -> str:
@@ -181,7 +183,7 @@ time.sleep(600)
 '''
 
 
-@pytest.mark.parametrize("level", CONFINED)
+@pytest.mark.parametrize("level", [pytest.param(1, marks=needs_cgroups), *CONFINED])
 def test_a_confined_child_does_not_survive_death_freeze_or_destroy(up: Up, cli: Cli, level: int) -> None:
     up.config('[resurrection]\nmode = "yes"\n')
     cli.ok("cell", "create", "forge", "--isolation", str(level))
@@ -259,7 +261,7 @@ def test_a_secret_is_in_the_agent_env_but_never_in_the_log_and_masked_in_its_out
 HOG = r'''
 import time
 print("allocating", flush=True)
-hog = bytearray(256 * 1024 * 1024)
+hog = b"x" * (256 * 1024 * 1024)  # every page touched: a cgroup counts what is used, not what is mapped
 time.sleep(600)
 '''
 
@@ -276,7 +278,8 @@ def test_an_agent_over_its_memory_limit_dies_with_the_limit_in_detail(up: Up, cl
     assert dead.detail["limit"] == "memory=64M"  # type: ignore[attr-defined]
     assert dead.detail["limits"] == "memory=64M nofile=256"  # type: ignore[attr-defined]
     spawned = next(e for e in cell.log.read(0) if e.type == "agent.spawned")
-    assert spawned.limits == {"memory": "64M", "nofile": "256", "via": probe.limits_support().via}  # type: ignore[attr-defined]
+    via = "prlimit" if level == 3 else probe.limits_support().via  # a container gets rlimits inside it
+    assert spawned.limits == {"memory": "64M", "nofile": "256", "via": via}  # type: ignore[attr-defined]
 
 
 def test_an_unavailable_level_is_refused_with_the_reason_and_doctor_says_why(cli: Cli) -> None:
@@ -449,3 +452,79 @@ def test_level_2_works_for_a_daemon_run_by_an_unprivileged_user(host_dir: Path, 
         daemon.terminate()
         daemon.wait(30)
         kill_supervised(root)
+
+
+def _cgroup_dirs(cell: Cell, agent: str) -> list[Path]:
+    """The cgroup directories the daemon gave the agent's current start (its start record names them)."""
+    rec = json.loads((cell.state_dir / "agents" / f"{agent}.json").read_bytes())
+    return [Path(d) for d in rec["cgroup"]["dirs"]]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+BURN = r'''
+print("burning", flush=True)
+while True:
+    pass
+'''
+
+
+@pytest.mark.parametrize("level", WITH_CGROUP)
+def test_an_agent_over_its_cpu_limit_is_held_to_it_by_its_cgroup(up: Up, cli: Cli, level: int) -> None:
+    import time
+
+    up.config('[resurrection]\nmode = "no"\n')
+    cli.ok("cell", "create", "forge", "--isolation", str(level))
+    cell = up.cell()
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--limit", "cpu=0.2", "--cmd",
+           script(cell, "burn.py", BURN))
+    up.start()
+    wait(lambda: cell.refresh().agents["w"].phase == "running" and "burning" in
+         (cell.agent_logs / "w.log").read_text(), "burning")
+    spawned = next(e for e in cell.log.read(0) if e.type == "agent.spawned")
+    assert spawned.limits == {"cpu": "0.2", "via": "cgroup"}  # type: ignore[attr-defined]
+    [cpu] = [d for d in _cgroup_dirs(cell, "w") if (d / "cpu.stat").exists()]
+    quota = (cpu / "cpu.max").read_text().split()[0] if (cpu / "cpu.max").exists() else \
+        (cpu / "cpu.cfs_quota_us").read_text().strip()
+    assert quota == "20000"  # 20 ms in every 100 ms period
+    members = [int(x) for x in (cpu / "cgroup.procs").read_text().split()]
+    used, t0 = _cpu_seconds(members), time.monotonic()
+    stat = lambda: dict(line.split() for line in (cpu / "cpu.stat").read_text().splitlines())  # noqa: E731
+    wait(lambda: int(stat()["nr_throttled"]) >= 20, "the kernel throttling it")
+    wait(lambda: time.monotonic() - t0 >= 2.0, "two seconds of it", timeout=30)
+    share = (_cpu_seconds(members) - used) / (time.monotonic() - t0)
+    assert share < 0.4, share  # an unbounded loop takes a whole core
+
+
+FORKER = r'''
+import subprocess, sys, time
+tag = sys.argv[1]
+kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", tag]) for _ in range(30)]
+print("all started", flush=True)
+time.sleep(600)
+'''
+
+
+@pytest.mark.parametrize("level", WITH_CGROUP)
+def test_an_agent_over_its_pids_limit_dies_with_the_limit_in_detail_and_no_child_left(up: Up, cli: Cli,
+                                                                                      level: int) -> None:
+    up.config('[resurrection]\nmode = "no"\n')
+    cli.ok("cell", "create", "forge", "--isolation", str(level))
+    cell = up.cell()
+    tag = f"lazarus-test-kid-{uuid.uuid4().hex}"
+    cli.ok("agent", "invite", "forge", "w", "--role", "write", "--limit", "pids=8", "--cmd",
+           script(cell, "forker.py", FORKER) + f" {tag}")
+    up.start()
+    dead = wait(lambda: next((e for e in cell.log.read(0) if e.type == "agent.declared_dead"), None), "its death")
+    assert dead.detail["limit"] == "pids=8", dead.detail  # type: ignore[attr-defined]
+    assert "all started" not in (cell.agent_logs / "w.log").read_text()
+    wait(lambda: not tagged(tag), "the children it did start, gone with it")

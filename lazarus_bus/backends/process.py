@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from secrets import token_hex, token_urlsafe
 
+import msgspec
 from msgspec import Struct
 
-from .. import probe
+from .. import cgroups, probe
 from ..cells import Cell
 from ..errors import LazarusError, Refused
 from ..files import atomic_write
@@ -46,6 +47,15 @@ class Proc(Struct, frozen=True, kw_only=True):
     shim_start: float
     attempt: int = 1
     container: str = ""  # level 3: the Podman container, ended by name as well as by its group
+    cgroup: cgroups.Group | None = None  # levels 1 and 2 with limits, where cgroups can be written
+
+
+def _group_of(raw: object) -> cgroups.Group | None:
+    """The cgroup a start record names (None for one without, or unreadable)."""
+    try:
+        return msgspec.convert(raw, cgroups.Group) if raw else None
+    except msgspec.ValidationError:
+        return None
 
 
 class Exit(Struct, frozen=True, kw_only=True):
@@ -124,7 +134,7 @@ def _close_fds_except(keep: set[int]) -> None:
 
 
 def _agent_child(argv: list[str], env: dict[str, str], cwd: str, go_r: int, out: int,
-                 limits: Sequence[Rlimit]) -> None:
+                 limits: Sequence[Rlimit], joins: Sequence[str]) -> None:
     """In the agent's own process: wait for the word that its start is durable, then exec."""
     try:
         os.setpgid(0, 0)
@@ -138,6 +148,14 @@ def _agent_child(argv: list[str], env: dict[str, str], cwd: str, go_r: int, out:
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.closerange(3, 65536)
+        for path in joins:  # into its own cgroup before it can run anything: its children are born there
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                os.write(fd, b"0")
+                os.close(fd)
+            except OSError as exc:
+                os.write(2, f"lazarus: cannot enter the cgroup {path}: {exc.strerror}\n".encode())
+                os._exit(126)
         for lim in limits:
             try:
                 resource.setrlimit(lim.resource, (lim.value, lim.value))
@@ -185,7 +203,7 @@ def _pump(pid: int, out_r: int, out: RotatingLog, masker: Masker) -> None:
 
 
 def _shim(argv: list[str], env: dict[str, str], cwd: str, log: tuple[str, int, int], exit_dir: str, agent: str,
-          go_r: int, info_w: int, masks: list[str], limits: Sequence[Rlimit]) -> None:
+          go_r: int, info_w: int, masks: list[str], limits: Sequence[Rlimit], joins: Sequence[str]) -> None:
     """The agent's parent: its own session, deaf to the signals meant for the agent, records the exit."""
     try:
         os.setsid()
@@ -202,7 +220,7 @@ def _shim(argv: list[str], env: dict[str, str], cwd: str, log: tuple[str, int, i
         if pid == 0:
             os.close(info_w)
             os.close(out_r)
-            _agent_child(argv, env, cwd, go_r, out_w, limits)
+            _agent_child(argv, env, cwd, go_r, out_w, limits, joins)
         os.close(out_w)
         # in the parent too, so the agent's group exists before its pid is reported (whichever runs first)
         with contextlib.suppress(PermissionError, ProcessLookupError):  # the child did it and exec'd, or is gone
@@ -248,6 +266,7 @@ class ProcessBackend:
         self.hide = tuple(hide)
         self.tokens: dict[str, tuple[str, str, str]] = {}  # sha256 of a token -> (cell id, agent, incarnation)
         self.masks: dict[tuple[str, str], list[str]] = {}  # (cell id, agent) -> the secret values it was given
+        self.oom: set[tuple[str, str]] = set()  # (cell id, agent) whose last end was the kernel's memory kill
 
     @staticmethod
     def state_dir(cell: Cell) -> Path:
@@ -267,15 +286,17 @@ class ProcessBackend:
         env.update(a.env)
         return env
 
-    def limits_for(self, a: AgentView) -> dict[str, str]:
+    def limits_for(self, a: AgentView, isolation: int = 1) -> dict[str, str]:
         """The limits this agent gets (the invite's over `[isolation] limits`) as enforced here, with `via`;
         a kind nothing here can enforce (cpu without cgroups) is left out, never pretended."""
         wanted = {**self.default_limits, **a.limits}
         if not wanted:
             return {}
-        calls, _ = rlimits(wanted)
+        if isolation < 3 and cgroups.hierarchy() is not None and set(wanted) & set(cgroups.KINDS):
+            return {**wanted, "via": "cgroup"}  # memory, cpu and pids by the kernel; nofile as an rlimit
+        calls, _ = rlimits(wanted)  # level 3 too: the container gets them as ulimits and `prlimit --as`
         enforced = {k: wanted[k] for k in wanted if any(c.names.startswith(k + "=") for c in calls)}
-        return {**enforced, "via": probe.limits_support().via} if enforced else {}
+        return {**enforced, "via": "prlimit"} if enforced else {}
 
     def issue_token(self, cell: Cell, agent: str, incarnation: str) -> str:
         """A fresh token naming this incarnation of the agent; only its hash is kept (memory and `state/`)."""
@@ -337,10 +358,14 @@ class ProcessBackend:
                 raise Refused(f"agent {a.name} (isolation {view.isolation}) needs the daemon's gateway socket")
             env["LAZARUS_SOCKET"] = str(self.socket_dir / SOCKET_NAME)
             env["LAZARUS_TOKEN"] = self.issue_token(cell, a.name, incarnation)
-        calls, _ = rlimits({**self.default_limits, **a.limits})
+        wanted = {**self.default_limits, **a.limits}
+        calls, _ = rlimits(wanted)
         argv, container = self._confined(cell, a, view.isolation, view.network, env, token_hex(4), calls)
+        group = self._cgroup(cell, a, view.isolation, incarnation, wanted)
         if container:
             calls = []  # at level 3 the container has them (podman would not start under them)
+        elif group is not None:
+            calls, _ = rlimits({k: v for k, v in wanted.items() if k not in cgroups.KINDS})
         masks = list(values.values())
         self.masks[(cell.id, a.name)] = masks
         go_r, go_w = os.pipe()
@@ -350,7 +375,7 @@ class ProcessBackend:
             os.close(go_w)
             os.close(info_r)
             _shim(argv, env, str(cell.workspace), (log_path, self.log_max_bytes, self.log_keep), str(sdir), a.name,
-                  go_r, info_w, masks, calls)
+                  go_r, info_w, masks, calls, cgroups.procs_files(group) if group else [])
         os.close(go_r)
         os.close(info_w)
         try:
@@ -359,12 +384,14 @@ class ProcessBackend:
             os.close(info_r)
         if len(raw) != 4:
             os.close(go_w)
+            if group is not None:
+                cgroups.end(group)
             raise LazarusError(f"could not start agent {a.name}: its shim failed")
         pid = int.from_bytes(raw, "little")
         started = start_time_of(pid) or time.time()
         shim_start = start_time_of(shim) or 0.0
         proc = Proc(cell=cell.id, agent=a.name, pid=pid, start_time=started, shim_pid=shim,
-                    shim_start=shim_start, attempt=attempt, container=container)
+                    shim_start=shim_start, attempt=attempt, container=container, cgroup=group)
         self.forget(cell, a.name, pid)  # an older process's record under a reused pid is not this one's
         try:
             record(pid, started)
@@ -373,19 +400,36 @@ class ProcessBackend:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(shim, 0)
             self.forget(cell, a.name, pid)
+            if group is not None:
+                cgroups.end(group)
             raise
         # from here the start is in the log: whatever happens, the shim records how the agent ends
         # only re-adoption after a daemon restart needs this record, and it falls back to the pid
         with contextlib.suppress(OSError):
             atomic_write(sdir / f"{a.name}.json", json.dumps(
                 {"pid": pid, "start_time": started, "shim_pid": shim, "shim_start": shim_start,
-                 "attempt": attempt, "container": container}).encode())
+                 "attempt": attempt, "container": container,
+                 "cgroup": msgspec.to_builtins(group) if group else None}).encode())
         try:
             with contextlib.suppress(OSError):  # killed before its go byte: its exit is recorded all the same
                 os.write(go_w, GO)
         finally:
             os.close(go_w)
         return proc
+
+    @staticmethod
+    def _cgroup(cell: Cell, a: AgentView, isolation: int, incarnation: str, wanted: dict[str, str]
+                ) -> cgroups.Group | None:
+        """Levels 1 and 2: a cgroup of the agent's own wherever this machine lets the daemon write cgroups,
+        holding its memory, cpu and pids limits and ending every process it started, even one that left its
+        process group (level 3's container has its own)."""
+        h = cgroups.hierarchy()
+        if isolation >= 3 or h is None:
+            return None
+        try:
+            return cgroups.create(h, cell.id, a.name, incarnation or token_hex(8), wanted)
+        except OSError as exc:
+            raise LazarusError(f"cannot give agent {a.name} its cgroup: {exc.strerror or exc}") from None
 
     def adopt(self, cell: Cell, a: AgentView) -> Proc | Exit:
         """After a daemon restart: the live agent it spawned earlier, or how it ended meanwhile (and then
@@ -395,9 +439,10 @@ class ProcessBackend:
         except (OSError, ValueError):
             rec = {}
         shim, shim_start = (rec.get("shim_pid", 0), rec.get("shim_start", 0.0)) if rec.get("pid") == a.pid else (0, 0.0)
+        mine = rec.get("pid") == a.pid
         proc = Proc(cell=cell.id, agent=a.name, pid=a.pid, start_time=a.start_time, shim_pid=shim,
-                    shim_start=shim_start, attempt=a.attempt,
-                    container=str(rec.get("container", "")) if rec.get("pid") == a.pid else "")
+                    shim_start=shim_start, attempt=a.attempt, container=str(rec.get("container", "")) if mine else "",
+                    cgroup=_group_of(rec.get("cgroup")) if mine else None)
         self.load_token(cell, a)
         with contextlib.suppress(LazarusError):
             self.masks[(cell.id, a.name)] = list(read_secrets(a.secrets).values())
@@ -455,7 +500,11 @@ class ProcessBackend:
         if members:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the group is ours: any member forked since goes too
-        return len(members)
+        if proc.cgroup is None:
+            return len(members)
+        if cgroups.oom_killed(proc.cgroup):
+            self.oom.add((proc.cell, proc.agent))
+        return len(members) + cgroups.end(proc.cgroup)  # and what left the group (setsid) but not the cgroup
 
     def signal(self, proc: Proc, sig: int) -> bool:
         """Signal the agent's process group, if it is still the process we started."""
