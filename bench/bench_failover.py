@@ -108,7 +108,8 @@ def main() -> None:
         "agent_running_max_s": round(max(revived), 2), "trials": TRIALS, "all_revived": len(results) == TRIALS,
         "design_hold_s": LEASE + FENCE + GRACE,
     }, {"nats_lease": LEASE, "fence_after": FENCE, "grace": GRACE, "dead_after": DEAD,
-        "server": "nats-server on loopback, R1", "agent": "examples/keeper.py, heartbeat every 0.3 s", "kill": "SIGKILL of the leader daemon and its agent together"}, "nats-py")
+        "server": "nats-server on loopback, R1", "agent": "examples/keeper.py, heartbeat every 0.3 s",
+        "kill": "SIGKILL of the leader daemon and its agent together"}, "nats-py")
 
 
 if __name__ == "__main__":
