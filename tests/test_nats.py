@@ -164,7 +164,8 @@ def test_two_daemons_one_nats_one_revival_and_takeover(tmp_path: Path, own_nats:
         third = wait(lambda: (x := cell.refresh().agents["keeper"]).spawns == 3 and x.phase == "running" and x,
                      "beta revives it", timeout=LEASE + DEAD + 60)
         assert third.host == "beta"
-        assert _environ(third.pid)["LAZARUS_EPOCH"] == str(_epochs(cell)["beta"])  # a later epoch than alpha's
+        env = wait(lambda: "LAZARUS_EPOCH" in (e := _environ(third.pid)) and e, "it execs")  # (a fork before)
+        assert env["LAZARUS_EPOCH"] == str(_epochs(cell)["beta"])  # a later epoch than alpha's
         assert _epochs(cell)["beta"] > _epochs(cell)["alpha"]
         dead = [e for e in cell.log.read() if e.type == "agent.declared_dead"]
         assert [e.reason for e in dead] == ["exited", "heartbeat_timeout"]  # type: ignore[attr-defined]
