@@ -18,18 +18,22 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import (
-    WRITES_IDX_MAP,
-    BaseCheckpointSaver,
-    ChannelVersions,
-    Checkpoint,
-    CheckpointMetadata,
-    CheckpointTuple,
-    get_checkpoint_id,
-    get_serializable_checkpoint_metadata,
-)
-from langgraph.checkpoint.serde.base import SerializerProtocol
+try:
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.base import (
+        WRITES_IDX_MAP,
+        BaseCheckpointSaver,
+        ChannelVersions,
+        Checkpoint,
+        CheckpointMetadata,
+        CheckpointTuple,
+        get_checkpoint_id,
+        get_serializable_checkpoint_metadata,
+    )
+    from langgraph.checkpoint.serde.base import SerializerProtocol
+except ImportError as exc:  # the core installs without LangGraph; this adapter is the extra
+    raise ImportError(f"lazarus_bus.langgraph needs the langgraph extra: pip install 'lazarus-pit[langgraph]' "
+                      f"({exc})") from exc
 
 from . import events as ev
 from .client import Agent, connect
@@ -264,8 +268,8 @@ class LazarusSaver(BaseCheckpointSaver[str]):
                 else:
                     self._tombstones(thread_id, self.index.all_but_latest(thread_id), "prune")
 
-    def _tombstones(self, thread_id: str, gone: list[tuple[str, str]], reason: str) -> None:
-        drafts = [ev.GraphDeleted(by=self.agent.name, thread_id=thread_id, checkpoints=gone[i:i + PER_TOMBSTONE],
+    def _tombstones(self, thread_id: str, gone: Sequence[tuple[str, str]], reason: str) -> None:
+        drafts = [ev.GraphDeleted(by=self.agent.name, thread_id=thread_id, checkpoints=[*gone[i:i + PER_TOMBSTONE]],
                                   reason=reason) for i in range(0, len(gone), PER_TOMBSTONE)]
         if drafts:
             self._append(drafts)
