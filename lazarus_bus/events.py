@@ -538,8 +538,7 @@ class GraphWrites(Event, frozen=True, kw_only=True, tag="graph.writes"):
 
 
 class GraphDeleted(Event, frozen=True, kw_only=True, tag="graph.deleted"):
-    """A tombstone: these checkpoints of a thread (none listed: all it had) and their writes are gone for
-    the saver; the log keeps its chain and what came before stays auditable."""
+    """A tombstone: these checkpoints of a thread (none listed: all of it) and their writes are gone for the saver."""
 
     thread_id: GraphRef
     incarnation: Incarnation = ""
