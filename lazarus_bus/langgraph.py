@@ -46,6 +46,7 @@ __all__ = ["LazarusSaver"]
 
 BLOBS = "checkpoints/graph"
 CACHE = 4096  # blobs kept in memory: content-addressed, so a cached one is never stale
+ON_DISK = 65536  # blob names known to be on disk, so a repeated value costs no stat
 PER_TOMBSTONE = 4096  # checkpoints named by one graph.deleted, far below max_event_bytes
 
 
@@ -71,6 +72,7 @@ class LazarusSaver(BaseCheckpointSaver[str]):
         self._lock = threading.RLock()
         self._cache: dict[str, bytes] = {}
         self._on_disk: set[str] = set()
+        self._made_dir = False
         with self._lock:
             self._catch_up()
 
@@ -99,7 +101,9 @@ class LazarusSaver(BaseCheckpointSaver[str]):
             return sha
         path = self.blobs / sha
         if not path.exists():
-            self.blobs.mkdir(parents=True, exist_ok=True)
+            if not self._made_dir:
+                self.blobs.mkdir(parents=True, exist_ok=True)
+                self._made_dir = True
             tmp = self.blobs / f".{sha}.{os.getpid()}.{threading.get_ident()}.tmp"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -113,6 +117,8 @@ class LazarusSaver(BaseCheckpointSaver[str]):
                 tmp.unlink(missing_ok=True)
                 raise
             made.append(path)
+        if len(self._on_disk) >= ON_DISK:
+            self._on_disk.clear()  # a hint, not a record: forgetting costs one stat per blob
         self._on_disk.add(sha)
         self._remember(sha, raw)
         return sha
