@@ -44,7 +44,7 @@ class State(TypedDict, total=False):
     notes: Annotated[list[str], operator.add]
 
 
-def graph() -> StateGraph:
+def graph() -> StateGraph[State]:
     g = StateGraph(State)
     for n in range(STEPS):
         def node(state: State, n: int = n) -> State:

@@ -88,7 +88,7 @@ def send_invoice(order_total: float, thread: str) -> dict[str, Any]:
     return sent
 
 
-def build(me: Agent) -> StateGraph:
+def build(me: Agent) -> StateGraph[Order]:
     def gather(state: Order) -> Order:
         step("gather", me)
         return {"items": [{"sku": "bolt", "qty": 40, "price": 0.25}, {"sku": "gear", "qty": 3, "price": 12.5}],
