@@ -204,16 +204,20 @@ def ledger(cell: Cell) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("halt", ["invoice:before", "invoice"])  # the fourth step, before or after its effect
 def test_a_graph_killed_after_its_third_step_resumes_at_the_fourth_and_ends_as_an_uninterrupted_run(
-        up: Up, cli: Cli) -> None:
+        up: Up, cli: Cli, halt: str) -> None:
     up.config('[resurrection]\nmode = "yes"\n')
     command = f"{sys.executable} {EXAMPLES / 'graph_agent.py'}"
-    for name, env in (("forge", ["--env", "GRAPH_HALT_IN=invoice"]), ("calm", [])):
+    for name, env in (("forge", ["--env", f"GRAPH_HALT_IN={halt}"]), ("calm", [])):
         cli.ok("cell", "create", name)
         cli.ok("agent", "invite", name, "graph", "--role", "write", *env, "--cmd", command)
     up.start()
     cell, calm = up.cell("forge"), up.cell("calm")
-    wait(lambda: (cell.workspace / "halted-invoice").exists(), "the graph to stand in its fourth step", timeout=120)
+    marker = cell.workspace / f"halted-{halt.replace(':', '-')}"
+    wait(marker.exists, "the graph to stand in its fourth step", timeout=120)
+    sent_before = (cell.workspace / "outbox.jsonl").exists()
+    assert sent_before == (halt == "invoice")
     assert [r["step"] for r in ledger(cell)] == STEPS[:4]  # three steps done, the fourth cut off below
     first = cell.refresh().agents["graph"]
     os.killpg(first.pid, signal.SIGKILL)
@@ -229,6 +233,7 @@ def test_a_graph_killed_after_its_third_step_resumes_at_the_fourth_and_ends_as_a
     outbox = (cell.workspace / "outbox.jsonl").read_text().splitlines()
     assert len(outbox) == 1  # the invoice left once: the rerun step got the ledger's recorded result
     assert {e.effect_id: e.status for e in v.effects.values()} == {"invoice-main": "completed"}
+    assert sum(isinstance(e, ev.EffectStarted) for e in cell.log.read()) == 1  # started once, by either run
     told = (cell.agent_logs / "graph.log").read_text()
     assert "resuming thread main at invoice (done: ['gather', 'price', 'tax'])" in told, told
     # the final state is exactly what the run that was never killed gives

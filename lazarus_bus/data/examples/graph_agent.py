@@ -19,7 +19,8 @@ Run it supervised (see docs/user-guide.md, "LangGraph graphs"):
 Environment (all optional):
   GRAPH_THREAD      main        the LangGraph thread id (one run of the graph)
   GRAPH_STEP_DELAY  0           seconds each step takes, to have time to `kill -9` it by hand
-  GRAPH_HALT_IN     e.g. invoice  in that step, after its effect, stop (once) and wait to be killed
+  GRAPH_HALT_IN     invoice     in that step, after its effect, stop (once) and wait to be killed;
+                    invoice:before  the same, before its effect
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def step(name: str, me: Agent) -> None:
 
 def halt(name: str) -> None:
     """Where GRAPH_HALT_IN says (once: a marker file remembers it), wait to be killed."""
-    marker = Path(f"halted-{name}")
+    marker = Path(f"halted-{name.replace(':', '-')}")
     if HALT_IN != name or marker.exists():
         return
     marker.write_text(str(os.getpid()))
@@ -105,6 +106,7 @@ def build(me: Agent) -> StateGraph[Order]:
 
     def invoice(state: Order) -> Order:
         step("invoice", me)
+        halt("invoice:before")
         sent = me.effect(f"invoice-{THREAD}", send_invoice, state["total"], THREAD)
         halt("invoice")
         return {"invoice": sent, "done": ["invoice"]}
