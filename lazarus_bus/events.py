@@ -510,16 +510,18 @@ Blob = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of a 
 
 
 class GraphCheckpoint(Event, frozen=True, kw_only=True, tag="graph.checkpoint"):
-    """A LangGraph checkpoint; its body, metadata and each channel value are blobs under checkpoints/graph/."""
+    """A LangGraph checkpoint: each channel value a blob under checkpoints/graph/, the rest inline."""
 
     thread_id: GraphRef
     checkpoint_id: GraphRef
     incarnation: Incarnation = ""
     checkpoint_ns: str = ""
     parent_checkpoint_id: str | None = None
-    checkpoint: Blob | None = None  # the checkpoint without its channel values
-    metadata: Blob | None = None
     channels: dict[str, Blob] = {}  # channel -> its value's blob
+    checkpoint: dict[str, Any] | None = None  # the checkpoint without its channel values (versions, ids)...
+    checkpoint_blob: Blob | None = None  # ...or, when JSON cannot hold it exactly, its blob
+    metadata: dict[str, Any] | None = None  # LangGraph's metadata (source, step, parents, run_id, yours)...
+    metadata_blob: Blob | None = None  # ...or its blob
     run_id: str = ""  # copied from the metadata, so delete_for_runs and readers need no blob
     step: int | None = None
     source: str = ""

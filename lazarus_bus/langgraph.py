@@ -2,7 +2,8 @@
 
 Extra `lazarus-pit[langgraph]`. Every `put` is a `graph.checkpoint` event and every `put_writes` a
 `graph.writes` event, appended (and fenced) as the agent; the values they carry are content-addressed
-blobs under `checkpoints/graph/`, written and made durable before the event that names them. Deletes
+blobs under `checkpoints/graph/`, written and made durable before the event that names them (the
+checkpoint's own bookkeeping and metadata are inline, readable with `lazarus tail`). Deletes
 and prunes append a `graph.deleted` tombstone: the log stays append-only and its hash chain intact.
 Nothing in the core imports this module.
 """
@@ -17,6 +18,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 try:
     from langchain_core.runnables import RunnableConfig
@@ -162,13 +165,31 @@ class LazarusSaver(BaseCheckpointSaver[str]):
 
     # -- reading ------------------------------------------------------------------------
 
+    def _inline_or_blob(self, value: dict[str, Any], made: list[Path]) -> tuple[dict[str, Any] | None, str | None]:
+        """Bookkeeping goes inline, readable in the log, when JSON reads it back exactly; else as a blob."""
+        try:
+            back = msgspec.json.decode(msgspec.json.encode(value))
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            back = None
+        if back is not None and back == value:
+            return back, None
+        return None, self._keep(self.serde.dumps_typed(value), made)
+
+    def _part(self, inline: dict[str, Any] | None, blob: str | None) -> dict[str, Any]:
+        if inline is not None:
+            return msgspec.json.decode(msgspec.json.encode(inline))  # type: ignore[no-any-return]  # a copy
+        return self._load(blob) if blob else {}
+
+    def _metadata(self, saved: ev.GraphCheckpoint) -> dict[str, Any]:
+        return self._part(saved.metadata, saved.metadata_blob)
+
     def _tuple(self, saved: ev.GraphCheckpoint, writes: list[Write]) -> CheckpointTuple:
-        body: dict[str, Any] = self._load(saved.checkpoint) if saved.checkpoint else {}
+        body = self._part(saved.checkpoint, saved.checkpoint_blob)
         body["channel_values"] = {k: self._load(sha) for k, sha in saved.channels.items()}
         return CheckpointTuple(
             config=_config(saved.thread_id, saved.checkpoint_ns, saved.checkpoint_id),
             checkpoint=body,  # type: ignore[arg-type]
-            metadata=self._load(saved.metadata) if saved.metadata else {},
+            metadata=self._metadata(saved),  # type: ignore[arg-type]
             parent_config=(_config(saved.thread_id, saved.checkpoint_ns, saved.parent_checkpoint_id)
                            if saved.parent_checkpoint_id else None),
             pending_writes=[(task_id, channel, self._load(sha)) for task_id, channel, sha, _ in writes],
@@ -199,7 +220,7 @@ class LazarusSaver(BaseCheckpointSaver[str]):
                 return
             if filter:
                 with self._lock:
-                    metadata = self._load(saved.metadata) if saved.metadata else {}
+                    metadata = self._metadata(saved)
                 if not all(metadata.get(k) == v for k, v in filter.items()):
                     continue
             with self._lock:
@@ -221,13 +242,14 @@ class LazarusSaver(BaseCheckpointSaver[str]):
         with self._lock:
             channels = {k: self._keep(self.serde.dumps_typed(v), made) for k, v in values.items()}
             step = meta.get("step")
+            body_inline, body_blob = self._inline_or_blob(body, made)
+            meta_inline, meta_blob = self._inline_or_blob(dict(meta), made)
             draft = ev.GraphCheckpoint(
                 by=self.agent.name, thread_id=thread_id, checkpoint_id=checkpoint["id"], checkpoint_ns=ns,
-                parent_checkpoint_id=get_checkpoint_id(config),
-                checkpoint=self._keep(self.serde.dumps_typed(body), made),
-                metadata=self._keep(self.serde.dumps_typed(meta), made), channels=channels,
-                run_id=str(meta.get("run_id") or ""), step=step if isinstance(step, int) else None,
-                source=str(meta.get("source") or ""))
+                parent_checkpoint_id=get_checkpoint_id(config), channels=channels,
+                checkpoint=body_inline, checkpoint_blob=body_blob, metadata=meta_inline, metadata_blob=meta_blob,
+                run_id=str(meta.get("run_id") or ""), step=step if isinstance(step, int) and not isinstance(
+                    step, bool) else None, source=str(meta.get("source") or ""))
             self._settle(made)
             self._append([draft])
         return _config(thread_id, ns, checkpoint["id"])
@@ -291,8 +313,9 @@ class LazarusSaver(BaseCheckpointSaver[str]):
             for e in saved:
                 drafts.append(ev.GraphCheckpoint(
                     by=self.agent.name, thread_id=target, checkpoint_id=e.checkpoint_id, checkpoint_ns=e.checkpoint_ns,
-                    parent_checkpoint_id=e.parent_checkpoint_id, checkpoint=e.checkpoint, metadata=e.metadata,
-                    channels=e.channels, run_id=e.run_id, step=e.step, source=e.source))
+                    parent_checkpoint_id=e.parent_checkpoint_id, channels=e.channels, checkpoint=e.checkpoint,
+                    checkpoint_blob=e.checkpoint_blob, metadata=e.metadata, metadata_blob=e.metadata_blob,
+                    run_id=e.run_id, step=e.step, source=e.source))
             for (ns, checkpoint_id), stored in writes.items():
                 by_task: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
                 for (task_id, idx), (_, channel, sha, task_path) in stored.items():

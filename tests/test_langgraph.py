@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncGenerator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,25 @@ def test_values_are_content_addressed_blobs_and_a_bad_one_is_loud(root: Root, fo
     blob.unlink()
     with pytest.raises(NotFound, match="missing"):
         LazarusSaver("forge", "graph", root=root.path).get_tuple(config("b"))
+
+
+def test_bookkeeping_is_readable_in_the_log_and_what_json_cannot_hold_exactly_is_a_blob(root: Root,
+                                                                                         forge: Cell) -> None:
+    saver = LazarusSaver("forge", "graph", root=root.path)
+    plain = saver.put(config("t"), checkpoint(1, count=1), {"source": "loop", "step": 1, "who": "ann"}, {"count": 1})
+    odd = {"source": "loop", "step": 2, "raw": b"\x00\xff", "at": datetime(2026, 1, 2, tzinfo=timezone.utc)}
+    saver.put(config("t", plain["configurable"]["checkpoint_id"]), checkpoint(2, count=2), odd, {"count": 2})
+    first, second = [e for e in forge.log.read() if isinstance(e, ev.GraphCheckpoint)]
+    assert first.metadata == {"source": "loop", "step": 1, "who": "ann"} and first.metadata_blob is None
+    assert first.checkpoint is not None and first.checkpoint["channel_versions"] == {"count": 1}
+    assert second.metadata is None and second.metadata_blob is not None and second.step == 2
+    fresh = LazarusSaver("forge", "graph", root=root.path)
+    [newest, oldest] = fresh.list(config("t"))
+    assert newest.metadata == odd and oldest.metadata == {"source": "loop", "step": 1, "who": "ann"}
+    newest.checkpoint["channel_versions"]["count"] = 99  # what a caller changes is its own copy
+    again = fresh.get_tuple(config("t"))
+    assert again is not None and again.checkpoint["channel_versions"] == {"count": 2}
+    assert [t.metadata["step"] for t in fresh.list(None, filter={"who": "ann"})] == [1]
 
 
 def test_the_cells_rules_hold_for_graph_events(root: Root, forge: Cell) -> None:
