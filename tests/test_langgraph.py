@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import os
 import signal
 import subprocess
@@ -13,20 +14,26 @@ import sys
 from collections.abc import AsyncGenerator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.graph import END, START, StateGraph
 
 from lazarus_bus import Cell, Root
 from lazarus_bus import events as ev
-from lazarus_bus.errors import CorruptLog, Forbidden, NotFound, Refused
+from lazarus_bus.errors import CorruptLog, Forbidden, MalformedInput, NotFound, Refused
 from lazarus_bus.graphs import GraphIndex
 from lazarus_bus.langgraph import BLOBS, LazarusSaver
 from tests.conftest import Cli
 from tests.support import Up, wait
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+class Seen(TypedDict):
+    seen: Annotated[list[str], operator.add]
+
 STEPS = ["gather", "price", "tax", "invoice", "report", "archive"]
 
 
@@ -189,6 +196,37 @@ def test_the_index_is_a_pure_fold_of_the_log(root: Root, forge: Cell) -> None:
     index.fold(forge.log.read())
     assert index.threads == saver.index.threads and index.writes == saver.index.writes
     assert sorted(index.threads["t-copy"][""]) == sorted(index.threads["t"][""])
+
+
+def test_it_opens_the_cell_from_the_environment_the_daemon_gives(root: Root, forge: Cell,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LAZARUS_ROOT", "LAZARUS_CELL", "LAZARUS_AGENT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(MalformedInput, match="LAZARUS_CELL"):
+        LazarusSaver(root=root.path)
+    monkeypatch.setenv("LAZARUS_ROOT", str(root.path))
+    monkeypatch.setenv("LAZARUS_CELL", forge.id)
+    monkeypatch.setenv("LAZARUS_AGENT", "graph")
+    with LazarusSaver() as saver:
+        assert saver.agent.name == "graph" and saver.cell.id == forge.id
+        saver.put(config("env"), checkpoint(1), {"source": "input", "step": -1}, {})
+    assert [e.by for e in forge.log.read() if isinstance(e, ev.GraphCheckpoint)] == ["graph"]
+
+
+def test_an_async_graph_runs_on_it_and_a_sync_reader_sees_its_state(root: Root, forge: Cell) -> None:
+    graph: StateGraph[Seen] = StateGraph(Seen)
+    graph.add_node("one", lambda s: {"seen": ["one"]})
+    graph.add_node("two", lambda s: {"seen": ["two"]})
+    graph.add_edge(START, "one")
+    graph.add_edge("one", "two")
+    graph.add_edge("two", END)
+    saver = LazarusSaver("forge", "graph", root=root.path)
+    out = asyncio.run(graph.compile(checkpointer=saver).ainvoke({"seen": []}, config("async")))
+    assert out == {"seen": ["one", "two"]}
+    reader = graph.compile(checkpointer=LazarusSaver("forge", "graph", root=root.path))
+    state = reader.get_state(config("async"))
+    assert state.values == {"seen": ["one", "two"]} and state.next == ()
+    assert len(list(reader.get_state_history(config("async")))) == 4  # input, one, two and the end
 
 
 def test_the_core_imports_without_langgraph() -> None:
