@@ -22,7 +22,6 @@ from typing import Annotated, Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RUNS, median_of, rate, report  # noqa: E402
-
 from langchain_core.runnables import RunnableConfig  # noqa: E402
 from langgraph.checkpoint.base import BaseCheckpointSaver  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncGenerator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -159,7 +159,7 @@ def test_bookkeeping_is_readable_in_the_log_and_what_json_cannot_hold_exactly_is
                                                                                          forge: Cell) -> None:
     saver = LazarusSaver("forge", "graph", root=root.path)
     plain = saver.put(config("t"), checkpoint(1, count=1), {"source": "loop", "step": 1, "who": "ann"}, {"count": 1})
-    odd = {"source": "loop", "step": 2, "raw": b"\x00\xff", "at": datetime(2026, 1, 2, tzinfo=timezone.utc)}
+    odd = {"source": "loop", "step": 2, "raw": b"\x00\xff", "at": datetime(2026, 1, 2, tzinfo=UTC)}
     saver.put(config("t", plain["configurable"]["checkpoint_id"]), checkpoint(2, count=2), odd, {"count": 2})
     first, second = [e for e in forge.log.read() if isinstance(e, ev.GraphCheckpoint)]
     assert first.metadata == {"source": "loop", "step": 1, "who": "ann"} and first.metadata_blob is None
