@@ -120,6 +120,11 @@ def test_deletes_and_prunes_are_tombstones_and_the_chain_verifies(cli: Cli, root
     assert tup is not None and tup.checkpoint["channel_values"] == {"count": 3}
     assert tup.pending_writes == [("task-1", "count", 99)]
     assert fresh.get_tuple(config("t2")) is None and list(fresh.list(config("t2"))) == []
+    # an operator drops a thread by hand; a tombstone without its thread is malformed input
+    cli.ok("emit", "forge", "graph.deleted", "--by", "operator", "--data", '{"thread_id": "t1", "reason": "by hand"}')
+    assert fresh.get_tuple(config("t1")) is None
+    bad = cli("emit", "forge", "graph.deleted", "--by", "operator", "--data", '{"reason": "no thread"}')
+    assert bad.code == 2 and bad.err.startswith("error: ") and "thread_id" in bad.err
 
 
 def test_another_process_sees_the_checkpoints_and_resumes_the_thread(root: Root, forge: Cell) -> None:
