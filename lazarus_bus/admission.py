@@ -74,6 +74,9 @@ ADMISSION: dict[type[ev.Event], Admission] = {
     ev.BudgetWarned: Admission(),
     ev.BudgetExceeded: Admission(),
     ev.BudgetRaised: Admission(),
+    ev.GraphCheckpoint: Admission(capability="checkpoint", states=_WORK.states),
+    ev.GraphWrites: Admission(capability="checkpoint", states=_WORK.states),
+    ev.GraphDeleted: Admission(capability="checkpoint", states=_WORK.states),
 }
 assert ADMISSION.keys() == set(ev.EVENT_TYPES.values()), "every event type needs an admission rule"
 _LIFECYCLE = (ev.CellActivated, ev.CellFrozen, ev.CellThawed, ev.CellArchived, ev.CellDestroyed)

@@ -348,6 +348,11 @@ class Agent:
         with self._lock, _fencing():
             return self.cell.append(draft)[0].seq
 
+    def record(self, drafts: Sequence[ev.Event]) -> list[Appended]:
+        """Append events this agent wrote as one batch (a framework adapter's), fenced like its other writes."""
+        with self._lock, _fencing():
+            return self.cell.append_many(drafts)
+
     # -- lifetime -----------------------------------------------------------------------
 
     def __enter__(self) -> Agent:

@@ -503,6 +503,51 @@ class BudgetRaised(Event, frozen=True, kw_only=True, tag="budget.raised"):
     note: str = ""
 
 
+# Framework adapters (section 18) ----------------------------------------------------------
+
+GraphRef = Annotated[str, Meta(min_length=1, max_length=1024, description="a LangGraph thread or checkpoint id")]
+Blob = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of a blob under checkpoints/graph/")]
+
+
+class GraphCheckpoint(Event, frozen=True, kw_only=True, tag="graph.checkpoint"):
+    """A LangGraph checkpoint: each channel value a blob under checkpoints/graph/, the rest inline."""
+
+    thread_id: GraphRef
+    checkpoint_id: GraphRef
+    incarnation: Incarnation = ""
+    checkpoint_ns: str = ""
+    parent_checkpoint_id: str | None = None
+    channels: dict[str, Blob] = {}  # channel -> its value's blob
+    checkpoint: dict[str, Any] | None = None  # the checkpoint without its channel values (versions, ids)...
+    checkpoint_blob: Blob | None = None  # ...or, when JSON cannot hold it exactly, its blob
+    metadata: dict[str, Any] | None = None  # LangGraph's metadata (source, step, parents, run_id, yours)...
+    metadata_blob: Blob | None = None  # ...or its blob
+    run_id: str = ""  # copied from the metadata, so delete_for_runs and readers need no blob
+    step: int | None = None
+    source: str = ""
+
+
+class GraphWrites(Event, frozen=True, kw_only=True, tag="graph.writes"):
+    """A task's pending writes against a checkpoint: (index, channel, value blob) each."""
+
+    thread_id: GraphRef
+    checkpoint_id: GraphRef
+    task_id: GraphRef
+    incarnation: Incarnation = ""
+    checkpoint_ns: str = ""
+    task_path: str = ""
+    writes: list[tuple[int, str, Blob]] = []
+
+
+class GraphDeleted(Event, frozen=True, kw_only=True, tag="graph.deleted"):
+    """A tombstone: these checkpoints of a thread (none listed: all of it) and their writes are gone for the saver."""
+
+    thread_id: GraphRef
+    incarnation: Incarnation = ""
+    checkpoints: list[tuple[str, str]] = []  # (checkpoint_ns, checkpoint_id)
+    reason: str = ""  # delete_thread, prune or delete_for_runs
+
+
 AnyEvent = Union[
     CellProvisioned,
     CellActivated,
@@ -539,12 +584,16 @@ AnyEvent = Union[
     BudgetWarned,
     BudgetExceeded,
     BudgetRaised,
+    GraphCheckpoint,
+    GraphWrites,
+    GraphDeleted,
 ]
 
 # the types an agent's own process appends, stamped with its incarnation
 INCARNATED: tuple[type[Event], ...] = (AgentJoined, AgentHeartbeat, AgentLeft, BusMessage, CheckpointCreated,
                                        HandoffCreated, HandoffAccepted, CheckpointRestored, TaskCreated, TaskUpdated,
-                                       EffectStarted, EffectCompleted, EffectFailed, EffectResolved, AgentUsage)
+                                       EffectStarted, EffectCompleted, EffectFailed, EffectResolved, AgentUsage,
+                                       GraphCheckpoint, GraphWrites, GraphDeleted)
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]

@@ -560,6 +560,11 @@ def _budget_raised(view: CellView, e: ev.BudgetRaised) -> CellView:
                   budget_approval=None)
 
 
+def _graph(view: CellView, run: Sequence[ev.Event]) -> CellView:
+    """LangGraph's checkpoints are the saver's own fold (graphs.py): the cell's projection is unchanged."""
+    return view
+
+
 # Folds that touch nothing a heartbeat reads or writes, nor each other's fields (a checkpoint sets only
 # its author's last_checkpoint): fold_all holds them with the heartbeats and folds each kind at once.
 _BATCHED: dict[type, Callable[[CellView, Any], CellView]] = {
@@ -568,6 +573,9 @@ _BATCHED: dict[type, Callable[[CellView, Any], CellView]] = {
     ev.HandoffCreated: _handoffs,
     ev.TaskCreated: _tasks,
     ev.TaskUpdated: _tasks,
+    ev.GraphCheckpoint: _graph,
+    ev.GraphWrites: _graph,
+    ev.GraphDeleted: _graph,
 }
 
 
@@ -616,6 +624,9 @@ _HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
     ev.BudgetWarned: _budget_warned,
     ev.BudgetExceeded: _budget_exceeded,
     ev.BudgetRaised: _budget_raised,
+    ev.GraphCheckpoint: _one(_graph),
+    ev.GraphWrites: _one(_graph),
+    ev.GraphDeleted: _one(_graph),
 }
 
 assert _HANDLERS.keys() == set(ev.EVENT_TYPES.values()), "every event type needs a fold handler"
