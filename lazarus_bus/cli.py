@@ -27,6 +27,7 @@ from .fold import ApprovalView, CellView
 from .limits import parse_limit
 from .log import Appended
 from .planner import AnyAction, Append, Start
+from .probes import check_target
 from .secrets import secret_source
 
 __all__ = ["cli", "main"]
@@ -127,6 +128,17 @@ def _pairs(values: Iterable[str], what: str) -> dict[str, str]:
             raise MalformedInput(f"{what} takes KEY=VALUE, got {item!r}")
         out[key] = val
     return out
+
+
+def _argv(value: str, what: str) -> list[str]:
+    """A shell-quoted argv; an empty or unbalanced one is malformed input."""
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise MalformedInput(f"{what}: {exc}") from None
+    if not argv:
+        raise MalformedInput(f"{what}: empty command")
+    return argv
 
 
 def _appended(app: App, written: list[Appended], extra: dict[str, Any] | None = None) -> None:
@@ -269,18 +281,44 @@ def agent() -> None:
 @click.option("--heartbeat-interval", type=float, default=0.0, help="Seconds; 0 = judged by its process alone.")
 @click.option("--limit", "limit", multiple=True, help="memory=512M, cpu=1.5, pids=256 or nofile=1024, repeatable.")
 @click.option("--secret", multiple=True, help="NAME=@FILE or NAME=env:VAR: read at each spawn, never logged.")
+@click.option("--probe", default="",
+              help="http://HOST:PORT/PATH (200-399 is ok) or tcp://HOST:PORT, probed from outside.")
+@click.option("--probe-cmd", default=None, help="Argv as one shell-quoted string; exit 0 is ok.")
+@click.option("--probe-period", type=click.FloatRange(min=0), default=0.0, help="Seconds between probes (10).")
+@click.option("--probe-timeout", type=click.FloatRange(min=0), default=0.0, help="Seconds a probe may take (2).")
+@click.option("--probe-failures", type=click.IntRange(min=0), default=0,
+              help="Failures in a row that make it dead, reason probe_failed (3).")
+@click.option("--probe-initial-delay", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds after a start before the first probe (0).")
+@click.option("--restart-cmd", default=None,
+              help="Argv that restarts an agent another manager runs; {cell} {agent} {host}.")
+@click.option("--stop-cmd", default=None, help="Argv that stops it (then --start-cmd: a restart).")
+@click.option("--start-cmd", default=None, help="Argv that starts it.")
 @click.option("--by", default="operator", show_default=True)
 @common
 @pass_app
 def agent_invite(app: App, ref: str, name: str, role: str, cmd: str | None, substitute: tuple[str, ...],
                  revive: str | None, env: tuple[str, ...], heartbeat_interval: float, limit: tuple[str, ...],
-                 secret: tuple[str, ...], by: str) -> None:
-    """Invite an agent; with --cmd the daemon starts and revives it."""
+                 secret: tuple[str, ...], probe: str, probe_cmd: str | None, probe_period: float, probe_timeout: float,
+                 probe_failures: int, probe_initial_delay: float, restart_cmd: str | None, stop_cmd: str | None,
+                 start_cmd: str | None, by: str) -> None:
+    """Invite an agent; with --cmd the daemon starts and revives it, with --restart-cmd its own manager does."""
     payload: dict[str, Any] = {
         "type": "agent.invited", "agent": name, "role": role, "command": shlex.split(cmd) if cmd else [],
         "substitutes": list(substitute), "revive": revive, "env": _pairs(env, "--env"),
         "heartbeat_interval": heartbeat_interval,
     }
+    if probe:
+        check_target(probe)
+        payload["probe"] = probe
+    outside = {"probe_cmd": probe_cmd, "restart_cmd": restart_cmd, "stop_cmd": stop_cmd, "start_cmd": start_cmd}
+    for key, value in outside.items():
+        if value is not None:
+            payload[key] = _argv(value, "--" + key.replace("_", "-"))
+    for key, number in (("probe_period", probe_period), ("probe_timeout", probe_timeout),
+                        ("probe_failures", probe_failures), ("probe_initial_delay", probe_initial_delay)):
+        if number:
+            payload[key] = number
     if limit:
         payload["limits"] = dict(parse_limit(x) for x in limit)
     if secret:
