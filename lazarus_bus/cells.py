@@ -115,6 +115,9 @@ class Root:
         labels: dict[str, str] | None = None,
         policy: ev.Policy | None = None,
         network: str | None = None,
+        max_duration: float = 0.0,
+        checkpoint_interval: float = 0.0,
+        auto_archive: bool = False,
     ) -> Cell:
         """Provision a cell: built aside under `.lazarus/`, then renamed into place whole."""
         check_cell_name(name)
@@ -124,6 +127,9 @@ class Root:
             "labels": labels or {}, "isolation": isolation,
             "network": network or self.config.isolation.network,
             "policy": msgspec.to_builtins(policy) if policy else None,
+            **({"max_duration": max_duration} if max_duration else {}),
+            **({"checkpoint_interval": checkpoint_interval} if checkpoint_interval else {}),
+            **({"auto_archive": True} if auto_archive else {}),
         })
         problem = isolation_problem(isolation)
         if problem:

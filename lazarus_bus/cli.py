@@ -182,7 +182,7 @@ def cell() -> None:
 
 
 @cell.command("create")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--mission", default="", help="The mission, in words.")
 @click.option("--isolation", type=int, default=1, show_default=True, help="1 process, 2 mount namespace, 3 Podman.")
 @click.option("--id", "cell_id", default=None, help="A UUID or slug (default: a new UUIDv7).")
@@ -190,11 +190,28 @@ def cell() -> None:
 @click.option("--policy", default=None, help="Resurrection overrides as JSON, @FILE or -.")
 @click.option("--network", type=click.Choice(["host", "none"]), default=None,
               help="Levels 2 and 3: the agents' network (default: [isolation] network, host).")
+@click.option("--max-duration", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds; the cell is archived (reason max_duration) this long after its creation.")
+@click.option("--checkpoint-interval", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds; an agent whose newest checkpoint is older is sent lazarus.checkpoint_due.")
+@click.option("--auto-archive", is_flag=True, default=False,
+              help="Archive the cell once every agent completed or left.")
+@click.option("--from", "from_", default=None, metavar="PROPOSAL",
+              help="A mission proposal (the Markdown template, or .toml): the cell and its invitations.")
+@click.option("--dry-run", is_flag=True, default=False, help="With --from: print what it would do, create nothing.")
 @common
 @pass_app
-def cell_create(app: App, name: str, mission: str, isolation: int, cell_id: str | None,
-                label: tuple[str, ...], policy: str | None, network: str | None) -> None:
-    """Provision a cell; prints its id."""
+def cell_create(app: App, name: str | None, mission: str, isolation: int, cell_id: str | None,
+                label: tuple[str, ...], policy: str | None, network: str | None, max_duration: float,
+                checkpoint_interval: float, auto_archive: bool, from_: str | None, dry_run: bool) -> None:
+    """Provision a cell (NAME, or from a mission proposal); prints its id."""
+    if from_ is not None:
+        _create_from(app, from_, name, cell_id, _pairs(label, "--label"), dry_run)
+        return
+    if dry_run:
+        raise MalformedInput("--dry-run goes with --from PROPOSAL")
+    if name is None:
+        raise MalformedInput("cell create needs NAME (or --from PROPOSAL)")
     pol = None
     if policy is not None:
         try:
@@ -202,8 +219,49 @@ def cell_create(app: App, name: str, mission: str, isolation: int, cell_id: str 
         except msgspec.ValidationError as exc:
             raise MalformedInput(f"--policy: {exc}") from None
     c = app.root.create(name, mission=mission, isolation=isolation, cell_id=cell_id,
-                        labels=_pairs(label, "--label"), policy=pol, network=network)
+                        labels=_pairs(label, "--label"), policy=pol, network=network, max_duration=max_duration,
+                        checkpoint_interval=checkpoint_interval, auto_archive=auto_archive)
     _out(app, {"id": c.id, "name": name, "seq": 1}, c.id)
+
+
+def _create_from(app: App, source: str, name: str | None, cell_id: str | None, labels: dict[str, str],
+                 dry_run: bool) -> None:
+    """`cell create --from`: the whole proposal is read and checked first, so a malformed one creates
+    nothing; then the cell, the proposal kept under `artifacts/`, and its invitations in one append."""
+    from .proposal import parse
+
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"cannot read proposal {source}: {getattr(exc, 'strerror', None) or exc}") from None
+    p = parse(path.name, text, name)
+    kept = "proposal.toml" if path.name.endswith(".toml") else "proposal.md"
+    plan = {"cell": p.name, "mission": p.mission, "isolation": p.isolation, "network": p.network,
+            "max_duration": p.max_duration, "checkpoint_interval": p.checkpoint_interval,
+            "auto_archive": p.auto_archive, "max_attempts": p.max_attempts,
+            "agents": [{"agent": a.name, "role": a.role, "note": a.note} for a in p.agents],
+            "success_criteria": p.success_criteria, "artifact": f"artifacts/{kept}"}
+    if dry_run:
+        lifetime = ", ".join(f"{k} {v:g} s" for k, v in (("max_duration", p.max_duration),
+                                                          ("checkpoint_interval", p.checkpoint_interval)) if v)
+        _out(app, {**plan, "dry_run": True}, [
+            f"would create cell {p.name} (isolation {p.isolation}"
+            + (f", network {p.network}" if p.network else "") + (f", {lifetime}" if lifetime else "")
+            + (", auto_archive" if p.auto_archive else "")
+            + (f", max_attempts {p.max_attempts}" if p.max_attempts is not None else "") + ")",
+            *(f"would invite {a.name} as {a.role}" + (f" ({a.note})" if a.note else "") for a in p.agents),
+            f"would keep the proposal as artifacts/{kept}"])
+        return
+    pol = ev.Policy(max_attempts=p.max_attempts) if p.max_attempts is not None else None
+    c = app.root.create(p.name, mission=p.mission, isolation=p.isolation, cell_id=cell_id, labels=labels,
+                        policy=pol, network=p.network, max_duration=p.max_duration,
+                        checkpoint_interval=p.checkpoint_interval, auto_archive=p.auto_archive)
+    from .files import atomic_write
+
+    atomic_write(c.artifacts / kept, text.encode())
+    written = c.append_many([ev.AgentInvited(by="operator", agent=a.name, role=a.role) for a in p.agents])
+    _out(app, {**plan, "id": c.id, "seq": written[-1].seq}, c.id)
 
 
 def _described(c: Cell) -> dict[str, Any]:

@@ -773,6 +773,9 @@ def manifest(view: CellView) -> dict[str, Any]:
         "network": view.network,
         "policy": msgspec.to_builtins(view.policy) if view.policy else None,
         "created_at": view.created_at,
+        "max_duration": view.max_duration,
+        "checkpoint_interval": view.checkpoint_interval,
+        "auto_archive": view.auto_archive,
         "agents": {
             a.name: {
                 "role": a.role,
