@@ -22,6 +22,7 @@ def test_every_catalogue_type_is_defined() -> None:
         "handoff.accepted", "checkpoint.restored", "task.created", "task.updated",
         "effect.started", "effect.completed", "effect.failed", "effect.resolved", "agent.usage",
         "budget.warned", "budget.exceeded", "budget.raised",
+        "agent.probe_failed", "agent.probe_ok", "cell.expiring",  # section 17
     }
 
 
