@@ -13,7 +13,7 @@ from .effects import in_doubt
 from .fold import AgentView, CellView
 from .lifetime import checkpoint_overdue
 from .policy import Effective, effective
-from .probes import limit_of, probed
+from .probes import limit_of, managed, probed
 
 __all__ = ["Health", "Verdict", "agent_rows", "judge", "phi"]
 
@@ -152,6 +152,9 @@ def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = 
             "cycle": a.cycle, "status": a.status, "phase": a.phase, "detail": v.detail,
             "spend": spend_row(view, config, a, now), "in_doubt": [e.effect_id for e in in_doubt(view, a.name)],
             "checkpoint_due": checkpoint_overdue(view, a, now),
+            "probe": ({"state": a.probe_state or "pending", "failures": a.probe_failed, **a.probe_detail}
+                      if probed(a) else None),
+            "managed": managed(a),
             **progress_columns(a, p, now),
         })
     return rows
