@@ -38,7 +38,7 @@ from .narrate import describe, fields
 from .notify import Notifier
 from .outside import Outside
 from .planner import AnyAction, Start, Stop, plan
-from .probes import ProbeSpec, change, spec_of
+from .probes import ProbeSpec, change, fill, managed, spec_of
 from .rootlock import RootLock
 from .sdnotify import Notify
 from .watcher import Watcher
@@ -129,6 +129,7 @@ class Daemon:
                 if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
                     log.warning("approval needed in cell %s: %s", cell.id, e.message)
                 self._narrate(cell, e)
+                self._follow_managed(cell, e)
                 self.notifier.offer(e, now)
                 if self.on_event is not None:
                     self.on_event(cell, e)
@@ -288,6 +289,28 @@ class Daemon:
                     wanted[(cid, a.name)] = (token, spec)
         self._probe_tokens = {key: token for key, (token, _) in wanted.items()}
         self.outside.sync(wanted, self._probe_report)
+
+    def _follow_managed(self, cell: Cell, e: Event) -> None:
+        """Agents another manager runs stop and start with their cell (`--stop-cmd`, `--start-cmd`), as the
+        daemon's own agents do: on the transition, seen live."""
+        view = cell.projection
+        if view is None or not self._may_act(cell.id):
+            return
+        agents = [a for a in view.agents.values() if managed(a)]
+        todo: list[tuple[str, list[str], str]] = []
+        if isinstance(e, (ev.CellFrozen, ev.CellArchived, ev.CellDestroyed)):
+            todo = [("stop", a.stop_cmd, a.name) for a in agents if a.phase != "left"]
+        elif isinstance(e, ev.CellThawed):
+            todo = [("start", a.start_cmd, a.name) for a in agents if a.phase != "left" and not a.held]
+        elif isinstance(e, ev.AgentLeft) and e.reason != "completed":
+            todo = [("stop", a.stop_cmd, a.name) for a in agents if a.name == e.agent]
+        elif isinstance(e, ev.AgentUpdated) and e.run in ("stop", "start"):
+            todo = [(e.run, a.stop_cmd if e.run == "stop" else a.start_cmd, a.name) for a in agents
+                    if a.name == e.agent]
+        for kind, argv, name in todo:
+            if argv:
+                host = view.agents[name].host or self.host
+                self.executor.run_managed(cell, name, kind, fill(argv, cell=view.name, agent=name, host=host))
 
     def _probe_report(self, cid: str, agent: str, token: str, ok: bool, failures: int,
                       detail: dict[str, Any]) -> None:

@@ -147,6 +147,30 @@ class Executor:
             log.error("cell %s, agent %s: result of its command not recorded: %s", cell.id, action.agent, exc)
         self.on_exit(cell.id)
 
+    def run_managed(self, cell: Cell, agent: str, kind: str, argv: list[str]) -> None:
+        """An agent another manager runs follows its cell: `stop_cmd` on a freeze, archive, destroy, leave
+        or `agent stop`, `start_cmd` on a thaw or `agent start`; off the loop, the result in the daemon's
+        log (an archived cell's log takes no more events of its agents' runs)."""
+        if self.outside is None:
+            return
+        fut = self.outside.submit(run_argv(argv, self.command_timeout))
+
+        def done(f: concurrent.futures.Future[dict[str, Any]]) -> None:
+            if f.cancelled():
+                return
+            try:
+                result = f.result()
+            except Exception as exc:  # noqa: BLE001 - said, never fatal
+                result = {"returncode": None, "error": str(exc)}
+            if result.get("returncode") == 0:
+                log.info("cell %s, agent %s: %s_cmd %s done", cell.id, agent, kind, argv)
+            else:
+                log.warning("cell %s, agent %s: %s_cmd %s failed: %s %s", cell.id, agent, kind, argv,
+                            result.get("error") or f"exit {result.get('returncode')}", result.get("output", "")[-300:])
+
+        log.info("cell %s, agent %s: running its %s_cmd %s", cell.id, agent, kind, argv)
+        fut.add_done_callback(done)
+
     def stamped(self, cell: Cell, e: ev.Event) -> ev.Event:
         """A leader decision carries the epoch this daemon leads the cell with (for the daemon's own appends)."""
         return self._stamped(cell, e)

@@ -253,3 +253,28 @@ def test_an_agent_under_runit_is_restarted_through_sv(up: Up, cli: Cli, procs: P
     wait(lambda: pid_in(pidfile) not in (0, old) and health(port), "runsv's new gateway answering")
     assert health(port)["pid"] == pid_in(pidfile)  # type: ignore[index]
     wait(lambda: events_of(cell, "gw", "agent.probe_ok")[-1].seq > revived.seq, "probed ok after the restart")
+
+
+def test_an_agent_of_another_manager_stops_and_starts_with_its_cell(up: Up, cli: Cli, tmp_path: Path) -> None:
+    up.config(FAST)
+    record = tmp_path / "manager.log"
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "gw", "--role", "write",
+           "--stop-cmd", f"sh -c 'echo stop {{agent}} {{cell}} >> {record}'",
+           "--start-cmd", f"sh -c 'echo start {{agent}} >> {record}'")
+    cli.ok("cell", "activate", "forge")
+    up.start()
+
+    def said() -> list[str]:
+        return record.read_text().splitlines() if record.exists() else []
+
+    cli.ok("cell", "freeze", "forge")
+    wait(lambda: said() == ["stop gw forge"], "its stop command on the freeze")
+    cli.ok("cell", "thaw", "forge")
+    wait(lambda: said()[1:] == ["start gw"], "its start command on the thaw")
+    cli.ok("agent", "stop", "forge", "gw")
+    wait(lambda: said()[2:] == ["stop gw forge"], "its stop command on `agent stop`")
+    cli.ok("agent", "start", "forge", "gw")
+    wait(lambda: said()[3:] == ["start gw"], "its start command on `agent start`")
+    cli.ok("cell", "archive", "forge")
+    wait(lambda: said()[4:] == ["stop gw forge"], "its stop command with the archive")
