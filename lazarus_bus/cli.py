@@ -26,7 +26,7 @@ from .errors import CorruptLog, LazarusError, MalformedInput, NotFound
 from .fold import ApprovalView, CellView
 from .limits import parse_limit
 from .log import Appended
-from .planner import AnyAction, Append, Start
+from .planner import AnyAction, Append, Command, Start
 from .probes import check_target
 from .secrets import secret_source
 
@@ -770,6 +770,8 @@ def _describe_action(action: AnyAction) -> str:
             return ", then ".join(_describe_event(e) for e in action.events)
         case Start():
             return f"start (attempt {action.attempt}{', resume ' + action.resume if action.resume else ''})"
+        case Command():
+            return "run " + ", then ".join(shlex.join(argv) for argv in action.argv) + f" (restart {action.revived})"
     return f"stop ({action.why})"
 
 
@@ -795,7 +797,8 @@ def plan(app: App, ref: str | None) -> None:
         click.echo("nothing to do")
     else:
         for view, action in found:
-            click.echo(f"{view.name}/{action.agent}: {_describe_action(action)}")
+            where = f"{view.name}/{action.agent}" if action.agent else view.name  # a cell's lifetime: no agent
+            click.echo(f"{where}: {_describe_action(action)}")
 
 
 def _pending(app: App) -> list[tuple[Cell, ApprovalView]]:
