@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any
 
-from lazarus_bus import Cell, events as ev
+from lazarus_bus import Cell
+from lazarus_bus import events as ev
 from lazarus_bus.fold import CellView, fold_all
 from lazarus_bus.lifetime import due, reminders
 from tests.conftest import Cli

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from lazarus_bus import Cell, events as ev
+from lazarus_bus import Cell
+from lazarus_bus import events as ev
 from lazarus_bus.fold import AgentView
 from lazarus_bus.outside import check, run_argv
 from lazarus_bus.probes import ProbeSpec, change, fill
@@ -148,8 +149,10 @@ def test_an_http_agent_that_is_not_a_client_is_probed_killed_and_restarted_by_it
     wait(lambda: health(port), "the gateway")
     restart = f"sh -c '{sys.executable} {GATEWAY} {port} {pidfile} >/dev/null 2>&1 & echo restarted {{agent}}'"
     cli.ok("cell", "create", "forge")
+    # the restart command returns before the new server listens: the initial delay covers its start
     cli.ok("agent", "invite", "forge", "gw", "--role", "write", "--probe", f"http://127.0.0.1:{port}/health",
-           "--probe-period", "0.2", "--probe-timeout", "1", "--probe-failures", "2", "--restart-cmd", restart)
+           "--probe-period", "0.2", "--probe-timeout", "1", "--probe-failures", "2", "--probe-initial-delay", "3",
+           "--restart-cmd", restart)
     up.start()
     cell = up.cell()
     wait(lambda: events_of(cell, "gw", "agent.probe_ok"), "the first probe ok")
@@ -160,15 +163,17 @@ def test_an_http_agent_that_is_not_a_client_is_probed_killed_and_restarted_by_it
     revived = wait(lambda: events_of(cell, "gw", "agent.revived"), "the revival through --restart-cmd")[0]
     assert revived.via == "restart_cmd" and revived.detail["returncode"] == 0
     assert "restarted gw" in revived.detail["output"]  # {agent} filled in, the output's tail kept
-    dead = events_of(cell, "gw", "agent.declared_dead")
+    before = [e for e in events_of(cell, "gw") if e.seq < revived.seq]
+    dead = [e for e in before if e.type == "agent.declared_dead"]
     assert [d.reason for d in dead] == ["probe_failed"]
     assert dead[0].detail["failures"] == 2 and dead[0].detail["error"]
-    failed = [e.failures for e in events_of(cell, "gw", "agent.probe_failed")]
+    failed = [e.failures for e in before if e.type == "agent.probe_failed"]
     assert failed == [1, 2]  # changes only: the first failure and the one that reached the limit
-    planned = events_of(cell, "gw", "revival.planned")
+    planned = [e for e in before if e.type == "revival.planned"]
     assert [(p.action, p.attempt) for p in planned] == [("restart", 1)]
     wait(lambda: pid_in(pidfile) not in (0, old) and health(port), "the new gateway answering")
-    wait(lambda: events_of(cell, "gw", "agent.probe_ok")[-1].seq > revived.seq, "probed ok again after the revival")
+    wait(lambda: events_of(cell, "gw", "agent.probe_ok")[-1].seq > revived.seq, "probed ok again after the revival",
+         timeout=90)
     assert cell.refresh().agents["gw"].phase == "running"
     assert cli.ok("verify", "forge").startswith("ok:")
 
@@ -238,7 +243,7 @@ def test_an_agent_under_runit_is_restarted_through_sv(up: Up, cli: Cli, procs: P
     wait(lambda: health(port), "the gateway under runsv")
     cli.ok("cell", "create", "forge")
     cli.ok("agent", "invite", "forge", "gw", "--role", "write", "--probe", f"http://127.0.0.1:{port}/health",
-           "--probe-period", "0.2", "--probe-timeout", "1", "--probe-failures", "2",
+           "--probe-period", "0.2", "--probe-timeout", "1", "--probe-failures", "2", "--probe-initial-delay", "3",
            "--restart-cmd", f"sv restart {svc}")
     up.start()
     cell = up.cell()
@@ -248,11 +253,12 @@ def test_an_agent_under_runit_is_restarted_through_sv(up: Up, cli: Cli, procs: P
     revived = wait(lambda: events_of(cell, "gw", "agent.revived"), "the revival through sv", timeout=90)[0]
     assert revived.via == "restart_cmd" and revived.detail["returncode"] == 0
     assert revived.detail["argv"] == ["sv", "restart", str(svc)] and "run:" in revived.detail["output"]
-    dead = events_of(cell, "gw", "agent.declared_dead")
+    dead = [e for e in events_of(cell, "gw", "agent.declared_dead") if e.seq < revived.seq]
     assert [d.reason for d in dead] == ["probe_failed"] and "timed out" in dead[0].detail["error"]
     wait(lambda: pid_in(pidfile) not in (0, old) and health(port), "runsv's new gateway answering")
     assert health(port)["pid"] == pid_in(pidfile)  # type: ignore[index]
-    wait(lambda: events_of(cell, "gw", "agent.probe_ok")[-1].seq > revived.seq, "probed ok after the restart")
+    wait(lambda: events_of(cell, "gw", "agent.probe_ok")[-1].seq > revived.seq, "probed ok after the restart",
+         timeout=90)
 
 
 def test_an_agent_of_another_manager_stops_and_starts_with_its_cell(up: Up, cli: Cli, tmp_path: Path) -> None:
