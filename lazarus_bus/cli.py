@@ -253,15 +253,8 @@ def _create_from(app: App, source: str, name: str | None, cell_id: str | None, l
             *(f"would invite {a.name} as {a.role}" + (f" ({a.note})" if a.note else "") for a in p.agents),
             f"would keep the proposal as artifacts/{kept}"])
         return
-    pol = ev.Policy(max_attempts=p.max_attempts) if p.max_attempts is not None else None
-    c = app.root.create(p.name, mission=p.mission, isolation=p.isolation, cell_id=cell_id, labels=labels,
-                        policy=pol, network=p.network, max_duration=p.max_duration,
-                        checkpoint_interval=p.checkpoint_interval, auto_archive=p.auto_archive)
-    from .files import atomic_write
-
-    atomic_write(c.artifacts / kept, text.encode())
-    written = c.append_many([ev.AgentInvited(by="operator", agent=a.name, role=a.role) for a in p.agents])
-    _out(app, {**plan, "id": c.id, "seq": written[-1].seq}, c.id)
+    c, seq = app.root.create_from(p, text, kept, cell_id=cell_id, labels=labels)
+    _out(app, {**plan, "id": c.id, "seq": seq}, c.id)
 
 
 def _described(c: Cell) -> dict[str, Any]:
