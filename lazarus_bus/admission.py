@@ -10,6 +10,7 @@ from .effects import is_in_doubt, may_start_again
 from .errors import Conflict, EffectDone, Fenced, Forbidden, MalformedInput, NotFound, Refused
 from .fold import CellView, fold
 from .names import SYSTEM_AUTHORS, check_agent
+from .probes import check_target
 
 __all__ = ["ADMISSION", "CAPABILITIES", "Admission", "admit", "admit_batch"]
 
@@ -45,6 +46,7 @@ ADMISSION: dict[type[ev.Event], Admission] = {
     ev.CellThawed: Admission(states=("frozen",)),
     ev.CellArchived: Admission(states=("provisioned", "active", "frozen")),
     ev.CellDestroyed: Admission(states=("archived",)),
+    ev.CellExpiring: Admission(),  # section 17: provisioned, active or frozen, by operator or lazarus
     ev.LeaderElected: Admission(states=ANY_STATE),
     ev.AgentInvited: Admission(),
     ev.AgentJoined: Admission(capability="presence", states=_WORK.states, activates=True),
@@ -55,6 +57,8 @@ ADMISSION: dict[type[ev.Event], Admission] = {
     ev.AgentExited: _LIFE,
     ev.AgentDeclaredDead: Admission(),
     ev.AgentRevived: _WORK,
+    ev.AgentProbeFailed: Admission(),  # by lazarus: the probe's changes (section 17)
+    ev.AgentProbeOk: Admission(),
     ev.RevivalPlanned: Admission(),
     ev.RevivalApprovalRequested: Admission(),
     ev.RevivalApproved: Admission(),
@@ -239,6 +243,13 @@ def _check_refs(view: CellView, e: ev.Event) -> None:
         check_agent(e.agent)
         for sub in e.substitutes:
             check_agent(sub)
+        if e.probe:
+            check_target(e.probe)
+        if e.probe and e.probe_cmd:
+            raise MalformedInput("agent.invited: give probe or probe_cmd, not both")
+        if e.restart_cmd and e.command:
+            raise MalformedInput("agent.invited: restart_cmd is for an agent another manager runs; "
+                                 "with command the daemon runs it itself")
         old = view.agents.get(e.agent)
         if old is not None and old.phase != "left":
             raise Refused(f"agent {e.agent} is already invited in cell {view.name}")

@@ -24,6 +24,7 @@ from .files import atomic_write, flock, fsync_dir, private_dir
 from .fold import CellView, fold_all, manifest
 from .log import Appended, Head, LogBackend
 from .names import check_cell_id, check_cell_name, new_id
+from .proposal import Proposal
 from .snapshot import load_snapshot
 from .store import Store, open_store
 
@@ -115,6 +116,9 @@ class Root:
         labels: dict[str, str] | None = None,
         policy: ev.Policy | None = None,
         network: str | None = None,
+        max_duration: float = 0.0,
+        checkpoint_interval: float = 0.0,
+        auto_archive: bool = False,
     ) -> Cell:
         """Provision a cell: built aside under `.lazarus/`, then renamed into place whole."""
         check_cell_name(name)
@@ -124,6 +128,9 @@ class Root:
             "labels": labels or {}, "isolation": isolation,
             "network": network or self.config.isolation.network,
             "policy": msgspec.to_builtins(policy) if policy else None,
+            **({"max_duration": max_duration} if max_duration else {}),
+            **({"checkpoint_interval": checkpoint_interval} if checkpoint_interval else {}),
+            **({"auto_archive": True} if auto_archive else {}),
         })
         problem = isolation_problem(isolation)
         if problem:
@@ -137,6 +144,18 @@ class Root:
             assert view is not None
             atomic_write(staging / "cell.json", _manifest_bytes(view))
         return Cell(self, cell_id)
+
+    def create_from(self, proposal: Proposal, text: str, kept: str, *, cell_id: str | None = None,
+                    labels: dict[str, str] | None = None) -> tuple[Cell, int]:
+        """A mission proposal's cell (section 17): created, the proposal kept under `artifacts/`, its agents
+        invited with their roles in one append; the cell and the seq of the last invitation."""
+        pol = ev.Policy(max_attempts=proposal.max_attempts) if proposal.max_attempts is not None else None
+        c = self.create(proposal.name, mission=proposal.mission, isolation=proposal.isolation, cell_id=cell_id,
+                        labels=labels, policy=pol, network=proposal.network, max_duration=proposal.max_duration,
+                        checkpoint_interval=proposal.checkpoint_interval, auto_archive=proposal.auto_archive)
+        atomic_write(c.artifacts / kept, text.encode())
+        written = c.append_many([ev.AgentInvited(by="operator", agent=a.name, role=a.role) for a in proposal.agents])
+        return c, written[-1].seq
 
     @contextlib.contextmanager
     def _new_cell(self, cell_id: str, name: str) -> Iterator[Path]:

@@ -26,7 +26,8 @@ from .errors import CorruptLog, LazarusError, MalformedInput, NotFound
 from .fold import ApprovalView, CellView
 from .limits import parse_limit
 from .log import Appended
-from .planner import AnyAction, Append, Start
+from .planner import AnyAction, Append, Command, Start
+from .probes import check_target
 from .secrets import secret_source
 
 __all__ = ["cli", "main"]
@@ -129,6 +130,17 @@ def _pairs(values: Iterable[str], what: str) -> dict[str, str]:
     return out
 
 
+def _argv(value: str, what: str) -> list[str]:
+    """A shell-quoted argv; an empty or unbalanced one is malformed input."""
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise MalformedInput(f"{what}: {exc}") from None
+    if not argv:
+        raise MalformedInput(f"{what}: empty command")
+    return argv
+
+
 def _appended(app: App, written: list[Appended], extra: dict[str, Any] | None = None) -> None:
     """Print the seq of the event asked for (the first written)."""
     first = written[0]
@@ -170,7 +182,7 @@ def cell() -> None:
 
 
 @cell.command("create")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--mission", default="", help="The mission, in words.")
 @click.option("--isolation", type=int, default=1, show_default=True, help="1 process, 2 mount namespace, 3 Podman.")
 @click.option("--id", "cell_id", default=None, help="A UUID or slug (default: a new UUIDv7).")
@@ -178,11 +190,28 @@ def cell() -> None:
 @click.option("--policy", default=None, help="Resurrection overrides as JSON, @FILE or -.")
 @click.option("--network", type=click.Choice(["host", "none"]), default=None,
               help="Levels 2 and 3: the agents' network (default: [isolation] network, host).")
+@click.option("--max-duration", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds; the cell is archived (reason max_duration) this long after its creation.")
+@click.option("--checkpoint-interval", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds; an agent whose newest checkpoint is older is sent lazarus.checkpoint_due.")
+@click.option("--auto-archive", is_flag=True, default=False,
+              help="Archive the cell once every agent completed or left.")
+@click.option("--from", "from_", default=None, metavar="PROPOSAL",
+              help="A mission proposal (the Markdown template, or .toml): the cell and its invitations.")
+@click.option("--dry-run", is_flag=True, default=False, help="With --from: print what it would do, create nothing.")
 @common
 @pass_app
-def cell_create(app: App, name: str, mission: str, isolation: int, cell_id: str | None,
-                label: tuple[str, ...], policy: str | None, network: str | None) -> None:
-    """Provision a cell; prints its id."""
+def cell_create(app: App, name: str | None, mission: str, isolation: int, cell_id: str | None,
+                label: tuple[str, ...], policy: str | None, network: str | None, max_duration: float,
+                checkpoint_interval: float, auto_archive: bool, from_: str | None, dry_run: bool) -> None:
+    """Provision a cell (NAME, or from a mission proposal); prints its id."""
+    if from_ is not None:
+        _create_from(app, from_, name, cell_id, _pairs(label, "--label"), dry_run)
+        return
+    if dry_run:
+        raise MalformedInput("--dry-run goes with --from PROPOSAL")
+    if name is None:
+        raise MalformedInput("cell create needs NAME (or --from PROPOSAL)")
     pol = None
     if policy is not None:
         try:
@@ -190,8 +219,42 @@ def cell_create(app: App, name: str, mission: str, isolation: int, cell_id: str 
         except msgspec.ValidationError as exc:
             raise MalformedInput(f"--policy: {exc}") from None
     c = app.root.create(name, mission=mission, isolation=isolation, cell_id=cell_id,
-                        labels=_pairs(label, "--label"), policy=pol, network=network)
+                        labels=_pairs(label, "--label"), policy=pol, network=network, max_duration=max_duration,
+                        checkpoint_interval=checkpoint_interval, auto_archive=auto_archive)
     _out(app, {"id": c.id, "name": name, "seq": 1}, c.id)
+
+
+def _create_from(app: App, source: str, name: str | None, cell_id: str | None, labels: dict[str, str],
+                 dry_run: bool) -> None:
+    """`cell create --from`: the whole proposal is read and checked first, so a malformed one creates
+    nothing; then the cell, the proposal kept under `artifacts/`, and its invitations in one append."""
+    from .proposal import parse
+
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"cannot read proposal {source}: {getattr(exc, 'strerror', None) or exc}") from None
+    p = parse(path.name, text, name)
+    kept = "proposal.toml" if path.name.endswith(".toml") else "proposal.md"
+    plan = {"cell": p.name, "mission": p.mission, "isolation": p.isolation, "network": p.network,
+            "max_duration": p.max_duration, "checkpoint_interval": p.checkpoint_interval,
+            "auto_archive": p.auto_archive, "max_attempts": p.max_attempts,
+            "agents": [{"agent": a.name, "role": a.role, "note": a.note} for a in p.agents],
+            "success_criteria": p.success_criteria, "artifact": f"artifacts/{kept}"}
+    if dry_run:
+        lifetime = ", ".join(f"{k} {v:g} s" for k, v in (("max_duration", p.max_duration),
+                                                          ("checkpoint_interval", p.checkpoint_interval)) if v)
+        _out(app, {**plan, "dry_run": True}, [
+            f"would create cell {p.name} (isolation {p.isolation}"
+            + (f", network {p.network}" if p.network else "") + (f", {lifetime}" if lifetime else "")
+            + (", auto_archive" if p.auto_archive else "")
+            + (f", max_attempts {p.max_attempts}" if p.max_attempts is not None else "") + ")",
+            *(f"would invite {a.name} as {a.role}" + (f" ({a.note})" if a.note else "") for a in p.agents),
+            f"would keep the proposal as artifacts/{kept}"])
+        return
+    c, seq = app.root.create_from(p, text, kept, cell_id=cell_id, labels=labels)
+    _out(app, {**plan, "id": c.id, "seq": seq}, c.id)
 
 
 def _described(c: Cell) -> dict[str, Any]:
@@ -269,18 +332,44 @@ def agent() -> None:
 @click.option("--heartbeat-interval", type=float, default=0.0, help="Seconds; 0 = judged by its process alone.")
 @click.option("--limit", "limit", multiple=True, help="memory=512M, cpu=1.5, pids=256 or nofile=1024, repeatable.")
 @click.option("--secret", multiple=True, help="NAME=@FILE or NAME=env:VAR: read at each spawn, never logged.")
+@click.option("--probe", default="",
+              help="http://HOST:PORT/PATH (200-399 is ok) or tcp://HOST:PORT, probed from outside.")
+@click.option("--probe-cmd", default=None, help="Argv as one shell-quoted string; exit 0 is ok.")
+@click.option("--probe-period", type=click.FloatRange(min=0), default=0.0, help="Seconds between probes (10).")
+@click.option("--probe-timeout", type=click.FloatRange(min=0), default=0.0, help="Seconds a probe may take (2).")
+@click.option("--probe-failures", type=click.IntRange(min=0), default=0,
+              help="Failures in a row that make it dead, reason probe_failed (3).")
+@click.option("--probe-initial-delay", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds after a start before the first probe (0).")
+@click.option("--restart-cmd", default=None,
+              help="Argv that restarts an agent another manager runs; {cell} {agent} {host}.")
+@click.option("--stop-cmd", default=None, help="Argv that stops it (then --start-cmd: a restart).")
+@click.option("--start-cmd", default=None, help="Argv that starts it.")
 @click.option("--by", default="operator", show_default=True)
 @common
 @pass_app
 def agent_invite(app: App, ref: str, name: str, role: str, cmd: str | None, substitute: tuple[str, ...],
                  revive: str | None, env: tuple[str, ...], heartbeat_interval: float, limit: tuple[str, ...],
-                 secret: tuple[str, ...], by: str) -> None:
-    """Invite an agent; with --cmd the daemon starts and revives it."""
+                 secret: tuple[str, ...], probe: str, probe_cmd: str | None, probe_period: float, probe_timeout: float,
+                 probe_failures: int, probe_initial_delay: float, restart_cmd: str | None, stop_cmd: str | None,
+                 start_cmd: str | None, by: str) -> None:
+    """Invite an agent; with --cmd the daemon starts and revives it, with --restart-cmd its own manager does."""
     payload: dict[str, Any] = {
         "type": "agent.invited", "agent": name, "role": role, "command": shlex.split(cmd) if cmd else [],
         "substitutes": list(substitute), "revive": revive, "env": _pairs(env, "--env"),
         "heartbeat_interval": heartbeat_interval,
     }
+    if probe:
+        check_target(probe)
+        payload["probe"] = probe
+    outside = {"probe_cmd": probe_cmd, "restart_cmd": restart_cmd, "stop_cmd": stop_cmd, "start_cmd": start_cmd}
+    for key, value in outside.items():
+        if value is not None:
+            payload[key] = _argv(value, "--" + key.replace("_", "-"))
+    for key, number in (("probe_period", probe_period), ("probe_timeout", probe_timeout),
+                        ("probe_failures", probe_failures), ("probe_initial_delay", probe_initial_delay)):
+        if number:
+            payload[key] = number
     if limit:
         payload["limits"] = dict(parse_limit(x) for x in limit)
     if secret:
@@ -676,6 +765,8 @@ def _describe_action(action: AnyAction) -> str:
             return ", then ".join(_describe_event(e) for e in action.events)
         case Start():
             return f"start (attempt {action.attempt}{', resume ' + action.resume if action.resume else ''})"
+        case Command():
+            return "run " + ", then ".join(shlex.join(argv) for argv in action.argv) + f" (restart {action.revived})"
     return f"stop ({action.why})"
 
 
@@ -701,7 +792,8 @@ def plan(app: App, ref: str | None) -> None:
         click.echo("nothing to do")
     else:
         for view, action in found:
-            click.echo(f"{view.name}/{action.agent}: {_describe_action(action)}")
+            where = f"{view.name}/{action.agent}" if action.agent else view.name  # a cell's lifetime: no agent
+            click.echo(f"{where}: {_describe_action(action)}")
 
 
 def _pending(app: App) -> list[tuple[Cell, ApprovalView]]:

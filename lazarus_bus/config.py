@@ -68,6 +68,8 @@ class ResurrectionConfig(_Section, frozen=True, kw_only=True):
     backoff_max: Seconds = 60.0
     stable_after: Seconds = 300.0
     restart_on: Literal["failure", "always"] = "failure"
+    prefer: Literal["restart", "substitute"] = "restart"  # "substitute": first choice for an agent on another host
+    command_timeout: Annotated[float, Meta(gt=0)] = 60.0  # a --restart-cmd still running this long has failed
     substitutes: dict[str, list[str]] = {}
     missions: dict[str, Policy] = {}
     agents: dict[str, Policy] = {}

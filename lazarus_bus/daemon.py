@@ -36,7 +36,9 @@ from .health import agent_rows
 from .leadership import Leadership, Renewal, new_instance
 from .narrate import describe, fields
 from .notify import Notifier
+from .outside import Outside
 from .planner import AnyAction, Start, Stop, plan
+from .probes import ProbeSpec, change, fill, managed, spec_of
 from .rootlock import RootLock
 from .sdnotify import Notify
 from .watcher import Watcher
@@ -84,6 +86,9 @@ class Daemon:
                                      fence_after=self.config.daemon.fence_after, grace=self.config.daemon.grace)
         self.executor = Executor(backend, grace=self.config.daemon.grace, cells=self.watcher.cells.get,
                                  on_exit=self._mark_dirty, epoch=self.leadership.epoch, may_act=self._may_act)
+        self.executor.command_timeout = self.config.resurrection.command_timeout
+        self.outside: Outside | None = None  # probes and other managers' commands, off the loop (section 17)
+        self._probe_tokens: dict[tuple[str, str], str] = {}
         self.on_event = on_event
         self.systemd = Notify()
         self.announce = announce
@@ -125,6 +130,7 @@ class Daemon:
                 if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
                     log.warning("approval needed in cell %s: %s", cell.id, e.message)
                 self._narrate(cell, e)
+                self._follow_managed(cell, e)
                 self.notifier.offer(e, now)
                 if self.on_event is not None:
                     self.on_event(cell, e)
@@ -256,6 +262,77 @@ class Daemon:
                 if not self.executor.carry_out(cell, actions):
                     break
             self._schedule_due(cell)
+        self.sync_probes()
+
+    # -- probes of agents that do not know Lazarus (section 17) ----------------------------
+
+    def sync_probes(self) -> None:
+        """Probe every agent with a probe that is invited or running in a cell this daemon acts for; a new
+        start (or a changed probe) begins its probing afresh."""
+        if self.outside is None:
+            return
+        wanted: dict[tuple[str, str], tuple[str, ProbeSpec]] = {}
+        for cid, cell in self.watcher.cells.items():
+            view = cell.projection
+            if view is None or cid in self.watcher.corrupt or view.state not in ("provisioned", "active"):
+                continue
+            if self.root.store.spans_hosts and not self.leadership.leads(cid):
+                continue
+            for a in view.agents.values():
+                if a.phase not in ("invited", "running") or a.held or (a.command and a.host not in ("", self.host)):
+                    continue
+                try:
+                    spec = spec_of(a, cell=view.name, host=self.host)
+                except LazarusError:
+                    continue
+                if spec is not None:
+                    token = f"{a.session_seq}:{a.spawns}:{a.deaths}:{msgspec.json.encode(spec).decode()}"
+                    wanted[(cid, a.name)] = (token, spec)
+        self._probe_tokens = {key: token for key, (token, _) in wanted.items()}
+        self.outside.sync(wanted, self._probe_report)
+
+    def _follow_managed(self, cell: Cell, e: Event) -> None:
+        """Agents another manager runs stop and start with their cell (`--stop-cmd`, `--start-cmd`), as the
+        daemon's own agents do: on the transition, seen live."""
+        view = cell.projection
+        if view is None or not self._may_act(cell.id):
+            return
+        agents = [a for a in view.agents.values() if managed(a)]
+        todo: list[tuple[str, list[str], str]] = []
+        if isinstance(e, (ev.CellFrozen, ev.CellArchived, ev.CellDestroyed)):
+            todo = [("stop", a.stop_cmd, a.name) for a in agents if a.phase != "left"]
+        elif isinstance(e, ev.CellThawed):
+            todo = [("start", a.start_cmd, a.name) for a in agents if a.phase != "left" and not a.held]
+        elif isinstance(e, ev.AgentLeft) and e.reason != "completed":
+            todo = [("stop", a.stop_cmd, a.name) for a in agents if a.name == e.agent]
+        elif isinstance(e, ev.AgentUpdated) and e.run in ("stop", "start"):
+            todo = [(e.run, a.stop_cmd if e.run == "stop" else a.start_cmd, a.name) for a in agents
+                    if a.name == e.agent]
+        for kind, argv, name in todo:
+            if argv:
+                host = view.agents[name].host or self.host
+                self.executor.run_managed(cell, name, kind, fill(argv, cell=view.name, agent=name, host=host))
+
+    def _probe_report(self, cid: str, agent: str, token: str, ok: bool, failures: int,
+                      detail: dict[str, Any]) -> None:
+        """From the outside thread: the result, handled on the loop."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._probed, cid, agent, token, ok, failures, detail)
+
+    def _probed(self, cid: str, agent: str, token: str, ok: bool, failures: int, detail: dict[str, Any]) -> None:
+        """A probe's result: appended when it changes what the log says (changes only)."""
+        if self._probe_tokens.get((cid, agent)) != token or self._stop.is_set():
+            return  # a probe of a start that is over
+        cell = self.watcher.cells.get(cid)
+        if cell is None or not self._may_act(cid):
+            return
+        try:
+            a = cell.refresh().agents.get(agent)
+            e = change(a, ok, failures, detail) if a is not None else None
+            if e is not None:
+                cell.append(self.executor.stamped(cell, e))
+        except LazarusError as exc:
+            log.warning("cell %s, agent %s: probe result not recorded: %s", cid, agent, exc)
 
     def _schedule_due(self, cell: Cell) -> None:
         """Wake up exactly when a backed-off restart becomes due, not at the next tick."""
@@ -315,6 +392,7 @@ class Daemon:
             "store_error": self.root.store.trouble or None,
             "leading": self.leadership.leading() if self.root.store.spans_hosts else None,
             "notifications": {"sent": self.notifier.sent, "failed": self.notifier.failed},
+            "probing": self.outside.probing if self.outside is not None else 0,
             "running": not self._stop.is_set(),
         }
 
@@ -354,6 +432,8 @@ class Daemon:
                 if self.http:
                     await self.gateway.start(self.http)
             self._live = True
+            if not once:
+                self.outside = self.executor.outside = Outside()
             self.run_pass()
             self.last_tick = time.time()
             self.write_status()
@@ -385,6 +465,8 @@ class Daemon:
                 await self.gateway.stop()
             await self.notifier.close()
             self._stop.set()
+            if self.outside is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.outside.close)
             self.release_leases()
             self.watcher.snapshot_all()
             self.write_status()

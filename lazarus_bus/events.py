@@ -69,7 +69,7 @@ NameItem = Annotated[str, Meta(pattern=AGENT_PATTERN, description="an agent name
 RefItem = Annotated[str, Meta(pattern=REF_PATTERN, description="a reference id")]
 Role = Literal["lead", "write", "read", "audit"]
 Revive = Literal["yes", "no", "ask"]
-DeathReason = Literal["exited", "heartbeat_timeout", "no_progress", "never_seen"]
+DeathReason = Literal["exited", "heartbeat_timeout", "no_progress", "never_seen", "probe_failed", "restart_failed"]
 Action = Literal["restart", "substitute", "ask", "suppressed", "unrecoverable", "escalated"]
 TaskStatus = Literal["pending", "in_progress", "done", "failed"]
 Priority = Literal["high", "medium", "low"]
@@ -84,6 +84,8 @@ SecretName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", desc
 SecretSource = Annotated[str, Meta(pattern=r"^(@.+|env:[A-Za-z_][A-Za-z0-9_]*)$", max_length=4096,
                                    description="@FILE or env:VAR: where the value is read at each spawn")]
 Network = Literal["host", "none"]
+ProbeUrl = Annotated[str, Meta(pattern=r"^(|(https?|tcp)://[^\s]+)$", max_length=2048,
+                               description="http://HOST:PORT/PATH, https://... or tcp://HOST:PORT")]
 OnExceed = Literal["pause", "ask", "stop"]
 Spent = Literal["cost", "tokens", "runtime"]
 EffectOutcome = Literal["completed", "failed", "retry"]
@@ -118,6 +120,7 @@ class Policy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dead_after: Seconds | None = None
     progress_after: Seconds | None = None
     budget: BudgetPolicy | None = None  # the cell's own `[budget]` layer (section 14); not a resurrection key
+    prefer: Literal["restart", "substitute"] | None = None  # section 17: an agent on another host
 
 
 # gc=False: events are immutable and acyclic (built from JSON), so the cycle collector need not
@@ -163,6 +166,10 @@ class CellProvisioned(Event, frozen=True, kw_only=True, tag="cell.provisioned"):
     isolation: Literal[1, 2, 3] = 1
     policy: Policy | None = None
     network: Network = "host"  # levels 2 and 3: "none" gives the agents no network at all
+    # cell lifetimes (section 17); 0 / false = none
+    max_duration: Seconds = 0.0  # archived with reason `max_duration` this long after provisioning
+    checkpoint_interval: Seconds = 0.0  # an agent whose newest checkpoint is older is reminded
+    auto_archive: bool = False  # archived once every agent has completed or left
 
 
 class CellActivated(Event, frozen=True, kw_only=True, tag="cell.activated"):
@@ -189,6 +196,14 @@ class CellArchived(Event, frozen=True, kw_only=True, tag="cell.archived"):
     """The mission ended; the cell is kept for reading."""
 
     reason: str = ""
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
+
+
+class CellExpiring(Event, frozen=True, kw_only=True, tag="cell.expiring"):
+    """90% of the cell's `max_duration` has passed: it is archived at `deadline`."""
+
+    deadline: float = 0.0
+    max_duration: Seconds = 0.0
     epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
@@ -222,6 +237,17 @@ class AgentInvited(Event, frozen=True, kw_only=True, tag="agent.invited"):
     revive: Revive | None = None
     limits: dict[LimitKind, LimitValue] = {}
     secrets: dict[SecretName, SecretSource] = {}  # the source only: the value never enters the log
+    # health probes from outside (section 17): an agent that does not know Lazarus; 0 = the default
+    probe: ProbeUrl = ""  # http://HOST:PORT/PATH (200-399 is ok) or tcp://HOST:PORT
+    probe_cmd: list[str] = []  # argv; exit 0 is ok
+    probe_period: Seconds = 0.0  # 10
+    probe_timeout: Seconds = 0.0  # 2
+    probe_failures: Count = 0  # 3 failures in a row = dead (probe_failed)
+    probe_initial_delay: Seconds = 0.0
+    # an agent another manager runs (systemd, runit, Docker, a remote host); {cell} {agent} {host} substituted
+    restart_cmd: list[str] = []
+    stop_cmd: list[str] = []
+    start_cmd: list[str] = []
 
 
 class AgentJoined(Event, frozen=True, kw_only=True, tag="agent.joined"):
@@ -309,6 +335,26 @@ class AgentRevived(Event, frozen=True, kw_only=True, tag="agent.revived"):
     pid: int = 0
     attempt: int = 0
     substitute_for: Name | None = None
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
+    via: str = ""  # how: "" (the daemon's own spawn or a substitute) or "restart_cmd"
+    detail: dict[str, Any] = {}  # with `via`: the command, its exit status and output tail
+
+
+class AgentProbeFailed(Event, frozen=True, kw_only=True, tag="agent.probe_failed"):
+    """An agent's health probe failed: the first failure after success, and the one that reaches
+    `probe_failures` in a row (changes only: the failures between are not recorded)."""
+
+    agent: Name
+    failures: Count = 1
+    detail: dict[str, Any] = {}
+    epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
+
+
+class AgentProbeOk(Event, frozen=True, kw_only=True, tag="agent.probe_ok"):
+    """An agent's health probe succeeded for the first time, or again after failing."""
+
+    agent: Name
+    detail: dict[str, Any] = {}
     epoch: Annotated[int, Meta(ge=0)] = 0  # the leader's epoch (NATS); a stale leader's is refused
 
 
@@ -555,6 +601,7 @@ AnyEvent = Union[
     CellThawed,
     CellArchived,
     CellDestroyed,
+    CellExpiring,
     LeaderElected,
     AgentInvited,
     AgentJoined,
@@ -565,6 +612,8 @@ AnyEvent = Union[
     AgentExited,
     AgentDeclaredDead,
     AgentRevived,
+    AgentProbeFailed,
+    AgentProbeOk,
     AgentUsage,
     RevivalPlanned,
     RevivalApprovalRequested,

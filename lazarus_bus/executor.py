@@ -9,10 +9,12 @@ blind, and every start that follows a death has that death's `agent.declared_dea
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import msgspec
 
@@ -22,7 +24,8 @@ from .cells import Cell
 from .errors import Conflict, LazarusError
 from .limits import describe
 from .names import new_id
-from .planner import AnyAction, Append, Start
+from .outside import Outside, run_argv
+from .planner import AnyAction, Append, Command, Start
 from .secrets import mask
 
 __all__ = ["Executor"]
@@ -53,6 +56,9 @@ class Executor:
         self.epoch = epoch  # the epoch this daemon leads a cell with, stamped on what it decides
         self.may_act = may_act  # asked before every action: a lease that ran out acts no more
         self.procs: dict[tuple[str, str], Proc] = {}
+        self.outside: Outside | None = None  # where other managers' commands run (set by the daemon's loop)
+        self.command_timeout = 60.0
+        self.commanding: set[tuple[str, str]] = set()  # agents whose revival command is running
         self.revivals: dict[str, int] = {}
         self._stopping: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
@@ -87,6 +93,9 @@ class Executor:
                 return written[-1].seq if written else None
             if isinstance(action, Start):
                 return self._start(cell, action, expected)
+            if isinstance(action, Command):
+                self._command(cell, action)
+                return None
             self.stop(cell.id, action.agent)
             return None
         except Conflict as exc:
@@ -95,6 +104,76 @@ class Executor:
         except (LazarusError, OSError) as exc:
             log.error("cell %s, agent %s: %s", cell.id, action.agent, exc)
             raise _Failed(moved=False) from None
+
+    # -- agents another manager runs (section 17) -----------------------------------------
+
+    def _command(self, cell: Cell, action: Command) -> None:
+        """Start the revival commands off the loop, once per agent at a time; the result is recorded when
+        they end (`_commanded`), planned again from there."""
+        key = (cell.id, action.agent)
+        if key in self.commanding or self.outside is None:
+            return
+        self.commanding.add(key)
+        loop = asyncio.get_running_loop()
+        log.info("cell %s, agent %s: running %s", cell.id, action.agent, action.argv)
+        fut = self.outside.submit(_run_all(action.argv, self.command_timeout))
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._commanded, cell, action, f))
+
+    def _commanded(self, cell: Cell, action: Command, fut: concurrent.futures.Future[dict[str, Any]]) -> None:
+        """`agent.revived` (`via = "restart_cmd"`) when the commands succeeded, else a death with reason
+        `restart_failed`: either way with the command's exit status and output tail in `detail`."""
+        self.commanding.discard((cell.id, action.agent))
+        if fut.cancelled():
+            return
+        try:
+            result = fut.result()
+        except Exception as exc:  # noqa: BLE001 - the command's runner failed: a failed revival, said why
+            result = {"argv": action.argv, "returncode": None, "error": str(exc)}
+        try:
+            a = cell.refresh().agents.get(action.agent)
+            if a is None or a.phase != "dead" or a.revival != "restart":
+                log.info("cell %s, agent %s: command done, but the agent is no longer awaiting a restart",
+                         cell.id, action.agent)
+                return
+            e: ev.Event
+            if result.get("returncode") == 0:
+                e = ev.AgentRevived(by="lazarus", agent=action.agent, attempt=action.revived, via="restart_cmd",
+                                    detail=result)
+            else:
+                e = ev.AgentDeclaredDead(by="lazarus", agent=action.agent, reason="restart_failed",
+                                         last_seen=a.last_seen, detail=result)
+            cell.append(self._stamped(cell, e))
+        except LazarusError as exc:
+            log.error("cell %s, agent %s: result of its command not recorded: %s", cell.id, action.agent, exc)
+        self.on_exit(cell.id)
+
+    def run_managed(self, cell: Cell, agent: str, kind: str, argv: list[str]) -> None:
+        """An agent another manager runs follows its cell: `stop_cmd` on a freeze, archive, destroy, leave
+        or `agent stop`, `start_cmd` on a thaw or `agent start`; off the loop, the result in the daemon's
+        log (an archived cell's log takes no more events of its agents' runs)."""
+        if self.outside is None:
+            return
+        fut = self.outside.submit(run_argv(argv, self.command_timeout))
+
+        def done(f: concurrent.futures.Future[dict[str, Any]]) -> None:
+            if f.cancelled():
+                return
+            try:
+                result = f.result()
+            except Exception as exc:  # noqa: BLE001 - said, never fatal
+                result = {"returncode": None, "error": str(exc)}
+            if result.get("returncode") == 0:
+                log.info("cell %s, agent %s: %s_cmd %s done", cell.id, agent, kind, argv)
+            else:
+                log.warning("cell %s, agent %s: %s_cmd %s failed: %s %s", cell.id, agent, kind, argv,
+                            result.get("error") or f"exit {result.get('returncode')}", result.get("output", "")[-300:])
+
+        log.info("cell %s, agent %s: running its %s_cmd %s", cell.id, agent, kind, argv)
+        fut.add_done_callback(done)
+
+    def stamped(self, cell: Cell, e: ev.Event) -> ev.Event:
+        """A leader decision carries the epoch this daemon leads the cell with (for the daemon's own appends)."""
+        return self._stamped(cell, e)
 
     def _stamped(self, cell: Cell, e: ev.Event) -> ev.Event:
         """A leader decision carries the epoch this daemon leads the cell with."""
@@ -279,6 +358,16 @@ def limit_hit(limits: dict[str, str], tail: str, oom: bool = False) -> str:
         if kind in limits and any(s in tail for s in signs):
             return f"{kind}={limits[kind]}"
     return ""
+
+
+async def _run_all(argvs: list[list[str]], timeout: float) -> dict[str, Any]:
+    """Each command in order (stop, then start), up to the first that fails; the last one's result."""
+    result: dict[str, Any] = {"argv": [], "returncode": None, "error": "no command to run"}
+    for argv in argvs:
+        result = await run_argv(argv, timeout)
+        if result.get("returncode") != 0:
+            break
+    return result
 
 
 def _by_agent(actions: Sequence[AnyAction]) -> list[list[AnyAction]]:

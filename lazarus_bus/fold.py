@@ -28,7 +28,7 @@ __all__ = [
     "PROJECTION_VERSION",
 ]
 
-PROJECTION_VERSION = 3
+PROJECTION_VERSION = 4
 INTERVALS_KEPT = 32
 RUN = 4096  # heartbeats fold_all folds at once, at most
 
@@ -100,6 +100,22 @@ class AgentView(Struct, frozen=True, kw_only=True, gc=False):
     budget_approval: str | None = None
     held: bool = False  # stopped by the operator (`agent stop`): not started, not revived, until `agent start`
     restart_pending: bool = False  # `agent restart`: stopped, then started at once, outside the revival rules
+    # section 17: a probe from outside (0 = the default) and the commands of another manager
+    probe: str = ""
+    probe_cmd: list[str] = []
+    probe_period: float = 0.0
+    probe_timeout: float = 0.0
+    probe_failures: int = 0  # the limit: failures in a row that make it dead
+    probe_initial_delay: float = 0.0
+    restart_cmd: list[str] = []
+    stop_cmd: list[str] = []
+    start_cmd: list[str] = []
+    probe_state: Literal["", "ok", "failing"] = ""  # as the log last recorded it
+    probe_failed: int = 0  # failures in a row, as of the newest agent.probe_failed
+    probe_detail: dict[str, Any] = {}
+    probe_at: float = 0.0
+    last_checkpoint_at: float = 0.0  # ts of the newest checkpoint it created
+    checkpoint_due_at: float = 0.0  # ts of the newest `lazarus.checkpoint_due` reminder it was sent
 
 
 class EffectView(Struct, frozen=True, kw_only=True, gc=False):
@@ -206,6 +222,10 @@ class CellView(Struct, frozen=True, kw_only=True, gc=False):
     messages: int = 0
     epoch: int = 0  # of the newest leader.elected (NATS): leader decisions below it are refused
     leader: str = ""  # the instance that appended it
+    max_duration: float = 0.0  # section 17's lifetimes, from cell.provisioned
+    checkpoint_interval: float = 0.0
+    auto_archive: bool = False
+    expiring_at: float = 0.0  # ts of the cell.expiring, once appended
 
 
 def _agent(view: CellView, name: str, **changes: Any) -> CellView:
@@ -224,6 +244,9 @@ def _provisioned(view: CellView | None, e: ev.CellProvisioned) -> CellView:
         network=e.network,
         policy=e.policy,
         created_at=e.ts,
+        max_duration=e.max_duration,
+        checkpoint_interval=e.checkpoint_interval,
+        auto_archive=e.auto_archive,
     )
 
 
@@ -252,7 +275,17 @@ def _invited(view: CellView, e: ev.AgentInvited) -> CellView:
         limits={str(k): v for k, v in e.limits.items()},
         secrets=e.secrets,
         invited_at=e.ts,
+        probe=e.probe,
+        probe_cmd=e.probe_cmd,
+        probe_period=e.probe_period,
+        probe_timeout=e.probe_timeout,
+        probe_failures=e.probe_failures,
+        probe_initial_delay=e.probe_initial_delay,
+        restart_cmd=e.restart_cmd,
+        stop_cmd=e.stop_cmd,
+        start_cmd=e.start_cmd,
         last_checkpoint=old.last_checkpoint if old else None,
+        last_checkpoint_at=old.last_checkpoint_at if old else 0.0,
         session_seq=e.seq,
         **({f: getattr(old, f) for f in _SPEND} if old else {}),  # invited again, an agent keeps what it spent
     )
@@ -339,6 +372,8 @@ def _spawned(view: CellView, e: ev.AgentSpawned) -> CellView:
         revival=None,
         approval=None,
         restart_pending=False,
+        probe_state="",
+        probe_failed=0,
     )
 
 
@@ -414,6 +449,9 @@ def _revived(view: CellView, e: ev.AgentRevived) -> CellView:
         substitute_for=e.substitute_for,
         revival=None,
         approval=None,
+        dead_reason=None,
+        probe_state="",
+        probe_failed=0,
     )
     if e.substitute_for and e.substitute_for in view.agents:
         view = _agent(view, e.substitute_for, replaced_by=e.agent, revival="substitute")
@@ -454,29 +492,52 @@ def _decided(decision: Literal["approved", "denied"]) -> Callable[[CellView, Any
     return handle
 
 
+CHECKPOINT_DUE = "lazarus.checkpoint_due"  # the topic of the reminder to an agent whose checkpoint is old
+
+
 def _messages(view: CellView, run: Sequence[ev.BusMessage]) -> CellView:
     topics = dict(view.topics)
+    reminded: dict[str, float] = {}
     for e in run:
         topics[e.topic] = topics.get(e.topic, 0) + 1
-    return replace(view, topics=topics, messages=view.messages + len(run))
+        if e.topic == CHECKPOINT_DUE and e.by == "lazarus" and e.to in view.agents:
+            reminded[e.to] = e.ts
+    view = replace(view, topics=topics, messages=view.messages + len(run))
+    if reminded:
+        agents = dict(view.agents)
+        for name, ts in reminded.items():
+            agents[name] = replace(agents[name], checkpoint_due_at=ts)
+        view = replace(view, agents=agents)
+    return view
+
+
+def _probe_failed(view: CellView, e: ev.AgentProbeFailed) -> CellView:
+    return _agent(view, e.agent, probe_state="failing", probe_failed=e.failures, probe_detail=e.detail,
+                  probe_at=e.ts)
+
+
+def _probe_ok(view: CellView, e: ev.AgentProbeOk) -> CellView:
+    a = view.agents[e.agent]
+    seen: dict[str, Any] = {"phase": "running", "last_seen": e.ts} if a.phase == "invited" and not a.command else {}
+    return _agent(view, e.agent, probe_state="ok", probe_failed=0, probe_detail=e.detail, probe_at=e.ts, **seen)
 
 
 def _checkpoints(view: CellView, run: Sequence[ev.CheckpointCreated]) -> CellView:
     """Checkpoints at once: copying the map per checkpoint would make a replay quadratic in their number."""
     checkpoints = dict(view.checkpoints)
-    latest: dict[str, str] = {}
+    latest: dict[str, tuple[str, float]] = {}
     for e in run:
         checkpoints[e.checkpoint_id] = CheckpointView(
             checkpoint_id=e.checkpoint_id, by=e.by, seq=e.seq, ts=e.ts, summary=e.summary, state=e.state,
             artifacts=e.artifacts, archive=e.archive, sha256=e.sha256,
         )
         if e.by in view.agents:
-            latest[e.by] = e.checkpoint_id
+            latest[e.by] = (e.checkpoint_id, e.ts)
     agents = view.agents
     if latest:
         agents = dict(agents)
-        for name, checkpoint_id in latest.items():
-            agents[name] = replace(agents[name], last_checkpoint=checkpoint_id)
+        for name, (checkpoint_id, ts) in latest.items():
+            agents[name] = replace(agents[name], last_checkpoint=checkpoint_id, last_checkpoint_at=ts)
     return replace(view, checkpoints=checkpoints, agents=agents)
 
 
@@ -595,6 +656,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
     ev.CellThawed: _lifecycle("active"),
     ev.CellArchived: _lifecycle("archived"),
     ev.CellDestroyed: _lifecycle("destroyed"),
+    ev.CellExpiring: lambda view, e: replace(view, expiring_at=e.ts),
     ev.LeaderElected: lambda view, e: replace(view, epoch=e.epoch, leader=e.instance),
     ev.AgentInvited: _invited,
     ev.AgentJoined: _joined,
@@ -605,6 +667,8 @@ _HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
     ev.AgentExited: _exited,
     ev.AgentDeclaredDead: _declared_dead,
     ev.AgentRevived: _revived,
+    ev.AgentProbeFailed: _probe_failed,
+    ev.AgentProbeOk: _probe_ok,
     ev.RevivalPlanned: _planned,
     ev.RevivalApprovalRequested: _approval_requested,
     ev.RevivalApproved: _decided("approved"),
@@ -720,6 +784,9 @@ def manifest(view: CellView) -> dict[str, Any]:
         "network": view.network,
         "policy": msgspec.to_builtins(view.policy) if view.policy else None,
         "created_at": view.created_at,
+        "max_duration": view.max_duration,
+        "checkpoint_interval": view.checkpoint_interval,
+        "auto_archive": view.auto_archive,
         "agents": {
             a.name: {
                 "role": a.role,

@@ -11,7 +11,9 @@ from .budget import blocked, spend_row
 from .config import Config
 from .effects import in_doubt
 from .fold import AgentView, CellView
+from .lifetime import checkpoint_overdue
 from .policy import Effective, effective
+from .probes import limit_of, managed, probed
 
 __all__ = ["Health", "Verdict", "agent_rows", "judge", "phi"]
 
@@ -73,15 +75,27 @@ def judge(view: CellView, a: AgentView, p: Effective, now: float) -> Verdict:
     if a.phase == "exited":
         return Verdict(health="dead", age=age, reason="exited",
                        detail={"returncode": a.returncode, "signal": a.signal})
+    outside = probed(a)
+    if outside and a.probe_state == "failing" and a.probe_failed >= limit_of(a):
+        return Verdict(health="dead", age=age, reason="probe_failed",
+                       detail={**a.probe_detail, "failures": a.probe_failed, "probe_failures": limit_of(a)})
     if a.phase == "invited":
         waited = now - a.invited_at
+        if outside:
+            return Verdict(health="stale" if a.probe_state == "failing" else "unknown")  # its probe decides
         if not a.command and waited > p.dead_after:
             return Verdict(health="dead", reason="never_seen",
                            detail={"invited_for": round(waited, 3), "dead_after": p.dead_after})
         return Verdict(health="unknown")
-    if a.command and not a.heartbeat_interval:
-        return Verdict(health="healthy", age=age)  # judged by its process alone
-    return _by_heartbeat(a, p, now)
+    failing = outside and a.probe_state == "failing"
+    if (a.command or outside) and not a.heartbeat_interval:
+        # judged by its process, or its probe, alone: a failing probe below the limit is late, not dead
+        return Verdict(health="stale" if failing else "healthy", age=age,
+                       detail={**a.probe_detail, "failures": a.probe_failed} if failing else {})
+    verdict = _by_heartbeat(a, p, now)
+    if failing and verdict.health == "healthy":
+        return Verdict(health="stale", age=verdict.age, detail={**a.probe_detail, "failures": a.probe_failed})
+    return verdict
 
 
 UNSUPERVISED = "unsupervised (no daemon)"
@@ -137,6 +151,10 @@ def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = 
             "pid": a.pid or None, "supervised": bool(a.command), "attempt": a.attempt,
             "cycle": a.cycle, "status": a.status, "phase": a.phase, "detail": v.detail,
             "spend": spend_row(view, config, a, now), "in_doubt": [e.effect_id for e in in_doubt(view, a.name)],
+            "checkpoint_due": checkpoint_overdue(view, a, now),
+            "probe": ({"state": a.probe_state or "pending", "failures": a.probe_failed, **a.probe_detail}
+                      if probed(a) else None),
+            "managed": managed(a),
             **progress_columns(a, p, now),
         })
     return rows

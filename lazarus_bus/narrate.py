@@ -23,6 +23,10 @@ def _death(e: ev.AgentDeclaredDead) -> str:
         return f"no heartbeat for {float(d['age']):.0f}s"
     if e.reason == "no_progress" and "unchanged_for" in d:
         return f"no progress for {float(d['unchanged_for']):.0f}s (cycle {d.get('cycle')})"
+    if e.reason == "probe_failed":
+        return f"probe failed {d.get('failures')} times in a row ({d.get('error', '')})"
+    if e.reason == "restart_failed":
+        return f"its restart command failed ({d.get('error') or 'code ' + str(d.get('returncode'))})"
     return str(e.reason or "unknown")
 
 
@@ -63,7 +67,14 @@ def describe(cell: str, e: ev.Event) -> str | None:
         text = f"revival: {_planned(e)}"
     elif isinstance(e, ev.AgentRevived):
         text = (f"revived as substitute for {e.substitute_for}" if e.substitute_for
-                else f"revived, pid {e.pid} (attempt {e.attempt})")
+                else f"revived by its manager: {' '.join(e.detail.get('argv', []))} (attempt {e.attempt})"
+                if e.via == "restart_cmd" else f"revived, pid {e.pid} (attempt {e.attempt})")
+    elif isinstance(e, ev.AgentProbeFailed):
+        text = f"probe failed ({e.failures} in a row): {e.detail.get('error', '')}"
+    elif isinstance(e, ev.AgentProbeOk):
+        text = "probe ok"
+    elif isinstance(e, ev.CellExpiring):
+        text = f"expiring: archived at max_duration {e.max_duration:g} s"
     elif isinstance(e, ev.RevivalApprovalRequested):
         text = f"approval asked, key {e.key}: `lazarus approve {e.key}` or `lazarus deny {e.key}`"
     elif isinstance(e, (ev.RevivalApproved, ev.RevivalDenied)):

@@ -1,4 +1,4 @@
-"""Notifications of deaths, approval requests and escalations: rate-limited, retried, never blocking."""
+"""Notifications of deaths, revivals, approval requests and escalations: rate-limited, retried, never blocking."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import msgspec
 from .config import NotifyConfig
 from .events import (
     AgentDeclaredDead,
+    AgentRevived,
     BudgetExceeded,
     Event,
     RevivalApprovalRequested,
@@ -26,10 +27,13 @@ RETRIES = (1.0, 2.0, 4.0, 8.0)  # seconds between attempts, then the notificatio
 
 
 def kind_of(event: Event) -> str | None:
-    """Which notifications an event is: a death, an approval request or an escalation."""
+    """Which notifications an event is: a death, a revival (so a channel can close what it opened for the
+    death), an approval request or an escalation."""
     match event:
         case AgentDeclaredDead():
             return "death"
+        case AgentRevived():
+            return "revival"
         case RevivalApprovalRequested():
             return "approval"
         case RevivalPlanned(action="escalated"):
@@ -50,6 +54,9 @@ class Notifier:
         self.failed = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        # one agent's notifications reach each channel in the order of its events: a revival's command runs
+        # after its death's, so what the death opened is there to close (other agents' never wait on it)
+        self._order: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     @property
     def enabled(self) -> bool:
@@ -65,11 +72,17 @@ class Notifier:
             return False
         self.last[key] = now
         body = encode_event(event)
+        agent = str(getattr(event, "substitute_for", None) or getattr(event, "agent", ""))
         if self.config.webhook:
-            self._spawn(self._deliver("webhook", self._post, body))
+            self._spawn(self._in_order((event.cell, agent, "webhook"), self._deliver("webhook", self._post, body)))
         if self.config.command:
-            self._spawn(self._deliver("command", self._run, body))
+            self._spawn(self._in_order((event.cell, agent, "command"), self._deliver("command", self._run, body)))
         return True
+
+    async def _in_order(self, key: tuple[str, str, str], delivery: Any) -> None:
+        lock = self._order.setdefault(key, asyncio.Lock())
+        async with lock:
+            await delivery
 
     def alert(self, cell: str, kind: str, message: str) -> bool:
         """A notification of the root's own state (a cell found corrupt): once per cell and kind."""

@@ -13,11 +13,13 @@ from .config import Config
 from .effects import open_effects
 from .fold import AgentView, CellView
 from .health import judge
+from .lifetime import due, reminders
 from .policy import Effective, effective
+from .probes import fill, managed
 from .resume import resume_pointer
 
-__all__ = ["Action", "Append", "Start", "Stop", "attempts_in_window", "backoff", "channels_of", "manual_revival",
-           "plan"]
+__all__ = ["Action", "Append", "Command", "Start", "Stop", "attempts_in_window", "backoff", "channels_of",
+           "manual_revival", "plan"]
 
 RUNNABLE = ("provisioned", "active")
 
@@ -49,7 +51,33 @@ class Stop(Action, frozen=True, kw_only=True, tag="stop"):
     """Stop a supervised agent's process (SIGTERM, grace, SIGKILL)."""
 
 
-AnyAction = Append | Start | Stop
+class Command(Action, frozen=True, kw_only=True, tag="command"):
+    """Revive an agent another manager runs by its commands (`restart_cmd`, else `stop_cmd` then
+    `start_cmd`), off the loop; success appends `agent.revived` (`via = "restart_cmd"`) with restart
+    number `revived`, failure a death with reason `restart_failed`."""
+
+    argv: list[list[str]]
+    revived: int = 1
+
+
+AnyAction = Append | Start | Stop | Command
+
+
+def _commands(view: CellView, a: AgentView, host: str | None) -> list[list[str]]:
+    """What revives a managed agent, placeholders filled: its restart command, else stop then start."""
+    where = a.host or host or "localhost"
+    chosen = [a.restart_cmd] if a.restart_cmd else [c for c in (a.stop_cmd, a.start_cmd) if c]
+    return [fill(c, cell=view.name, agent=a.name, host=where) for c in chosen]
+
+
+def _command(view: CellView, a: AgentView, host: str | None, revived: int, why: str) -> Command:
+    return Command(cell=view.id, at_seq=view.seq, agent=a.name, argv=_commands(view, a, host), revived=revived,
+                   why=why)
+
+
+def _remote(a: AgentView, host: str | None) -> bool:
+    """The agent runs on another host than this daemon's (as far as the log says where it runs)."""
+    return bool(a.host) and a.host != host
 
 
 def backoff(p: Effective, k: int) -> float:
@@ -117,6 +145,11 @@ def _revive_now(view: CellView, config: Config, a: AgentView, p: Effective, now:
                                resume=resume_pointer(view, a.name), why="restart"))
         return events, later
     sub = _candidate(view, config, a, p, now, prefer)
+    if managed(a) and (sub is None or p.prefer != "substitute" or not _remote(a, host)):
+        # section 17: restart through the agent's own manager; a healthy substitute comes first only with
+        # `prefer = "substitute"` for an agent on another host
+        events = [_planned(a, "restart", attempt=k + 1, delay=delay)]
+        return events, ([_command(view, a, host, k + 1, "restart_cmd")] if delay <= 0 else [])
     if sub is None:
         return [_planned(a, "unrecoverable", attempt=k + 1)], []
     return _substitute(view, a, sub, k + 1, "lazarus"), []
@@ -141,7 +174,7 @@ def _decide(view: CellView, config: Config, a: AgentView, p: Effective, now: flo
         return [_planned(a, "suppressed")], []
     doubt = [e.effect_id for e in open_effects(view, a.name)]  # at a death, every open effect is in doubt
     if p.mode == "ask" or (p.mode == "yes" and doubt and config.effects.on_in_doubt == "ask" and a.command):
-        sub = None if a.command else _candidate(view, config, a, p, now)
+        sub = None if a.command or (managed(a) and not _remote(a, host)) else _candidate(view, config, a, p, now)
         key = _key(view, a.name, "ask")
         why = detail.get("returncode", detail.get("age", ""))
         held = (f"; it holds effects in doubt: {', '.join(doubt)} (see `lazarus effects {view.name} --in-doubt`, "
@@ -149,7 +182,7 @@ def _decide(view: CellView, config: Config, a: AgentView, p: Effective, now: flo
         message = (f"agent {a.name} of mission {p.mission} (cell {view.name}) is dead: {reason}"
                    f"{f' ({why})' if why != '' else ''}{held}; "
                    + (f"suggested substitute: {sub.name}" if sub else
-                      "it will be restarted" if a.command else "no healthy substitute")
+                      "it will be restarted" if a.command or managed(a) else "no healthy substitute")
                    + f"; run `lazarus approve {key}` or `lazarus deny {key}`")
         return [_planned(a, "ask", substitute=sub.name if sub else None),
                 ev.RevivalApprovalRequested(by="lazarus", key=key, agent=a.name, message=message,
@@ -228,6 +261,10 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
         k = a.revival_attempt
         return [Start(cell=cid, at_seq=view.seq, agent=name, attempt=k + 1, revived=k,
                       resume=resume_pointer(view, name), why="restart due")]
+    if a.revival == "restart" and managed(a):
+        if now < a.revival_at + a.revival_delay:
+            return []
+        return [_command(view, a, host, a.revival_attempt, "restart_cmd due")]
     if a.revival == "ask" and a.approval:
         request = view.approvals.get(a.approval)
         if request is None:
@@ -247,8 +284,15 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
 
 
 def plan(view: CellView, config: Config, now: float, host: str | None) -> list[AnyAction]:
-    """Every action a cell needs now, agent by agent."""
+    """Every action a cell needs now: its lifetime's (section 17) first, then agent by agent."""
+    ending = due(view, now)
+    if ending:  # an archive comes alone: the agents are stopped on the next pass, against the archived cell
+        return [Append(cell=view.id, agent="", at_seq=view.seq, why=ending[0].type, events=ending)]
     out: list[AnyAction] = []
+    reminded = reminders(view, now)
+    if reminded:
+        out.append(Append(cell=view.id, agent="", at_seq=view.seq, why="checkpoint due",
+                          events=reminded))
     for a in view.agents.values():
         out.extend(plan_agent(view, config, a, now, host))
     return out
@@ -269,7 +313,7 @@ def manual_revival(view: CellView, config: Config, agent: str, now: float) -> li
     if a.phase == "exited":
         out.append(ev.AgentDeclaredDead(by="operator", agent=agent, reason="exited", last_seen=a.last_seen,
                                         detail={"returncode": a.returncode, "signal": a.signal}))
-    if a.command:
+    if a.command or managed(a):
         return [*out, ev.RevivalPlanned(by="operator", agent=agent, action="restart", attempt=1)]
     p = effective(config, view, agent)
     sub = _candidate(view, config, a, p, now)

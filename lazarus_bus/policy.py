@@ -33,6 +33,7 @@ class Effective(Struct, frozen=True, kw_only=True):
     progress_after: float
     detector: Literal["timeout", "phi"]
     phi_threshold: float
+    prefer: Literal["restart", "substitute"] = "restart"
 
 
 def _apply(base: Effective, layer: Policy | None) -> Effective:
@@ -70,7 +71,7 @@ def _layers(config: Config, view: CellView, agent: str) -> Effective:
         max_attempts=r.max_attempts, attempt_window=r.attempt_window, backoff_initial=r.backoff_initial,
         backoff_factor=r.backoff_factor, backoff_max=r.backoff_max, stable_after=r.stable_after,
         restart_on=r.restart_on, stale_after=h.stale_after, dead_after=h.dead_after,
-        progress_after=h.progress_after, detector=h.detector, phi_threshold=h.phi_threshold,
+        progress_after=h.progress_after, detector=h.detector, phi_threshold=h.phi_threshold, prefer=r.prefer,
     )
     own = r.agents.get(agent)
     mission = (own.mission if own and own.mission else None) or view.name

@@ -87,7 +87,7 @@ def status_renderables(cells: list[dict[str, Any]]) -> list[Table | str]:
                     *([f"[bold yellow]{held}[/]" if held else ""] if doubt else [])]
             table.add_row(c["name"], c["state"], r["agent"], r["role"], f"[{style}]{r['health']}[/]",
                           r["revival"] or "", str(r.get("restarts", 0)), _age(r["heartbeat_age"]),
-                          _age(r.get("progress_age")), str(r["pid"] or "-"), *more, r["reason"] or "")
+                          _age(r.get("progress_age")), str(r["pid"] or "-"), *more, _why(r))
     items: list[Table | str] = [table]
     for c in cells:
         for r in c.get("agents", ()):
@@ -99,6 +99,12 @@ def status_renderables(cells: list[dict[str, Any]]) -> list[Table | str]:
                 items.append(f"{c['name']}/{r['agent']} waits for you: "
                              f"`lazarus approve {key}` or `lazarus deny {key}`")
     return items
+
+
+def _why(r: dict[str, Any]) -> str:
+    """The reason of its health, and a checkpoint overdue (section 17's `checkpoint_interval`)."""
+    due = "[yellow]checkpoint due[/]" if r.get("checkpoint_due") else ""
+    return ", ".join(x for x in (r["reason"] or "", due) if x)
 
 
 def live_status(data: Callable[[], dict[str, Any]], interval: float, as_json: bool,

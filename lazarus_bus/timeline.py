@@ -76,7 +76,9 @@ def _mark(e: ev.Event, view: CellView) -> tuple[str, Mark] | None:
         return e.agent, m("death", f"died: {e.reason}" + (f" ({why})" if why else ""))
     if isinstance(e, ev.AgentRevived):
         sub = e.substitute_for
-        return e.agent, m("revival", f"revived as substitute for {sub}" if sub else f"revived (attempt {e.attempt})")
+        via = f", via {e.via}" if e.via else ""  # section 17: by another manager's restart command
+        label = f"revived as substitute for {sub}" if sub else f"revived (attempt {e.attempt}{via})"
+        return e.agent, m("revival", label)
     if isinstance(e, ev.HandoffCreated) and agent:
         return agent, m("handoff", f"handoff to {e.to}" + (f": {e.note}" if e.note else ""))
     if isinstance(e, ev.HandoffAccepted) and agent:

@@ -23,6 +23,7 @@ def test_every_catalogue_type_is_defined() -> None:
         "effect.started", "effect.completed", "effect.failed", "effect.resolved", "agent.usage",
         "budget.warned", "budget.exceeded", "budget.raised",
         "graph.checkpoint", "graph.writes", "graph.deleted",
+        "agent.probe_failed", "agent.probe_ok", "cell.expiring",  # section 17
     }
 
 

@@ -14,7 +14,7 @@ from lazarus_bus.fold import _HANDLERS
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE = ("events", "names", "errors", "fold", "admission", "health", "policy", "planner", "resume", "config",
-        "limits", "effects", "budget", "graphs")
+        "limits", "effects", "budget", "graphs", "probes", "lifetime", "proposal")
 
 
 def test_import_contracts_are_kept() -> None:

@@ -68,3 +68,62 @@ def test_a_dead_channel_is_given_up_without_raising(tmp_path: Path) -> None:
         return n
 
     assert asyncio.run(go()).failed == 1
+
+
+# -- section 17: revivals are notified too, so a channel can close the ticket it opened ------------------
+
+
+def test_a_revival_is_a_notification_of_its_own_kind() -> None:
+    from lazarus_bus.notify import kind_of
+
+    revived = ev.AgentRevived(by="lazarus", agent="w", attempt=1, cell="c1", seq=7, id="z", ts=3.0)
+    assert kind_of(revived) == "revival" and kind_of(DEATH) == "death"
+
+
+def test_the_ticket_recipe_opens_a_task_on_death_and_closes_it_on_revival(tmp_path: Path) -> None:
+    """docs/operations.md's recipe, with the daemon's real command channel and Taskwarrior."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    import pytest
+
+    from tests.conftest import Cli, Procs, kill_supervised
+    from tests.support import Up, wait
+
+    if shutil.which("task") is None or shutil.which("jq") is None:
+        pytest.skip("taskwarrior and jq are not installed (apt-get install taskwarrior jq)")
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "lazarus-ticket.sh"
+    root = tmp_path / "missions"
+    root.mkdir()
+    (tmp_path / "taskrc").write_text("")
+    env = {"TASKRC": str(tmp_path / "taskrc"), "TASKDATA": str(tmp_path / "tasks")}
+    procs = Procs()
+    try:
+        cli = Cli(root, procs)
+        up = Up(root, cli, procs)
+        up.config(f'[resurrection]\nmode = "yes"\n[notify]\ncommand = ["{recipe}"]\nmin_interval = 0\n')
+        cli.ok("cell", "create", "forge")
+        cli.ok("agent", "invite", "forge", "w", "--role", "write", "--cmd", "sleep 60")
+        up.start(env=env)
+        cell = up.cell()
+        a = wait(lambda: (x := cell.refresh().agents["w"]).phase == "running" and x.pid and x, "the first start")
+
+        def tasks() -> list[dict[str, object]]:
+            out = subprocess.run(["task", "rc.verbose=nothing", "export"], env={**os.environ, **env},
+                                 capture_output=True, text=True, check=True).stdout
+            return list(json.loads(out or "[]"))
+
+        os.kill(a.pid, signal.SIGKILL)
+        wait(lambda: any(e.type == "agent.revived" for e in cell.log.read(0)), "the revival")
+        done = wait(lambda: [t for t in tasks() if t["status"] == "completed"], "the ticket closed")
+        assert len(done) == 1 and len(tasks()) == 1
+        ticket = done[0]
+        assert ticket["project"] == f"lazarus.{cell.id}.w" and "exited" in str(ticket["description"])
+        assert "revived by lazarus, attempt 1" in json.dumps(ticket["annotations"])
+    finally:
+        kill_supervised(root)
+        procs.cleanup()
+    assert sys.executable

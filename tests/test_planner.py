@@ -174,3 +174,49 @@ def test_freeze_stops_thaw_starts_and_other_hosts_are_left_alone() -> None:
 def test_backoff_formula() -> None:
     p = effective(cfg(backoff_initial=1, backoff_factor=2, backoff_max=5), Story().view, "x")  # type: ignore[arg-type]
     assert [backoff(p, k) for k in range(6)] == [0, 1, 2, 4, 5, 5]
+
+
+# -- section 17: agents another manager runs -------------------------------------------------------------
+
+
+def _managed_story(host: str) -> Story:
+    restart = ["ssh", "{host}", "systemctl", "restart", "hermes-{agent}.service"]
+    return Story(
+        ev.AgentInvited(by="operator", agent="gw", role="write", probe="http://127.0.0.1:1/health", probe_failures=2,
+                        restart_cmd=restart, substitutes=["spare"], ts=1.0),
+        ev.AgentInvited(by="operator", agent="spare", role="write", heartbeat_interval=5, ts=1.0),
+        ev.AgentJoined(by="gw", agent="gw", host=host, ts=2.0),
+        ev.AgentHeartbeat(by="spare", agent="spare", ts=9.0),
+        ev.AgentProbeFailed(by="lazarus", agent="gw", failures=1, detail={"error": "refused"}, ts=8.0),
+        ev.AgentProbeFailed(by="lazarus", agent="gw", failures=2, detail={"error": "refused"}, ts=9.0),
+    )
+
+
+def test_a_probe_failed_agent_of_another_manager_is_restarted_by_its_command() -> None:
+    from lazarus_bus.planner import Command
+
+    s = _managed_story(HOST)
+    assert s.view is not None
+    actions = plan(s.view, cfg(mode="yes"), 10.0, HOST)
+    append = next(a for a in actions if isinstance(a, Append))
+    assert [(e.type, getattr(e, "reason", None) or getattr(e, "action", None)) for e in append.events] == [
+        ("agent.declared_dead", "probe_failed"), ("revival.planned", "restart")]
+    command = next(a for a in actions if isinstance(a, Command))
+    assert command.argv == [["ssh", HOST, "systemctl", "restart", "hermes-gw.service"]] and command.revived == 1
+    assert not any(isinstance(a, (Start, Stop)) for a in actions)  # nothing of its own to spawn or signal
+
+
+def test_prefer_substitute_picks_a_healthy_substitute_for_an_agent_on_another_host_only() -> None:
+    from lazarus_bus.planner import Command
+
+    remote = _managed_story("far-away")
+    assert remote.view is not None
+    chosen = plan(remote.view, cfg(mode="yes", prefer="substitute"), 10.0, HOST)
+    events = [e for a in chosen if isinstance(a, Append) for e in a.events]
+    assert [e.type for e in events][-1] == "agent.revived" and events[-1].substitute_for == "gw"  # type: ignore[attr-defined]
+    assert not any(isinstance(a, Command) for a in chosen)
+    default = plan(remote.view, cfg(mode="yes"), 10.0, HOST)  # prefer = "restart": its manager restarts it
+    assert any(isinstance(a, Command) for a in default)
+    local = _managed_story(HOST)
+    assert local.view is not None
+    assert any(isinstance(a, Command) for a in plan(local.view, cfg(mode="yes", prefer="substitute"), 10.0, HOST))
