@@ -16,7 +16,6 @@ from typing import Any, Protocol
 import msgspec
 
 from . import events as ev
-from . import probe
 from .admission import admit_batch
 from .config import Config
 from .errors import MalformedInput, NotFound, Refused
@@ -47,6 +46,8 @@ class Remote(Protocol):
 
 def isolation_problem(level: int) -> str | None:
     """Why this machine cannot give a level, or None when it can (found by trying it: `probe`)."""
+    from . import probe
+
     return probe.problem(level)
 
 

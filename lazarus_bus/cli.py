@@ -12,22 +12,20 @@ import sys
 from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import msgspec
 
 from . import events as ev
-from . import probe
 from .cells import Cell, Root
-from .client import use_socket
 from .config import Config, resolve
 from .errors import CorruptLog, LazarusError, MalformedInput, NotFound
-from .fold import ApprovalView, CellView
-from .limits import parse_limit
-from .log import Appended
-from .planner import AnyAction, Append, Start
-from .secrets import secret_source
+
+if TYPE_CHECKING:  # the rest is imported where it is used: `lazarus heartbeat` stays cheap (issue 21)
+    from .fold import ApprovalView, CellView
+    from .log import Appended
+    from .planner import AnyAction
 
 __all__ = ["cli", "main"]
 
@@ -62,6 +60,10 @@ class App:
         agent, incarnation = os.environ.get("LAZARUS_AGENT"), os.environ.get("LAZARUS_INCARNATION")
         if agent and incarnation and os.environ.get("LAZARUS_CELL") == cell.id:
             cell.speak_as(agent, incarnation)
+        if not os.environ.get("LAZARUS_SOCKET"):
+            return cell
+        from .client import use_socket
+
         return use_socket(cell)
 
 
@@ -276,6 +278,9 @@ def agent_invite(app: App, ref: str, name: str, role: str, cmd: str | None, subs
                  revive: str | None, env: tuple[str, ...], heartbeat_interval: float, limit: tuple[str, ...],
                  secret: tuple[str, ...], by: str) -> None:
     """Invite an agent; with --cmd the daemon starts and revives it."""
+    from .limits import parse_limit
+    from .secrets import secret_source
+
     payload: dict[str, Any] = {
         "type": "agent.invited", "agent": name, "role": role, "command": shlex.split(cmd) if cmd else [],
         "substitutes": list(substitute), "revive": revive, "env": _pairs(env, "--env"),
@@ -353,6 +358,8 @@ def agent_update(app: App, ref: str, name: str, cmd: str | None, env: tuple[str,
 @pass_app
 def doctor(app: App) -> None:
     """What each isolation level needs, and whether this machine has it (found by trying)."""
+    from . import probe
+
     levels = probe.levels()
     lim = probe.limits_support()
     data = {"levels": [msgspec.to_builtins(x) for x in levels], "limits": msgspec.to_builtins(lim),
@@ -669,6 +676,8 @@ def _describe_event(e: ev.Event) -> str:
 
 
 def _describe_action(action: AnyAction) -> str:
+    from .planner import Append, Start
+
     match action:
         case Append():
             return ", then ".join(_describe_event(e) for e in action.events)

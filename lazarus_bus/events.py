@@ -1,7 +1,5 @@
 """Every event type of the catalogue as one tagged union, plus the door every draft passes."""
 
-from __future__ import annotations
-
 import math
 import operator
 import re
@@ -134,7 +132,7 @@ class Event(Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
 
     def __post_init__(self) -> None:
         """Name rules on decode, convert, construction and replace alike, once per distinct set of names."""
-        rules = _RULES.get(type(self))
+        rules = _RULES.get(type(self)) or _rules_of(type(self))
         if rules is None:
             return
         names = rules.names(self)
@@ -567,7 +565,18 @@ class _Rules:
         self.passed: set[Any] = set()
 
 
-_RULES: dict[type, _Rules] = {cls: _Rules(cls) for cls in EVENT_TYPES.values()}
+# built per type on first use, not at import: a CLI call meets one or two types (issue 21)
+_RULES: dict[type, _Rules] = {}
+_CATALOGUE = frozenset(EVENT_TYPES.values())
+
+
+def _rules_of(cls: type) -> _Rules | None:
+    if cls not in _CATALOGUE:
+        return None
+    rules = _RULES[cls] = _Rules(cls)
+    return rules
+
+
 _FIELDS: dict[str, frozenset[str]] = {t: frozenset(c.__struct_fields__) for t, c in EVENT_TYPES.items()}
 
 
@@ -581,7 +590,7 @@ def _numeric_fields(cls: type) -> tuple[str, ...]:
     return tuple(out)
 
 
-_NUMERIC: dict[type, tuple[str, ...]] = {cls: _numeric_fields(cls) for cls in EVENT_TYPES.values()}
+_NUMERIC: dict[type, tuple[str, ...]] = {}  # as _RULES: per type, on first use
 
 
 def non_finite(value: Any, where: str) -> str | None:
@@ -601,7 +610,10 @@ def non_finite(value: Any, where: str) -> str | None:
 
 def check_finite(event: Event) -> None:
     """Non-finite numbers are malformed input: JSON would store them as null, which nothing reads back."""
-    for field in _NUMERIC[type(event)]:
+    numeric = _NUMERIC.get(type(event))
+    if numeric is None:
+        numeric = _NUMERIC[type(event)] = _numeric_fields(type(event))
+    for field in numeric:
         value = getattr(event, field)
         if value is None or isinstance(value, (str, int)):
             continue

@@ -8,7 +8,6 @@ import fcntl
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -285,6 +284,8 @@ class FileLog(LogBackend):
         if until is not None or end < aside_from or (os.cpu_count() or 1) < 2:
             yield from self.read(0, until)
             return
+        import subprocess  # only a big read starts a helper: the CLI's appends never pay for the module
+
         seq = 0
         try:
             helper = subprocess.Popen([sys.executable, "-m", "lazarus_bus.log.chain_check", str(self.path), str(end)],

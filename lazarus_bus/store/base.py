@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
 
 from ..config import Config
 from ..log.base import LogBackend
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Store", "Wakeup"]
 

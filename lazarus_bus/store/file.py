@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterator
 from pathlib import Path
-
-import watchfiles
+from typing import TYPE_CHECKING
 
 from ..errors import MalformedInput, Refused
 from ..files import fsync_dir
@@ -18,6 +16,11 @@ from ..log.base import LogBackend
 from ..log.file import FileLog
 from ..names import check_cell_id
 from .base import Store, Wakeup
+
+if TYPE_CHECKING:  # the daemon's watcher imports these; the CLI never pays for them
+    import asyncio
+
+    import watchfiles
 
 __all__ = ["FileStore"]
 
@@ -71,6 +74,8 @@ class FileStore(Store):
         """watchfiles on the root (cells come and go) and each watched cell's `logs/` (not recursive, so
         the daemon's own writes elsewhere in a cell wake nobody); watchfiles' default 1.6 s debounce
         would make every fold that late, a few ms batch a busy root's appends into one wake-up."""
+        import watchfiles
+
         rescanned = time.monotonic()
         while not stop.is_set():
             ids = set(watched())
