@@ -20,7 +20,7 @@ from .admission import admit_batch
 from .config import Config
 from .errors import MalformedInput, NotFound, Refused
 from .files import atomic_write, flock, fsync_dir, private_dir
-from .fold import CellView, fold_all, manifest
+from .fold import AgentView, CellView, fold_all, manifest
 from .log import Appended, Head, LogBackend
 from .names import check_cell_id, check_cell_name, new_id
 from .snapshot import load_snapshot
@@ -170,6 +170,24 @@ class Root:
         return Cell(self, view.id)
 
 
+def _manifest_may_change(before: CellView | None, view: CellView, events: list[ev.Event]) -> bool:
+    """False for heartbeats that left every field `cell.json` shows as it was: the common append skips
+    building the manifest twice to compare it (issue 21: the gateway's heartbeat rate)."""
+    if before is None or before.state != view.state or not all(type(e) is ev.AgentHeartbeat for e in events):
+        return True
+    for e in events:
+        assert isinstance(e, ev.AgentHeartbeat)
+        was, now = before.agents.get(e.agent), view.agents.get(e.agent)
+        if was is None or now is None or _shown(was) != _shown(now):
+            return True
+    return False
+
+
+def _shown(a: AgentView) -> tuple[object, ...]:
+    """An agent's fields in `cell.json` (fold.manifest)."""
+    return a.role, a.phase, a.command, a.pid, a.host, a.attempt
+
+
 def _manifest_bytes(view: CellView) -> bytes:
     body = manifest(view)
     body["seq"] = view.seq
@@ -314,6 +332,10 @@ class Cell:
             drafts = [self._stamped(d) for d in drafts]
         if self.remote is not None:
             return self.remote.append_many(drafts, expected_seq)  # the daemon takes it through this same path
+        with self.log.group_commit():  # the wait for disk comes after the cell's lock: appends share a flush
+            return self._append_locked(drafts, expected_seq)
+
+    def _append_locked(self, drafts: Sequence[ev.Event], expected_seq: int | None) -> list[Appended]:
         with self._lock:
             before = self._view
 
@@ -328,7 +350,8 @@ class Cell:
                 assert view is not None
                 self._view = view
                 self._entered(events)
-                if before is None or manifest(before) != manifest(view):
+                if _manifest_may_change(before, view, events) and (
+                        before is None or manifest(before) != manifest(view)):
                     try:
                         self.write_manifest(view)
                     except OSError as exc:  # the append happened: a disposable projection must not undo it

@@ -71,6 +71,7 @@ class Daemon:
         self.http = self.config.http.listen if http is None else http
         self.notifier = Notifier(self.config.notify)
         self.watcher = Watcher(root, self._observed)
+        self._named: dict[str, str] = {}  # cell name -> id, as the gateway's paths name cells
         iso = self.config.isolation
         probe.reset()  # what each isolation level needs is probed again at each daemon start
         self.socket_dir = socket_dir(root.path)
@@ -151,10 +152,16 @@ class Daemon:
         return self.executor.backend.token_identity(digest)
 
     def cell(self, ref: str) -> Cell | None:
-        """A watched cell by id or name."""
+        """A watched cell by id or name (a name seen before is one lookup, not a read of every manifest)."""
         found = self.watcher.cells.get(ref)
-        if found is None:
-            found = self.watcher.cells.get(self.root.open(ref).id)
+        if found is not None:
+            return found
+        named = self.watcher.cells.get(self._named.get(ref, ""))
+        if named is not None and named.projection is not None and named.projection.name == ref:
+            return named
+        found = self.watcher.cells.get(self.root.open(ref).id)
+        if found is not None:
+            self._named[ref] = found.id
         return found
 
     def views(self) -> dict[str, CellView]:
