@@ -50,7 +50,7 @@ class FileStore(Store):
     def open_log(self, cell_id: str, *, create: bool = False, base: Path | None = None) -> LogBackend:
         c = self.config
         return FileLog((base or self.path / cell_id) / LOG, cell_id, fsync=c.fsync,
-                       max_event_bytes=c.max_event_bytes, create=create)
+                       max_event_bytes=c.max_event_bytes, create=create, segment_bytes=c.segment_bytes)
 
     @contextlib.contextmanager
     def claim(self, cell_id: str, name: str, names: Callable[[], dict[str, str]]) -> Iterator[None]:
@@ -65,6 +65,9 @@ class FileStore(Store):
         torn = cell_dir / "logs" / "events.torn"
         if torn.exists():
             os.rename(torn, grave.with_suffix(".torn"))
+        sealed = cell_dir / "logs" / "segments"  # a long-lived cell's older events (DESIGN section 19)
+        if sealed.exists():
+            os.rename(sealed, grave.with_suffix(".segments"))
         fsync_dir(grave.parent)
         shutil.rmtree(cell_dir)
         fsync_dir(self.path)
