@@ -74,6 +74,13 @@ def blocks(fd: int, start: int, end: int | None = None) -> Iterator[tuple[int, l
             rest_at = pos - len(rest)
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
 def _window_start(fd: int, size: int, n: int) -> int:
     """Offset of the first of a file's last `n` complete lines, read backwards in blocks."""
     pos, count = size, 0
@@ -153,7 +160,7 @@ class FileLog(LogBackend):
         if create:
             fsync_dir(self.path.parent)
         self._ino = os.fstat(self._fd).st_ino
-        if sealed is None and not self.read_only:
+        if sealed is None and not self.read_only and os.fstat(self._fd).st_nlink > 1:
             self._finish_seal()
         self._anchor = sealed if sealed is not None else self._active_anchor()  # what line 1 of this file follows
         self._end: int | None = None  # byte offset up to which _head/_window are known
@@ -208,23 +215,29 @@ class FileLog(LogBackend):
         return anchor_before(self.path, first, None) if first and first > 1 else Head(0, ZERO_HASH)
 
     def _finish_seal(self) -> None:
-        """A crash between a seal's link and its rename leaves the active name on the newest segment's
-        inode: finish that seal (under the lock) before anything is read or written."""
-        sealed = listed(self.segments_dir)
-        if not sealed:
-            return
+        """A seal killed between its link and its rename leaves the active file with a second name, a
+        segment: finish that seal before anything is written (at open, and under the lock of every append)."""
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                try:
-                    same = os.stat(sealed[-1].path).st_ino == os.fstat(self._fd).st_ino
-                except FileNotFoundError:
-                    return
-                if same and os.stat(self.path).st_ino == self._ino:
+                half = self._half_sealed()
+                if half:
                     self._replace_active()
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._reopen()
+        if half:
+            self._reopen()
+
+    def _half_sealed(self) -> bool:
+        """Our file, still under the active name, is also a segment (a hard link made by someone else, a
+        backup say, is no seal: only a name under segments/ counts)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        if st.st_ino != self._ino or st.st_nlink < 2:
+            return False
+        return any(_inode(seg.path) == st.st_ino for seg in listed(self.segments_dir)[-2:])
 
     def _replace_active(self) -> None:
         """An empty file takes the active name in one rename: no moment without a log there."""
@@ -604,9 +617,13 @@ class FileLog(LogBackend):
             raise Refused(f"cannot append to {self.path}: it is read-only to this user")
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            while self._moved():  # another process sealed the file we locked: write to the new one
+            while True:  # the file we locked may have been sealed, or half sealed by a writer killed mid-seal
+                if self._half_sealed():
+                    self._replace_active()
+                elif not self._moved():
+                    break
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-                self._reopen()
+                self._reopen()  # write to the new active file
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             locked = self._fd
             try:
