@@ -23,7 +23,7 @@ from .files import atomic_write, flock, fsync_dir, private_dir
 from .fold import AgentView, CellView, fold_all, manifest
 from .log import Appended, Head, LogBackend
 from .names import check_cell_id, check_cell_name, new_id
-from .snapshot import load_snapshot
+from .snapshot import load_base, load_snapshot
 from .store import Store, open_store
 
 __all__ = ["Cell", "Observer", "Root", "isolation_problem"]
@@ -289,6 +289,8 @@ class Cell:
             view = self._view
             if view is not None and view.seq > until:
                 return self._fresh(until)
+            if view is None:
+                view = self.origin()
             new = list(self.log.read(view.seq if view else 0, until))
             view = fold_all(new, view)
             if view is None:
@@ -302,7 +304,7 @@ class Cell:
         """Read only the new complete events, fold them in, and return them."""
         with self._lock:
             if self._view is None:
-                self._view = load_snapshot(self.state_dir, self.log, self.id)
+                self._view = load_snapshot(self.state_dir, self.log, self.id) or self.origin()
             view = self._view
             new = list(self.log.read(view.seq if view else 0))
             if new:
@@ -314,8 +316,20 @@ class Cell:
         """A fresh fold from the log alone: no snapshot, no cache."""
         return self._fresh(until)
 
+    def origin(self) -> CellView | None:
+        """Where a fold from nothing starts: nothing for a whole log; for one retention pruned, the base
+        kept beside its segments (the projection at the last pruned seq)."""
+        first_seq = getattr(self.log, "first_seq", None)
+        start = first_seq() if first_seq is not None else 1
+        if start <= 1:
+            return None
+        return load_base(self.dir / "logs" / "segments", start - 1)[0]
+
     def _fresh(self, until: int | None) -> CellView:
-        view = fold_all(self.log.read(0, until))
+        base = self.origin()
+        if base is not None and until is not None and until < base.seq:
+            raise NotFound(f"cell {self.id}: events up to seq {base.seq} were pruned (see log.pruned)")
+        view = fold_all(self.log.read(base.seq if base else 0, until), base)
         if view is None:
             raise NotFound(f"cell {self.id} has an empty log")
         return view

@@ -460,17 +460,26 @@ def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple
 
 
 def _last_seq(c: Cell, since: int, last: int, types: tuple[str, ...], agents: tuple[str, ...]) -> int:
-    """The seq after which the last `last` matching events begin (one pass, remembering only seqs)."""
+    """The seq after which the last `last` matching events begin: read back from the head in widening
+    windows, so `tail -n 10` of a cell of millions of events reads a few blocks, not the log (issue 21)."""
     from collections import deque
 
-    seqs: deque[int] = deque(maxlen=last + 1)
-    seqs.append(since)
-    for event in c.log.read(since):
-        if _matches(event, types, agents):
-            seqs.append(event.seq)
-    if len(seqs) <= last:
-        return since
-    return seqs[0]
+    head = c.head().seq
+    if not types and not agents:
+        return max(since, head - last)
+    window = max(4 * last, 1024)
+    while True:
+        start = max(since, head - window)
+        seqs: deque[int] = deque(maxlen=last + 1)
+        seqs.append(start)
+        for event in c.log.read(start, head):
+            if _matches(event, types, agents):
+                seqs.append(event.seq)
+        if len(seqs) > last:
+            return seqs[0]
+        if start == since:
+            return since
+        window *= 4
 
 
 @cli.command()
@@ -644,13 +653,18 @@ def replay(app: App, ref: str, until: int | None) -> None:
 @pass_app
 def verify(app: App, ref: str, expect: str | None) -> None:
     """Check seqs and the hash chain; prints the event count and the head hash."""
-    from .replay import verify_log
+    from .replay import verify_anchored
 
-    count, head, held = verify_log(app.cell(ref).log, expect)
+    count, head, held, anchor = verify_anchored(app.cell(ref).log, expect)
     data: dict[str, Any] = {"events": count, "head": head}
     if expect is not None:
         data["expect"] = held
-    _out(app, data, f"ok: {count} events, head {head}" + (f"; holds {expect}" if expect else ""))
+    text = f"ok: {count} events, head {head}" + (f"; holds {expect}" if expect else "")
+    if anchor is not None:  # retention pruned the front: the check began at the log.pruned anchor
+        data.update(first_seq=anchor.first_seq, pruned_through=anchor.through_seq, anchor=anchor.through_hash)
+        text += (f"; checked from seq {anchor.first_seq}, anchored by log.pruned through seq "
+                 f"{anchor.through_seq} ({anchor.through_hash})")
+    _out(app, data, text)
 
 
 # -- resurrection -------------------------------------------------------------------------

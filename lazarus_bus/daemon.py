@@ -22,6 +22,7 @@ import msgspec
 
 from . import events as ev
 from . import probe
+from .anchors import Anchors
 from .backends.process import ProcessBackend
 from .backends.sandbox import SOCKET_NAME, socket_dir
 from .cells import Cell, Root
@@ -37,6 +38,7 @@ from .leadership import Leadership, Renewal, new_instance
 from .narrate import describe, fields
 from .notify import Notifier
 from .planner import AnyAction, Start, Stop, plan
+from .retention import prune
 from .rootlock import RootLock
 from .sdnotify import Notify
 from .watcher import Watcher
@@ -46,6 +48,7 @@ __all__ = ["Daemon"]
 log = logging.getLogger(__name__)
 actions = logging.getLogger("lazarus.actions")  # `up -v`: one line per action the log records
 VERSION = _pkg_version("lazarus-pit")
+KEEP_TICKS = 10  # retention and anchors every this many ticks (DESIGN section 19)
 # events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
                                              ev.CheckpointRestored, ev.TaskCreated, ev.TaskUpdated})
@@ -72,6 +75,8 @@ class Daemon:
         self.notifier = Notifier(self.config.notify)
         self.watcher = Watcher(root, self._observed)
         self._named: dict[str, str] = {}  # cell name -> id, as the gateway's paths name cells
+        self.anchors = Anchors(self.config.audit)
+        self._keeping: asyncio.Task[None] | None = None
         iso = self.config.isolation
         probe.reset()  # what each isolation level needs is probed again at each daemon start
         self.socket_dir = socket_dir(root.path)
@@ -424,6 +429,8 @@ class Daemon:
                 self.run_pass()
                 self.write_status()
                 self.systemd.alive()  # from the loop itself: a hung loop stops the pings
+                if self.ticks % KEEP_TICKS == 0:
+                    self._keep()
                 if every > 0 and time.monotonic() >= next_verify and (verifying is None or verifying.done()):
                     next_verify = time.monotonic() + every
                     verifying = asyncio.create_task(self._verify_in_background())
@@ -433,3 +440,26 @@ class Daemon:
             self.executor.kill_orphans(self.watcher.cells)
         if verifying is not None:
             await verifying
+        if self._keeping is not None:
+            await self._keeping
+
+    def _keep(self) -> None:
+        """Retention and anchors (DESIGN section 19), every few ticks, off the loop: a prune folds and
+        deletes files, an anchor runs a command."""
+        if self._keeping is not None and not self._keeping.done():
+            return
+        self._keeping = asyncio.create_task(self._keep_in_background())
+
+    async def _keep_in_background(self) -> None:
+        policy = self.config.retention
+        if policy.keep_segments or policy.max_age:
+            for cell in list(self.watcher.cells.values()):
+                try:
+                    done = await asyncio.to_thread(prune, cell, policy)
+                except (LazarusError, OSError) as exc:
+                    log.warning("cell %s: retention: %s", cell.id, exc)
+                    continue
+                if done is not None:
+                    log.info("cell %s: pruned %d segments through seq %d (log.pruned at %d)", cell.id,
+                             done.segments, done.through_seq, done.seq)
+        await self.anchors.publish_due(list(self.watcher.cells.values()))

@@ -501,6 +501,15 @@ class BudgetRaised(Event, frozen=True, kw_only=True, tag="budget.raised"):
     note: str = ""
 
 
+class LogPruned(Event, frozen=True, kw_only=True, tag="log.pruned"):
+    """Sealed segments through `through_seq` were dropped by retention (DESIGN section 19): the line at
+    that seq hashed to `through_hash`, and the projection there is the snapshot with `snapshot_sha256`."""
+
+    through_seq: Annotated[int, Meta(ge=1)]
+    through_hash: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    snapshot_sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
 AnyEvent = Union[
     CellProvisioned,
     CellActivated,
@@ -537,6 +546,7 @@ AnyEvent = Union[
     BudgetWarned,
     BudgetExceeded,
     BudgetRaised,
+    LogPruned,
 ]
 
 # the types an agent's own process appends, stamped with its incarnation

@@ -206,6 +206,7 @@ class CellView(Struct, frozen=True, kw_only=True, gc=False):
     messages: int = 0
     epoch: int = 0  # of the newest leader.elected (NATS): leader decisions below it are refused
     leader: str = ""  # the instance that appended it
+    pruned_through: int = 0  # the newest log.pruned: events up to it are gone from the log (section 19)
 
 
 def _agent(view: CellView, name: str, **changes: Any) -> CellView:
@@ -616,6 +617,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
     ev.BudgetWarned: _budget_warned,
     ev.BudgetExceeded: _budget_exceeded,
     ev.BudgetRaised: _budget_raised,
+    ev.LogPruned: lambda view, e: replace(view, pruned_through=max(view.pruned_through, e.through_seq)),
 }
 
 assert _HANDLERS.keys() == set(ev.EVENT_TYPES.values()), "every event type needs a fold handler"

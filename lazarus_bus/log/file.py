@@ -205,6 +205,12 @@ class FileLog(LogBackend):
             pass
         return found
 
+    def first_seq(self) -> int:
+        """The seq of the log's first event: 1, or past what retention pruned."""
+        self._follow_seal()
+        sealed = self.sealed()
+        return sealed[0].first if sealed else self._anchor.seq + 1
+
     def _active_anchor(self) -> Head:
         """What the active file's first line chains to: the newest segment's last line, or, with every
         sealed segment pruned, the `prev` of its own first line (verify holds that to `log.pruned`)."""
