@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
-from lazarus_bus import Config, Root  # noqa: E402
+from lazarus_bus import Cell, Config, Root  # noqa: E402
 from lazarus_bus import events as ev  # noqa: E402
 
 CELLS = int(os.environ.get("BENCH_CELLS", "1000"))
@@ -128,7 +128,7 @@ def main() -> None:
             print(f"victim {victim}: {len(beats)} heartbeats, last at +{beats[-1].ts - start:.1f}s, no death "
                   f"(run ended at +{time.time() - start:.1f}s)" if beats else "victim never heartbeated",
                   file=sys.stderr)
-        heartbeats = sum(1 for cid in ids for e in root.open(cid).log.read() if e.type == "agent.heartbeat")
+        heartbeats = sum(1 for cid in ids for e in Cell(root, cid).log.read() if e.type == "agent.heartbeat")
         lag = json.loads(status.read_bytes()).get("watcher_lag")
     report("scale", {
         "cells": CELLS, "agents": CELLS * AGENTS, "heartbeats": heartbeats,

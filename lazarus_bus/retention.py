@@ -89,8 +89,8 @@ def prune(cell: Cell, policy: RetentionConfig, now: float | None = None) -> Prun
     digest = save_base(segments_dir, base)
     line = last_line(drop[-1].path)
     assert line is not None
-    [appended] = cell.append(ev.LogPruned(by="lazarus", through_seq=through,
-                                          through_hash=hashlib.sha256(line).hexdigest(), snapshot_sha256=digest))
+    appended = cell.append(ev.LogPruned(by="lazarus", through_seq=through,
+                                        through_hash=hashlib.sha256(line).hexdigest(), snapshot_sha256=digest))[0]
     _finish(segments_dir, through)
     return Pruned(through, len(drop), appended.seq)
 
