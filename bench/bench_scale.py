@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
 from lazarus_bus import Cell, Config, Root  # noqa: E402
+from lazarus_bus.cells import CELL_DIRS  # noqa: E402
+from lazarus_bus.names import new_id  # noqa: E402
 from lazarus_bus import events as ev  # noqa: E402
 
 CELLS = int(os.environ.get("BENCH_CELLS", "1000"))
@@ -78,19 +80,30 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def build(root: Root, i: int) -> str:
+    """One cell with its agents: `cell create` checks the name against every cell's manifest (O(cells)
+    a create, so 10,000 of them would take an hour); the bench lays the cell out as create does, with
+    the same first event through the same log, and names it c<i> without the check."""
+    cell_id = new_id()
+    base = root.path / cell_id
+    for sub in CELL_DIRS:
+        (base / sub).mkdir(parents=True)
+    with root.store.open_log(cell_id, create=True) as log:
+        log.append(ev.CellProvisioned(by="operator", name=f"c{i}"))
+    cell = Cell(root, cell_id)
+    cell.append_many([ev.AgentInvited(by="operator", agent=f"a{k}", role="write") for k in range(AGENTS)]
+                     + [ev.AgentHeartbeat(by=f"a{k}", agent=f"a{k}") for k in range(AGENTS)])
+    cell.close()
+    return cell_id
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
         path = Path(d) / "missions"
         path.mkdir()
         (path / "lazarus.toml").write_text(CONFIG)
         root = Root(path, Config(fsync="never"))
-        ids = []
-        for i in range(CELLS):
-            cell = root.create(f"c{i}")
-            cell.append_many([ev.AgentInvited(by="operator", agent=f"a{k}", role="write") for k in range(AGENTS)]
-                             + [ev.AgentHeartbeat(by=f"a{k}", agent=f"a{k}") for k in range(AGENTS)])
-            cell.close()
-            ids.append(cell.id)
+        ids = [build(root, i) for i in range(CELLS)]
         env = {**os.environ, "LAZARUS_ROOT": str(path)}
         victim = ids[0]
         share = (len(ids) + LOADERS - 1) // LOADERS
@@ -139,8 +152,9 @@ def main() -> None:
         "dead_after_s": DEAD_AFTER,
         "detection_over_dead_after_s": round(detection - DEAD_AFTER, 3) if detection is not None else None,
         "last_watcher_lag_s": lag,
-        "targets": {"daemon_cpu_share_of_one_core": 0.2, "daemon_peak_rss_mb": 200,
-                    "detection_over_dead_after_s": 1.0},
+        "targets": ({"daemon_cpu_share_of_one_core": 1.0, "daemon_peak_rss_mb": 1024}  # issue 21: 10,000 cells
+                    if CELLS >= 10_000 else {"daemon_cpu_share_of_one_core": 0.2, "daemon_peak_rss_mb": 200})
+        | {"detection_over_dead_after_s": 1.0},
     }, {"cells": CELLS, "agents_per_cell": AGENTS, "every_s": EVERY, "duration_s": DURATION,
         "loaders": LOADERS, "mode": "no", "fsync": "never"})
 
