@@ -42,7 +42,7 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 from lazarus_bus import Cell
 root = Root(Path(sys.argv[1]), Config(fsync="never"))
-ids = sys.argv[2].split(",")
+ids = Path(sys.argv[2]).read_text().split(",")  # a file: 5,000 ids are past the kernel's argument limit
 agents, every, duration, victim = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
 stop_after = float(sys.argv[7])
 cells = [Cell(root, i) for i in ids]
@@ -107,7 +107,11 @@ def main() -> None:
         env = {**os.environ, "LAZARUS_ROOT": str(path)}
         victim = ids[0]
         share = (len(ids) + LOADERS - 1) // LOADERS
-        loaders = [subprocess.Popen([sys.executable, "-c", LOADER, str(path), ",".join(ids[i:i + share]),
+        shares = []
+        for i in range(0, len(ids), share):
+            shares.append(Path(d) / f"ids-{i}")
+            shares[-1].write_text(",".join(ids[i:i + share]))
+        loaders = [subprocess.Popen([sys.executable, "-c", LOADER, str(path), str(shares[i // share]),
                                      str(AGENTS), str(EVERY), str(DURATION + EVERY), victim, str(EVERY + 5)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                    for i in range(0, len(ids), share)]

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 
-__all__ = ["GroupCommit"]
+__all__ = ["MAX_DELAY", "GroupCommit"]
+
+MAX_DELAY = 0.002  # a leader waits this long at most for writers already on their way to the file
 
 
 class GroupCommit:
     """Tickets for writes, and one flush for every write done by the time it starts.
 
-    A writer takes a ticket once its bytes are in the file (`written`), then waits in `durable` until a
-    flush that started after its write has finished. The first waiter with no flush running becomes the
-    leader and flushes; the others wait for it, and whoever wrote during that flush is covered by the
-    next one. A flush syncs the whole file, so what is durable is always a prefix of what was written.
+    A writer says it is coming (`begin`), takes a ticket once its bytes are in the file (`written`), then
+    waits in `durable` until a flush that started after its write has finished. The first waiter with no
+    flush running becomes the leader: it lets writers already on their way finish their write (at most
+    `MAX_DELAY`), then flushes; the others wait for it, and whoever wrote during that flush is covered
+    by the next one. A lone writer never waits for company. A flush syncs the whole file, so what is
+    durable is always a prefix of what was written.
     """
 
     def __init__(self, flush: Callable[[], None]) -> None:
@@ -24,13 +29,28 @@ class GroupCommit:
         self._issued = 0  # tickets handed out: writes that have returned
         self._done = 0  # every ticket up to this one is durable
         self._flushing = False
+        self._coming = 0  # writers between begin and written (or abandon): a leader waits for them
         self._deferred = threading.local()
         self.flushes = 0  # how many flushes ran: the group size is appends / flushes
+
+    def begin(self) -> None:
+        """A writer is on its way to the file (before it waits for the writers' lock)."""
+        with self._cv:
+            self._coming += 1
+
+    def abandon(self) -> None:
+        """A writer that began wrote nothing after all (refused, or failed)."""
+        with self._cv:
+            self._coming -= 1
+            self._cv.notify_all()
 
     def written(self) -> int:
         """A ticket for bytes just written (call once the write returned, still under the writer's lock)."""
         with self._cv:
             self._issued += 1
+            self._coming = max(0, self._coming - 1)
+            if self._flushing:
+                self._cv.notify_all()  # a leader waiting for company
             return self._issued
 
     def durable(self, ticket: int) -> None:
@@ -48,6 +68,9 @@ class GroupCommit:
                     self._cv.wait()
                     continue
                 self._flushing = True
+                deadline = time.monotonic() + MAX_DELAY
+                while self._coming > 0 and (left := deadline - time.monotonic()) > 0:
+                    self._cv.wait(left)  # writers on their way share this flush instead of the next
                 target = self._issued  # every write that returned before this flush starts
                 self._cv.release()
                 try:

@@ -74,6 +74,10 @@ def blocks(fd: int, start: int, end: int | None = None) -> Iterator[tuple[int, l
             rest_at = pos - len(rest)
 
 
+class _Ticket(threading.local):
+    value: int = 0
+
+
 def _inode(path: Path) -> int | None:
     try:
         return os.stat(path).st_ino
@@ -146,6 +150,7 @@ class FileLog(LogBackend):
         # fsync "always": an append returns once on disk, through group commit (appends that wrote while
         # one fdatasync ran share the next), not O_DSYNC, which gives every write a flush of its own
         self._commit = GroupCommit(self._flush)
+        self._ticket = _Ticket()  # per thread: the ticket of the append it is making
         self.read_only = sealed is not None
         try:
             self._fd = os.open(self.path, flags, 0o600)
@@ -621,6 +626,22 @@ class FileLog(LogBackend):
         drafts = self.checked(drafts)
         if self.read_only:
             raise Refused(f"cannot append to {self.path}: it is read-only to this user")
+        grouped = self.fsync == "always"
+        if grouped:
+            self._commit.begin()
+        ticket = 0
+        try:
+            written = self._append_locked(drafts, expected_seq, admit, grouped)
+        finally:
+            if grouped and not self._ticket.value:
+                self._commit.abandon()  # refused or failed: a flush need not wait for this writer
+            ticket, self._ticket.value = self._ticket.value, 0
+        if ticket:  # off the locks: the next writer appends while this one's flush runs
+            self._commit.durable(ticket)
+        return written
+
+    def _append_locked(self, drafts: Sequence[Event], expected_seq: int | None, admit: Admit | None,
+                       grouped: bool) -> list[Appended]:
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             while True:  # the file we locked may have been sealed, or half sealed by a writer killed mid-seal
@@ -645,11 +666,10 @@ class FileLog(LogBackend):
                     written = self._write(admit(self._head, list(drafts)) if admit else drafts)
                 if self.segment_bytes and written and not self._ended and (self._end or 0) >= self.segment_bytes:
                     self._seal()
-                ticket = self._commit.written() if self.fsync == "always" and written else 0
+                if grouped and written:
+                    self._ticket.value = self._commit.written()
             finally:
                 fcntl.flock(locked, fcntl.LOCK_UN)
-        if ticket:  # off the locks: the next writer appends while this one's flush runs
-            self._commit.durable(ticket)
         return written
 
     def import_lines(self, lines: Sequence[bytes]) -> None:
