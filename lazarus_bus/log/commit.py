@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 __all__ = ["MAX_DELAY", "GroupCommit"]
 
-MAX_DELAY = 0.002  # a leader waits this long at most for writers already on their way to the file
+MAX_DELAY = 0.001  # a leader waits this long at most for writers already on their way to the file
 
 
 class GroupCommit:
@@ -29,26 +29,27 @@ class GroupCommit:
         self._issued = 0  # tickets handed out: writes that have returned
         self._done = 0  # every ticket up to this one is durable
         self._flushing = False
-        self._coming = 0  # writers between begin and written (or abandon): a leader waits for them
+        self._begun = 0  # writers that said they are coming, ever
+        self._arrived = 0  # of those, the ones that wrote (or gave up): a leader waits for the rest
         self._deferred = threading.local()
         self.flushes = 0  # how many flushes ran: the group size is appends / flushes
 
     def begin(self) -> None:
         """A writer is on its way to the file (before it waits for the writers' lock)."""
         with self._cv:
-            self._coming += 1
+            self._begun += 1
 
     def abandon(self) -> None:
         """A writer that began wrote nothing after all (refused, or failed)."""
         with self._cv:
-            self._coming -= 1
+            self._arrived += 1
             self._cv.notify_all()
 
     def written(self) -> int:
         """A ticket for bytes just written (call once the write returned, still under the writer's lock)."""
         with self._cv:
             self._issued += 1
-            self._coming = max(0, self._coming - 1)
+            self._arrived += 1
             if self._flushing:
                 self._cv.notify_all()  # a leader waiting for company
             return self._issued
@@ -68,9 +69,9 @@ class GroupCommit:
                     self._cv.wait()
                     continue
                 self._flushing = True
-                deadline = time.monotonic() + MAX_DELAY
-                while self._coming > 0 and (left := deadline - time.monotonic()) > 0:
-                    self._cv.wait(left)  # writers on their way share this flush instead of the next
+                deadline, coming = time.monotonic() + MAX_DELAY, self._begun  # not those who come after
+                while self._arrived < coming and (left := deadline - time.monotonic()) > 0:
+                    self._cv.wait(left)  # writers already on their way share this flush, not the next
                 target = self._issued  # every write that returned before this flush starts
                 self._cv.release()
                 try:
