@@ -89,8 +89,7 @@ class Root:
         """A cell by id or unique name."""
         if not isinstance(ref, str) or not ref or "/" in ref or ref in (".", ".."):
             raise MalformedInput(f"bad cell reference {ref!r}")
-        listed = self.store.cells()
-        if ref in listed:
+        if self.store.has(ref):  # by id: one lookup
             return Cell(self, ref)
         found = self.store.find(ref)  # where the store indexes names: one lookup
         if found is not None:

@@ -65,6 +65,10 @@ class Store(abc.ABC):
                 debounce: float, consumer: str) -> AsyncGenerator[Wakeup, None]:
         """Which cells changed, as soon as they do; a rescan at least every `tick`."""
 
+    def has(self, cell_id: str) -> bool:
+        """Whether a cell with this id exists (a store may answer without listing every cell)."""
+        return cell_id in self.cells()
+
     def find(self, name: str) -> str | None:
         """The id of the cell named `name` where the store indexes names (None: ask each cell)."""
         return None

@@ -47,6 +47,14 @@ class FileStore(Store):
                 out[name] = None
         return out
 
+    def has(self, cell_id: str) -> bool:
+        """One stat, not a listing: `lazarus heartbeat CELL-ID` on a root of 10,000 cells (issue 21)."""
+        try:
+            check_cell_id(cell_id)
+        except MalformedInput:
+            return False
+        return (self.path / cell_id / LOG).is_file()
+
     def open_log(self, cell_id: str, *, create: bool = False, base: Path | None = None) -> LogBackend:
         c = self.config
         return FileLog((base or self.path / cell_id) / LOG, cell_id, fsync=c.fsync,
