@@ -15,6 +15,7 @@ import pytest
 from lazarus_bus import Cell, Root, parse_draft
 from lazarus_bus import events as ev
 from lazarus_bus.config import Config
+from lazarus_bus.errors import CorruptLog
 from lazarus_bus.log import FileLog
 from tests.conftest import HELPERS, Cli, Procs
 
@@ -67,6 +68,20 @@ def test_every_reader_reads_across_segments(sealed: Cell, cli: Cli, tmp_path: Pa
     assert len((tmp_path / "long.jsonl").read_bytes().splitlines()) == total
     head = cli.ok("verify", "long", "--json")
     assert json.loads(cli.ok("verify", "long", "--expect", json.loads(head)["head"], "--json"))["events"] == total
+
+
+def test_a_whole_read_checks_the_chain_across_segments_on_a_second_core(sealed: Cell) -> None:
+    """read_all (a full replay) with the chain helper: the same events as the checked reader, and a line
+    altered inside a sealed segment is still caught, with its seq."""
+    log = sealed.log
+    assert isinstance(log, FileLog)
+    assert [e.seq for e in log.read_all(aside_from=0)] == [e.seq for e in log.read()]
+    seg = log.sealed()[2]
+    lines = seg.path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b'"cycle":', b'"cycle":1')
+    seg.path.write_bytes(b"\n".join(lines))
+    with pytest.raises(CorruptLog, match=f"seq {seg.first + 3}"):
+        list(log.read_all(aside_from=0))
 
 
 def test_an_idempotent_retry_is_recognised_across_a_seal(sealed: Cell) -> None:

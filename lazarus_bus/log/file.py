@@ -74,6 +74,10 @@ def blocks(fd: int, start: int, end: int | None = None) -> Iterator[tuple[int, l
             rest_at = pos - len(rest)
 
 
+class _Fault(Exception):
+    """A line the fast path could not decode: the checked reader names it."""
+
+
 class _Ticket(threading.local):
     value: int = 0
 
@@ -474,33 +478,48 @@ class FileLog(LogBackend):
 
     def read_all(self, until: int | None = None, aside_from: int = ASIDE_BYTES) -> Generator[Event, None, None]:
         """Events up to `until`, for a fold thrown away on error: a whole big log is decoded here while a
-        second process checks its hash chain, and a fault is raised at the end, as read() raises it."""
+        second process checks its hash chain (across every segment), and a fault is raised at the end, as
+        read() raises it."""
+        self._follow_seal()
         end = self._rfind_newline(self._size()) + 1  # the lines complete now: appended later, not read
-        if until is not None or end < aside_from or (os.cpu_count() or 1) < 2 or self._anchor.seq:
+        anchor = self._anchor
+        sealed = [s for s in self.sealed() if s.last <= anchor.seq] if anchor.seq else []
+        files = [(seg.path, seg.path.stat().st_size) for seg in sealed] + [(self.path, end)]
+        if until is not None or sum(size for _, size in files) < aside_from or (os.cpu_count() or 1) < 2:
             yield from self.read(0, until)
             return
         import subprocess  # only a big read starts a helper: the CLI's appends never pay for the module
 
-        seq = 0
+        start = anchor_before(sealed[0].path, sealed[0].first, None) if sealed else anchor  # (0, zeros) unpruned
+        seq = start.seq
+        argv = [sys.executable, "-m", "lazarus_bus.log.chain_check", "--from", str(start.seq), start.hash,
+                *(x for path, size in files for x in (str(path), str(size)))]
         try:
-            helper = subprocess.Popen([sys.executable, "-m", "lazarus_bus.log.chain_check", str(self.path), str(end)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env())
+            helper = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env())
         except OSError:  # no interpreter to start (an embedded one): one process does it all
             yield from self.read()
             return
         with helper:
             try:
-                for _, lines in blocks(self._fd, 0, end):
+                for path, size in files:
+                    fd = self._fd if path == self.path else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                     try:
-                        events = list(map(decode_line, lines))
-                    except DECODE_ERRORS:
-                        break
-                    yield from events
-                    seq = events[-1].seq
-                else:  # the helper checks that the seqs run 1..N over the same bytes, and the chain
-                    out = helper.communicate()[0]
-                    if helper.returncode == 0 and out.strip() == str(seq).encode():
-                        return
+                        for _, lines in blocks(fd, 0, size):
+                            try:
+                                events = list(map(decode_line, lines))
+                            except DECODE_ERRORS:
+                                raise _Fault() from None
+                            yield from events
+                            seq = events[-1].seq
+                    finally:
+                        if fd != self._fd:
+                            os.close(fd)
+                # the helper checks that the seqs run on from the start over the same bytes, and the chain
+                out = helper.communicate()[0]
+                if helper.returncode == 0 and out.strip() == str(seq).encode():
+                    return
+            except _Fault:
+                pass
             finally:
                 if helper.poll() is None:  # a fault here, or the reader stopped early
                     helper.kill()
