@@ -27,7 +27,7 @@ from .backends.process import ProcessBackend
 from .backends.sandbox import SOCKET_NAME, socket_dir
 from .cells import Cell, Root
 from .console import install as install_console
-from .errors import LazarusError
+from .errors import CorruptLog, LazarusError
 from .events import Event
 from .executor import Executor
 from .files import atomic_write
@@ -41,6 +41,7 @@ from .planner import AnyAction, Start, Stop, plan
 from .retention import prune
 from .rootlock import RootLock
 from .sdnotify import Notify
+from .startcheck import record_sealed, verify_at_start
 from .watcher import Watcher
 
 __all__ = ["Daemon"]
@@ -285,10 +286,15 @@ class Daemon:
     # -- checking what was folded before --------------------------------------------------
 
     def _verify_now(self) -> None:
-        for cid in list(self.watcher.cells):
-            why = self.watcher.verify(cid)
-            if why is not None:
-                self.watcher.mark_corrupt(cid, why)
+        """At start: each cell's chain, trusting sealed segments checked whole before (startcheck)."""
+        for cid, cell in list(self.watcher.cells.items()):
+            try:
+                with self.root.store.open_log(cid) as log_:
+                    verify_at_start(log_, cell.state_dir)
+            except CorruptLog as exc:
+                self.watcher.mark_corrupt(cid, str(exc))
+            except (LazarusError, OSError):
+                pass  # gone or unreadable for now: the watcher says more
 
     async def _verify_in_background(self) -> None:
         """Every `verify_every`: the whole chain of each cell again, in a worker thread, cell by cell."""
@@ -300,6 +306,15 @@ class Daemon:
             if why is not None and cid in self.watcher.cells:
                 self.watcher.mark_corrupt(cid, why)
                 self._mark_dirty(cid)
+            elif why is None and cid in self.watcher.cells:  # checked whole: its sealed segments are trusted at start
+                await loop.run_in_executor(None, self._record_sealed, cid)
+
+    def _record_sealed(self, cid: str) -> None:
+        cell = self.watcher.cells.get(cid)
+        if cell is None:
+            return
+        with contextlib.suppress(LazarusError, OSError), self.root.store.open_log(cid) as log_:
+            record_sealed(log_, cell.state_dir)
 
     # -- status ---------------------------------------------------------------------------
 

@@ -156,3 +156,20 @@ def test_writers_killed_at_random_while_sealing_lose_no_acknowledged_event(seale
     for seq, eid in acked:
         assert log[int(seq)] == eid
     assert len(sealed.log.sealed()) > 10  # type: ignore[attr-defined]
+
+
+def test_the_start_check_trusts_sealed_segments_checked_before_and_nothing_else(sealed: Cell) -> None:
+    """startcheck: the first start checks the whole log and records the sealed segments; a segment
+    changed since (its size, mtime or inode) is read again, and a fault in it is caught."""
+    from lazarus_bus.startcheck import RECORD, verify_at_start
+
+    log = sealed.log
+    verify_at_start(log, sealed.state_dir)
+    assert len(json.loads((sealed.state_dir / RECORD).read_bytes())) == len(log.sealed())  # type: ignore[attr-defined]
+    verify_at_start(log, sealed.state_dir)  # trusted: only the newest seam and the active file are read
+    seg = log.sealed()[1]  # type: ignore[attr-defined]
+    lines = seg.path.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b'"cycle":', b'"cycle":9')
+    seg.path.write_bytes(b"\n".join(lines))  # edited while no daemon ran: a new size and mtime
+    with pytest.raises(CorruptLog):
+        verify_at_start(log, sealed.state_dir)
