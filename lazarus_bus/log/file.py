@@ -664,10 +664,14 @@ class FileLog(LogBackend):
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             while True:  # the file we locked may have been sealed, or half sealed by a writer killed mid-seal
-                if self._half_sealed():
-                    self._replace_active()
-                elif not self._moved():
+                try:
+                    st = os.stat(self.path)  # one stat an append: the inode and its count of names
+                except FileNotFoundError:
+                    break  # destroyed: the graveyard took it; the end mark in it says so
+                if st.st_ino == self._ino and (st.st_nlink < 2 or not self._half_sealed()):
                     break
+                if st.st_ino == self._ino:
+                    self._replace_active()
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 self._reopen()  # write to the new active file
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
