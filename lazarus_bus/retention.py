@@ -17,7 +17,7 @@ from .config import RetentionConfig
 from .files import fsync_dir
 from .fold import CellView, fold_all
 from .log.segments import Segment, last_line, listed
-from .snapshot import bases, load_base, save_base
+from .snapshot import bases, save_base
 
 __all__ = ["Pruned", "keep_from", "prunable", "prune"]
 
@@ -121,9 +121,3 @@ def _finish(segments_dir: Path, through: int) -> None:
     if removed:
         fsync_dir(segments_dir)
 
-
-def base_of(cell: Cell) -> tuple[CellView, str] | None:
-    """The base a pruned cell's log rests on, with its SHA-256 (None for a whole log)."""
-    first = getattr(cell.log, "first_seq", None)
-    start = first() if first is not None else 1
-    return None if start <= 1 else load_base(cell.dir / "logs" / "segments", start - 1)
