@@ -173,3 +173,21 @@ def test_the_start_check_trusts_sealed_segments_checked_before_and_nothing_else(
     seg.path.write_bytes(b"\n".join(lines))  # edited while no daemon ran: a new size and mtime
     with pytest.raises(CorruptLog):
         verify_at_start(log, sealed.state_dir)
+
+
+def test_a_seal_killed_before_its_link_leaves_a_log_that_goes_on(sealed: Cell, cli: Cli) -> None:
+    """The seal's first step marks the file (the sticky bit, seen with one fstat); killed right after,
+    the file is still the active one: the next writer clears the mark and appends, nothing is sealed."""
+    import stat
+
+    active = sealed.dir / "logs" / "events.jsonl"
+    before = len(sealed.log.sealed())  # type: ignore[attr-defined]
+    os.chmod(active, stat.S_IMODE(active.stat().st_mode) | stat.S_ISVTX)
+    [a] = Cell(Root(cli.root, Config(fsync="never", segment_bytes=SMALL)), sealed.id).append(
+        ev.BusMessage(by="operator", topic="after"))
+    assert a.seq == json.loads(active.read_bytes().splitlines()[-1])["seq"]
+    assert not active.stat().st_mode & stat.S_ISVTX
+    assert len(sealed.log.sealed()) == before  # type: ignore[attr-defined]
+    assert json.loads(cli.ok("verify", "long", "--json"))["events"] == a.seq
+    for seg in sealed.log.sealed():  # type: ignore[attr-defined]
+        assert seg.path.stat().st_mode & stat.S_ISVTX  # every real segment carries the mark

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -28,6 +29,9 @@ from .segments import Segment, anchor_before, first_seq, listed, segment_name
 __all__ = ["FileLog", "blocks", "link_block"]
 
 CHUNK = 1 << 16
+# set on a file as its seal begins (and kept by the segment): a writer or reader sees with one fstat that
+# it must look the active name up, instead of a path lookup on every append
+SEALING = stat.S_ISVTX
 ASIDE_BYTES = 32 << 20  # a log this big is read with its chain checked by a second process: start-up paid back
 Fsync = Literal["always", "batch", "never"]
 
@@ -265,6 +269,9 @@ class FileLog(LogBackend):
         """The active name is on another file than ours: somebody sealed ours."""
         if self._sealed is not None:
             return False
+        st = os.fstat(self._fd)
+        if not st.st_mode & SEALING and st.st_nlink < 2:
+            return False  # never sealed nor linked: no path lookup
         try:
             return os.stat(self.path).st_ino != self._ino
         except FileNotFoundError:
@@ -294,6 +301,10 @@ class FileLog(LogBackend):
         if self.fsync != "never":
             os.fdatasync(self._fd)  # nothing may chain past lines that are not on disk
         first, last, prev = self._anchor.seq + 1, self._head.seq, self._head.hash
+        try:  # the mark first: whoever holds this file open looks the active name up from now on
+            os.fchmod(self._fd, stat.S_IMODE(os.fstat(self._fd).st_mode) | SEALING)
+        except OSError:
+            return  # not ours to mark (another user's log): it stays one file
         os.makedirs(self.segments_dir, mode=0o700, exist_ok=True)
         os.link(self.path, self.segments_dir / segment_name(first, last))
         fsync_dir(self.segments_dir)
@@ -664,14 +675,19 @@ class FileLog(LogBackend):
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             while True:  # the file we locked may have been sealed, or half sealed by a writer killed mid-seal
+                st = os.fstat(self._fd)
+                if not st.st_mode & SEALING and st.st_nlink < 2:
+                    break  # the common case, one fstat: no seal ever touched this file
                 try:
-                    st = os.stat(self.path)  # one stat an append: the inode and its count of names
+                    here = os.stat(self.path)
                 except FileNotFoundError:
                     break  # destroyed: the graveyard took it; the end mark in it says so
-                if st.st_ino == self._ino and (st.st_nlink < 2 or not self._half_sealed()):
-                    break
-                if st.st_ino == self._ino:
-                    self._replace_active()
+                if here.st_ino == self._ino:
+                    if st.st_nlink < 2 or not self._half_sealed():
+                        if st.st_mode & SEALING and st.st_nlink < 2:  # a seal killed before its link
+                            os.fchmod(self._fd, stat.S_IMODE(st.st_mode) & ~SEALING)
+                        break
+                    self._replace_active()  # a seal killed between its link and its rename: finish it
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 self._reopen()  # write to the new active file
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
