@@ -14,7 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
-from lazarus_bus import Config, Root  # noqa: E402
+from lazarus_bus import Cell, Config, Root  # noqa: E402
+from lazarus_bus.cells import CELL_DIRS  # noqa: E402
+from lazarus_bus.names import new_id  # noqa: E402
 from lazarus_bus import events as ev  # noqa: E402
 
 CELLS = int(os.environ.get("BENCH_CELLS", "1000"))
@@ -40,7 +42,7 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 from lazarus_bus import Cell
 root = Root(Path(sys.argv[1]), Config(fsync="never"))
-ids = sys.argv[2].split(",")
+ids = Path(sys.argv[2]).read_text().split(",")  # a file: 5,000 ids are past the kernel's argument limit
 agents, every, duration, victim = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
 stop_after = float(sys.argv[7])
 cells = [Cell(root, i) for i in ids]
@@ -78,23 +80,38 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def build(root: Root, i: int) -> str:
+    """One cell with its agents: `cell create` checks the name against every cell's manifest (O(cells)
+    a create, so 10,000 of them would take an hour); the bench lays the cell out as create does, with
+    the same first event through the same log, and names it c<i> without the check."""
+    cell_id = new_id()
+    base = root.path / cell_id
+    for sub in CELL_DIRS:
+        (base / sub).mkdir(parents=True)
+    with root.store.open_log(cell_id, create=True) as log:
+        log.append(ev.CellProvisioned(by="operator", name=f"c{i}"))
+    cell = Cell(root, cell_id)
+    cell.append_many([ev.AgentInvited(by="operator", agent=f"a{k}", role="write") for k in range(AGENTS)]
+                     + [ev.AgentHeartbeat(by=f"a{k}", agent=f"a{k}") for k in range(AGENTS)])
+    cell.close()
+    return cell_id
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
         path = Path(d) / "missions"
         path.mkdir()
         (path / "lazarus.toml").write_text(CONFIG)
         root = Root(path, Config(fsync="never"))
-        ids = []
-        for i in range(CELLS):
-            cell = root.create(f"c{i}")
-            cell.append_many([ev.AgentInvited(by="operator", agent=f"a{k}", role="write") for k in range(AGENTS)]
-                             + [ev.AgentHeartbeat(by=f"a{k}", agent=f"a{k}") for k in range(AGENTS)])
-            cell.close()
-            ids.append(cell.id)
+        ids = [build(root, i) for i in range(CELLS)]
         env = {**os.environ, "LAZARUS_ROOT": str(path)}
         victim = ids[0]
         share = (len(ids) + LOADERS - 1) // LOADERS
-        loaders = [subprocess.Popen([sys.executable, "-c", LOADER, str(path), ",".join(ids[i:i + share]),
+        shares = []
+        for i in range(0, len(ids), share):
+            shares.append(Path(d) / f"ids-{i}")
+            shares[-1].write_text(",".join(ids[i:i + share]))
+        loaders = [subprocess.Popen([sys.executable, "-c", LOADER, str(path), str(shares[i // share]),
                                      str(AGENTS), str(EVERY), str(DURATION + EVERY), victim, str(EVERY + 5)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                    for i in range(0, len(ids), share)]
@@ -128,7 +145,7 @@ def main() -> None:
             print(f"victim {victim}: {len(beats)} heartbeats, last at +{beats[-1].ts - start:.1f}s, no death "
                   f"(run ended at +{time.time() - start:.1f}s)" if beats else "victim never heartbeated",
                   file=sys.stderr)
-        heartbeats = sum(1 for cid in ids for e in root.open(cid).log.read() if e.type == "agent.heartbeat")
+        heartbeats = sum(1 for cid in ids for e in Cell(root, cid).log.read() if e.type == "agent.heartbeat")
         lag = json.loads(status.read_bytes()).get("watcher_lag")
     report("scale", {
         "cells": CELLS, "agents": CELLS * AGENTS, "heartbeats": heartbeats,
@@ -139,8 +156,9 @@ def main() -> None:
         "dead_after_s": DEAD_AFTER,
         "detection_over_dead_after_s": round(detection - DEAD_AFTER, 3) if detection is not None else None,
         "last_watcher_lag_s": lag,
-        "targets": {"daemon_cpu_share_of_one_core": 0.2, "daemon_peak_rss_mb": 200,
-                    "detection_over_dead_after_s": 1.0},
+        "targets": ({"daemon_cpu_share_of_one_core": 1.0, "daemon_peak_rss_mb": 1024}  # issue 21: 10,000 cells
+                    if CELLS >= 10_000 else {"daemon_cpu_share_of_one_core": 0.2, "daemon_peak_rss_mb": 200})
+        | {"detection_over_dead_after_s": 1.0},
     }, {"cells": CELLS, "agents_per_cell": AGENTS, "every_s": EVERY, "duration_s": DURATION,
         "loaders": LOADERS, "mode": "no", "fsync": "never"})
 

@@ -81,6 +81,7 @@ ADMISSION: dict[type[ev.Event], Admission] = {
     ev.GraphCheckpoint: Admission(capability="checkpoint", states=_WORK.states),
     ev.GraphWrites: Admission(capability="checkpoint", states=_WORK.states),
     ev.GraphDeleted: Admission(capability="checkpoint", states=_WORK.states),
+    ev.LogPruned: Admission(states=ANY_STATE),  # retention runs in every state a cell can still be in
 }
 assert ADMISSION.keys() == set(ev.EVENT_TYPES.values()), "every event type needs an admission rule"
 _LIFECYCLE = (ev.CellActivated, ev.CellFrozen, ev.CellThawed, ev.CellArchived, ev.CellDestroyed)

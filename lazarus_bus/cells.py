@@ -16,16 +16,15 @@ from typing import Any, Protocol
 import msgspec
 
 from . import events as ev
-from . import probe
 from .admission import admit_batch
 from .config import Config
 from .errors import MalformedInput, NotFound, Refused
 from .files import atomic_write, flock, fsync_dir, private_dir
-from .fold import CellView, fold_all, manifest
+from .fold import AgentView, CellView, fold_all, manifest
 from .log import Appended, Head, LogBackend
 from .names import check_cell_id, check_cell_name, new_id
 from .proposal import Proposal
-from .snapshot import load_snapshot
+from .snapshot import load_base, load_snapshot
 from .store import Store, open_store
 
 __all__ = ["Cell", "Observer", "Root", "isolation_problem"]
@@ -48,6 +47,8 @@ class Remote(Protocol):
 
 def isolation_problem(level: int) -> str | None:
     """Why this machine cannot give a level, or None when it can (found by trying it: `probe`)."""
+    from . import probe
+
     return probe.problem(level)
 
 
@@ -89,8 +90,7 @@ class Root:
         """A cell by id or unique name."""
         if not isinstance(ref, str) or not ref or "/" in ref or ref in (".", ".."):
             raise MalformedInput(f"bad cell reference {ref!r}")
-        listed = self.store.cells()
-        if ref in listed:
+        if self.store.has(ref):  # by id: one lookup
             return Cell(self, ref)
         found = self.store.find(ref)  # where the store indexes names: one lookup
         if found is not None:
@@ -186,6 +186,24 @@ class Root:
             self.store.import_lines(view.id, staging, lines)
             atomic_write(staging / "cell.json", _manifest_bytes(view))
         return Cell(self, view.id)
+
+
+def _manifest_may_change(before: CellView | None, view: CellView, events: list[ev.Event]) -> bool:
+    """False for heartbeats that left every field `cell.json` shows as it was: the common append skips
+    building the manifest twice to compare it (issue 21: the gateway's heartbeat rate)."""
+    if before is None or before.state != view.state or not all(type(e) is ev.AgentHeartbeat for e in events):
+        return True
+    for e in events:
+        assert isinstance(e, ev.AgentHeartbeat)
+        was, now = before.agents.get(e.agent), view.agents.get(e.agent)
+        if was is None or now is None or _shown(was) != _shown(now):
+            return True
+    return False
+
+
+def _shown(a: AgentView) -> tuple[object, ...]:
+    """An agent's fields in `cell.json` (fold.manifest)."""
+    return a.role, a.phase, a.command, a.pid, a.host, a.attempt
 
 
 def _manifest_bytes(view: CellView) -> bytes:
@@ -289,6 +307,8 @@ class Cell:
             view = self._view
             if view is not None and view.seq > until:
                 return self._fresh(until)
+            if view is None:
+                view = self.origin()
             new = list(self.log.read(view.seq if view else 0, until))
             view = fold_all(new, view)
             if view is None:
@@ -302,7 +322,7 @@ class Cell:
         """Read only the new complete events, fold them in, and return them."""
         with self._lock:
             if self._view is None:
-                self._view = load_snapshot(self.state_dir, self.log, self.id)
+                self._view = load_snapshot(self.state_dir, self.log, self.id) or self.origin()
             view = self._view
             new = list(self.log.read(view.seq if view else 0))
             if new:
@@ -314,8 +334,20 @@ class Cell:
         """A fresh fold from the log alone: no snapshot, no cache."""
         return self._fresh(until)
 
+    def origin(self) -> CellView | None:
+        """Where a fold from nothing starts: nothing for a whole log; for one retention pruned, the base
+        kept beside its segments (the projection at the last pruned seq)."""
+        first_seq = getattr(self.log, "first_seq", None)
+        start = first_seq() if first_seq is not None else 1
+        if start <= 1:
+            return None
+        return load_base(self.dir / "logs" / "segments", start - 1)[0]
+
     def _fresh(self, until: int | None) -> CellView:
-        view = fold_all(self.log.read(0, until))
+        base = self.origin()
+        if base is not None and until is not None and until < base.seq:
+            raise NotFound(f"cell {self.id}: events up to seq {base.seq} were pruned (see log.pruned)")
+        view = fold_all(self.log.read(base.seq if base else 0, until), base)
         if view is None:
             raise NotFound(f"cell {self.id} has an empty log")
         return view
@@ -332,6 +364,10 @@ class Cell:
             drafts = [self._stamped(d) for d in drafts]
         if self.remote is not None:
             return self.remote.append_many(drafts, expected_seq)  # the daemon takes it through this same path
+        with self.log.group_commit():  # the wait for disk comes after the cell's lock: appends share a flush
+            return self._append_locked(drafts, expected_seq)
+
+    def _append_locked(self, drafts: Sequence[ev.Event], expected_seq: int | None) -> list[Appended]:
         with self._lock:
             before = self._view
 
@@ -346,7 +382,8 @@ class Cell:
                 assert view is not None
                 self._view = view
                 self._entered(events)
-                if before is None or manifest(before) != manifest(view):
+                if _manifest_may_change(before, view, events) and (
+                        before is None or manifest(before) != manifest(view)):
                     try:
                         self.write_manifest(view)
                     except OSError as exc:  # the append happened: a disposable projection must not undo it

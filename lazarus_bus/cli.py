@@ -12,23 +12,20 @@ import sys
 from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import msgspec
 
 from . import events as ev
-from . import probe
 from .cells import Cell, Root
-from .client import use_socket
 from .config import Config, resolve
 from .errors import CorruptLog, LazarusError, MalformedInput, NotFound
-from .fold import ApprovalView, CellView
-from .limits import parse_limit
-from .log import Appended
-from .planner import AnyAction, Append, Command, Start
-from .probes import check_target
-from .secrets import secret_source
+
+if TYPE_CHECKING:  # the rest is imported where it is used: `lazarus heartbeat` stays cheap (issue 21)
+    from .fold import ApprovalView, CellView
+    from .log import Appended
+    from .planner import AnyAction
 
 __all__ = ["cli", "main"]
 
@@ -63,6 +60,10 @@ class App:
         agent, incarnation = os.environ.get("LAZARUS_AGENT"), os.environ.get("LAZARUS_INCARNATION")
         if agent and incarnation and os.environ.get("LAZARUS_CELL") == cell.id:
             cell.speak_as(agent, incarnation)
+        if not os.environ.get("LAZARUS_SOCKET"):
+            return cell
+        from .client import use_socket
+
         return use_socket(cell)
 
 
@@ -354,12 +355,17 @@ def agent_invite(app: App, ref: str, name: str, role: str, cmd: str | None, subs
                  probe_failures: int, probe_initial_delay: float, restart_cmd: str | None, stop_cmd: str | None,
                  start_cmd: str | None, by: str) -> None:
     """Invite an agent; with --cmd the daemon starts and revives it, with --restart-cmd its own manager does."""
+    from .limits import parse_limit
+    from .secrets import secret_source
+
     payload: dict[str, Any] = {
         "type": "agent.invited", "agent": name, "role": role, "command": shlex.split(cmd) if cmd else [],
         "substitutes": list(substitute), "revive": revive, "env": _pairs(env, "--env"),
         "heartbeat_interval": heartbeat_interval,
     }
     if probe:
+        from .probes import check_target
+
         check_target(probe)
         payload["probe"] = probe
     outside = {"probe_cmd": probe_cmd, "restart_cmd": restart_cmd, "stop_cmd": stop_cmd, "start_cmd": start_cmd}
@@ -442,6 +448,8 @@ def agent_update(app: App, ref: str, name: str, cmd: str | None, env: tuple[str,
 @pass_app
 def doctor(app: App) -> None:
     """What each isolation level needs, and whether this machine has it (found by trying)."""
+    from . import probe
+
     levels = probe.levels()
     lim = probe.limits_support()
     data = {"levels": [msgspec.to_builtins(x) for x in levels], "limits": msgspec.to_builtins(lim),
@@ -542,19 +550,26 @@ def tail(app: App, ref: str, follow: bool, types: tuple[str, ...], agents: tuple
 
 
 def _last_seq(c: Cell, since: int, last: int, types: tuple[str, ...], agents: tuple[str, ...]) -> int:
-    """The seq after which the last `last` matching events begin (one pass, remembering only seqs)."""
+    """The seq after which the last `last` matching events begin: read back from the head in widening
+    windows, so `tail -n 10` of a cell of millions of events reads a few blocks, not the log (issue 21)."""
     from collections import deque
 
-    if not types and not agents:  # every event matches: the last `last` are the head's, read no more
-        return max(since, c.log.head().seq - last)
-    seqs: deque[int] = deque(maxlen=last + 1)
-    seqs.append(since)
-    for event in c.log.read(since):
-        if _matches(event, types, agents):
-            seqs.append(event.seq)
-    if len(seqs) <= last:
-        return since
-    return seqs[0]
+    head = c.head().seq
+    if not types and not agents:
+        return max(since, head - last)
+    window = max(4 * last, 1024)
+    while True:
+        start = max(since, head - window)
+        seqs: deque[int] = deque(maxlen=last + 1)
+        seqs.append(start)
+        for event in c.log.read(start, head):
+            if _matches(event, types, agents):
+                seqs.append(event.seq)
+        if len(seqs) > last:
+            return seqs[0]
+        if start == since:
+            return since
+        window *= 4
 
 
 @cli.command()
@@ -728,13 +743,18 @@ def replay(app: App, ref: str, until: int | None) -> None:
 @pass_app
 def verify(app: App, ref: str, expect: str | None) -> None:
     """Check seqs and the hash chain; prints the event count and the head hash."""
-    from .replay import verify_log
+    from .replay import verify_anchored
 
-    count, head, held = verify_log(app.cell(ref).log, expect)
+    count, head, held, anchor = verify_anchored(app.cell(ref).log, expect)
     data: dict[str, Any] = {"events": count, "head": head}
     if expect is not None:
         data["expect"] = held
-    _out(app, data, f"ok: {count} events, head {head}" + (f"; holds {expect}" if expect else ""))
+    text = f"ok: {count} events, head {head}" + (f"; holds {expect}" if expect else "")
+    if anchor is not None:  # retention pruned the front: the check began at the log.pruned anchor
+        data.update(first_seq=anchor.first_seq, pruned_through=anchor.through_seq, anchor=anchor.through_hash)
+        text += (f"; checked from seq {anchor.first_seq}, anchored by log.pruned through seq "
+                 f"{anchor.through_seq} ({anchor.through_hash})")
+    _out(app, data, text)
 
 
 # -- resurrection -------------------------------------------------------------------------
@@ -760,6 +780,8 @@ def _describe_event(e: ev.Event) -> str:
 
 
 def _describe_action(action: AnyAction) -> str:
+    from .planner import Append, Command, Start
+
     match action:
         case Append():
             return ", then ".join(_describe_event(e) for e in action.events)

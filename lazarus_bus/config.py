@@ -134,6 +134,20 @@ class LogsConfig(_Section, frozen=True, kw_only=True):
     keep: Annotated[int, Meta(ge=0)] = 5  # rotated files kept: <agent>.log.1 (newest) to .log.<keep>
 
 
+class RetentionConfig(_Section, frozen=True, kw_only=True):
+    """How many sealed segments of a cell's log are kept (DESIGN section 19); 0 keeps every one."""
+
+    keep_segments: Annotated[int, Meta(ge=0)] = 0  # > 0: the newest this many sealed segments stay
+    max_age: Seconds = 0.0  # > 0: a sealed segment whose last event is older than this goes
+
+
+class AuditConfig(_Section, frozen=True, kw_only=True):
+    """The head published outside the machine, so a log cut back is caught by `verify --expect`."""
+
+    anchor_command: list[str] = []  # argv; gets `{"cell", "seq", "head"}` as JSON on stdin
+    anchor_every: Annotated[int, Meta(ge=1)] = 10000  # events between two anchors of one cell
+
+
 class Config(_Section, frozen=True, kw_only=True):
     """The whole of lazarus.toml."""
 
@@ -161,6 +175,9 @@ class Config(_Section, frozen=True, kw_only=True):
     http: HttpConfig = HttpConfig()
     isolation: IsolationConfig = IsolationConfig()
     logs: LogsConfig = LogsConfig()
+    segment_bytes: Annotated[int, Meta(ge=4096)] = 64 * 1024 * 1024  # the active log is sealed past this
+    retention: RetentionConfig = RetentionConfig()
+    audit: AuditConfig = AuditConfig()
 
 
 def load_config(path: Path) -> Config:

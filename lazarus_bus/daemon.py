@@ -22,11 +22,12 @@ import msgspec
 
 from . import cgroups, probe
 from . import events as ev
+from .anchors import Anchors
 from .backends.process import ProcessBackend
 from .backends.sandbox import SOCKET_NAME, socket_dir
 from .cells import Cell, Root
 from .console import install as install_console
-from .errors import LazarusError
+from .errors import CorruptLog, LazarusError
 from .events import Event
 from .executor import Executor
 from .files import atomic_write
@@ -39,8 +40,10 @@ from .notify import Notifier
 from .outside import Outside
 from .planner import AnyAction, Start, Stop, plan
 from .probes import ProbeSpec, change, fill, managed, spec_of
+from .retention import prune
 from .rootlock import RootLock
 from .sdnotify import Notify
+from .startcheck import record_sealed, verify_at_start
 from .watcher import Watcher
 
 __all__ = ["Daemon"]
@@ -48,6 +51,7 @@ __all__ = ["Daemon"]
 log = logging.getLogger(__name__)
 actions = logging.getLogger("lazarus.actions")  # `up -v`: one line per action the log records
 VERSION = _pkg_version("lazarus-pit")
+KEEP_TICKS = 10  # retention and anchors every this many ticks (DESIGN section 19)
 # events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
                                              ev.CheckpointRestored, ev.TaskCreated, ev.TaskUpdated})
@@ -73,6 +77,9 @@ class Daemon:
         self.http = self.config.http.listen if http is None else http
         self.notifier = Notifier(self.config.notify)
         self.watcher = Watcher(root, self._observed)
+        self._named: dict[str, str] = {}  # cell name -> id, as the gateway's paths name cells
+        self.anchors = Anchors(self.config.audit)
+        self._keeping: asyncio.Task[None] | None = None
         iso = self.config.isolation
         probe.reset()  # what each isolation level needs is probed again at each daemon start
         cgroups.settle()  # on cgroup v2, into a leaf of its own cgroup, so agents can have theirs
@@ -158,10 +165,16 @@ class Daemon:
         return self.executor.backend.token_identity(digest)
 
     def cell(self, ref: str) -> Cell | None:
-        """A watched cell by id or name."""
+        """A watched cell by id or name (a name seen before is one lookup, not a read of every manifest)."""
         found = self.watcher.cells.get(ref)
-        if found is None:
-            found = self.watcher.cells.get(self.root.open(ref).id)
+        if found is not None:
+            return found
+        named = self.watcher.cells.get(self._named.get(ref, ""))
+        if named is not None and named.projection is not None and named.projection.name == ref:
+            return named
+        found = self.watcher.cells.get(self.root.open(ref).id)
+        if found is not None:
+            self._named[ref] = found.id
         return found
 
     def views(self) -> dict[str, CellView]:
@@ -351,10 +364,15 @@ class Daemon:
     # -- checking what was folded before --------------------------------------------------
 
     def _verify_now(self) -> None:
-        for cid in list(self.watcher.cells):
-            why = self.watcher.verify(cid)
-            if why is not None:
-                self.watcher.mark_corrupt(cid, why)
+        """At start: each cell's chain, trusting sealed segments checked whole before (startcheck)."""
+        for cid, cell in list(self.watcher.cells.items()):
+            try:
+                with self.root.store.open_log(cid) as log_:
+                    verify_at_start(log_, cell.state_dir)
+            except CorruptLog as exc:
+                self.watcher.mark_corrupt(cid, str(exc))
+            except (LazarusError, OSError):
+                pass  # gone or unreadable for now: the watcher says more
 
     async def _verify_in_background(self) -> None:
         """Every `verify_every`: the whole chain of each cell again, in a worker thread, cell by cell."""
@@ -366,6 +384,15 @@ class Daemon:
             if why is not None and cid in self.watcher.cells:
                 self.watcher.mark_corrupt(cid, why)
                 self._mark_dirty(cid)
+            elif why is None and cid in self.watcher.cells:  # checked whole: its sealed segments are trusted at start
+                await loop.run_in_executor(None, self._record_sealed, cid)
+
+    def _record_sealed(self, cid: str) -> None:
+        cell = self.watcher.cells.get(cid)
+        if cell is None:
+            return
+        with contextlib.suppress(LazarusError, OSError), self.root.store.open_log(cid) as log_:
+            record_sealed(log_, cell.state_dir)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -500,6 +527,8 @@ class Daemon:
                 self.run_pass()
                 self.write_status()
                 self.systemd.alive()  # from the loop itself: a hung loop stops the pings
+                if self.ticks % KEEP_TICKS == 0:
+                    self._keep()
                 if every > 0 and time.monotonic() >= next_verify and (verifying is None or verifying.done()):
                     next_verify = time.monotonic() + every
                     verifying = asyncio.create_task(self._verify_in_background())
@@ -509,3 +538,26 @@ class Daemon:
             self.executor.kill_orphans(self.watcher.cells)
         if verifying is not None:
             await verifying
+        if self._keeping is not None:
+            await self._keeping
+
+    def _keep(self) -> None:
+        """Retention and anchors (DESIGN section 19), every few ticks, off the loop: a prune folds and
+        deletes files, an anchor runs a command."""
+        if self._keeping is not None and not self._keeping.done():
+            return
+        self._keeping = asyncio.create_task(self._keep_in_background())
+
+    async def _keep_in_background(self) -> None:
+        policy = self.config.retention
+        if policy.keep_segments or policy.max_age:
+            for cell in list(self.watcher.cells.values()):
+                try:
+                    done = await asyncio.to_thread(prune, cell, policy)
+                except (LazarusError, OSError) as exc:
+                    log.warning("cell %s: retention: %s", cell.id, exc)
+                    continue
+                if done is not None:
+                    log.info("cell %s: pruned %d segments through seq %d (log.pruned at %d)", cell.id,
+                             done.segments, done.through_seq, done.seq)
+        await self.anchors.publish_due(list(self.watcher.cells.values()))

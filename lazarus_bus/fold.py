@@ -226,6 +226,7 @@ class CellView(Struct, frozen=True, kw_only=True, gc=False):
     checkpoint_interval: float = 0.0
     auto_archive: bool = False
     expiring_at: float = 0.0  # ts of the cell.expiring, once appended
+    pruned_through: int = 0  # the newest log.pruned: events up to it are gone from the log (section 19)
 
 
 def _agent(view: CellView, name: str, **changes: Any) -> CellView:
@@ -691,6 +692,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[Any, Any], CellView]] = {
     ev.GraphCheckpoint: _one(_graph),
     ev.GraphWrites: _one(_graph),
     ev.GraphDeleted: _one(_graph),
+    ev.LogPruned: lambda view, e: replace(view, pruned_through=max(view.pruned_through, e.through_seq)),
 }
 
 assert _HANDLERS.keys() == set(ev.EVENT_TYPES.values()), "every event type needs a fold handler"

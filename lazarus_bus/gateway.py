@@ -41,7 +41,9 @@ __all__ = ["Gateway", "Identity", "Served", "load_tokens", "parse_listen"]
 log = logging.getLogger(__name__)
 KEEPALIVE = 15.0
 SSE_QUEUE = 10_000
-IO_THREADS = 4  # appends and backlog reads: a slow disk or a long backlog never stalls the daemon's loop
+# appends and backlog reads: a slow disk or a long backlog never stalls the daemon's loop; with fsync
+# "always", appends waiting on one flush hold a thread each, so this many can share one (group commit)
+IO_THREADS = 4
 T = TypeVar("T")
 
 
@@ -445,16 +447,20 @@ class Gateway:
             return draft
         return msgspec.structs.replace(draft, incarnation=ident.incarnation)
 
-    async def _cell(self, request: web.Request) -> tuple[Cell, CellView]:
-        """The cell named in the path as the daemon folds it, brought up to date; an agent token sees
-        its own cell only."""
-        ref = request.match_info["cell"]
-        cell = await self._io(self.served.cell, ref)
+    def _found(self, ref: str) -> tuple[Cell, CellView]:
+        """In a worker thread: the cell by id or name and its projection brought up to date."""
+        cell = self.served.cell(ref)
         if cell is None:
             raise NotFound(f"no cell {ref!r}")
         if cell.id in self.served.corrupt:
             raise CorruptLog(self.served.corrupt[cell.id])
-        view = await self._io(cell.refresh)
+        return cell, cell.refresh()
+
+    async def _cell(self, request: web.Request) -> tuple[Cell, CellView]:
+        """The cell named in the path as the daemon folds it, brought up to date; an agent token sees
+        its own cell only."""
+        ref = request.match_info["cell"]
+        cell, view = await self._io(self._found, ref)  # one hop to a worker thread, not two
         ident: Identity = request["identity"]
         if ident.kind == "agent" and ident.cell not in (cell.id, view.name):
             raise Forbidden(f"token of agent {ident.agent} is for cell {ident.cell}, not {ref}")

@@ -262,9 +262,9 @@ def replay_with_progress(cell: Cell, until: int | None) -> CellView:
 
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("replaying", total=total)
-            view = replay_log(cell.log, until, lambda seq: bar.update(task, completed=seq))
+            view = replay_log(cell.log, until, lambda seq: bar.update(task, completed=seq), cell.origin())
     else:
-        view = replay_log(cell.log, until)
+        view = replay_log(cell.log, until, base=cell.origin())
     if view is None:
         raise NotFound(f"cell {cell.id} has an empty log")
     return view

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 
 import msgspec
 
-from .errors import LazarusError
+from .errors import CorruptLog, LazarusError
 from .files import atomic_write
 from .fold import PROJECTION_VERSION, CellView
 from .log import LogBackend
 
-__all__ = ["Snapshot", "load_snapshot", "save_snapshot"]
+__all__ = ["Snapshot", "bases", "load_base", "load_snapshot", "save_base", "save_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +65,46 @@ def save_snapshot(state_dir: Path, view: CellView) -> None:
     """Write the snapshot atomically; it is only ever a cache of the log."""
     snap = Snapshot(version=PROJECTION_VERSION, seq=view.seq, last_id=view.last_id, view=view)
     atomic_write(state_dir / "projection.json", msgspec.json.encode(snap))
+
+
+# -- bases of pruned logs (DESIGN section 19) ----------------------------------------------
+# Retention drops a log's oldest sealed segments; the projection at the last dropped seq is kept beside
+# the segments as `base-<seq>.json`, so a fresh replay folds from it. Unlike projection.json it is no
+# cache: it stands for the events that are gone, and `log.pruned` names its SHA-256.
+
+
+def save_base(segments_dir: Path, view: CellView) -> str:
+    """Write the base at `view.seq` (atomically, on disk before the prune that needs it); its SHA-256."""
+    data = msgspec.json.encode(Snapshot(version=PROJECTION_VERSION, seq=view.seq, last_id=view.last_id, view=view))
+    atomic_write(segments_dir / f"base-{view.seq}.json", data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def bases(segments_dir: Path) -> dict[int, Path]:
+    """seq -> the base at it."""
+    try:
+        names = os.listdir(segments_dir)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for name in names:
+        if name.startswith("base-") and name.endswith(".json") and name[5:-5].isdigit():
+            out[int(name[5:-5])] = segments_dir / name
+    return out
+
+
+def load_base(segments_dir: Path, at_least: int) -> tuple[CellView, str]:
+    """The newest base covering at least `at_least` (the seq before a pruned log's first event), with its
+    SHA-256; a pruned log without one cannot be folded: CorruptLog. Fields only ever gain defaults, so a
+    base written by an older version decodes (its version is not held against it)."""
+    found = [(seq, path) for seq, path in bases(segments_dir).items() if seq >= at_least]
+    if not found:
+        raise CorruptLog(f"{segments_dir}: the log starts at seq {at_least + 1}, but no base-<seq>.json "
+                         "holds the projection of the pruned events before it")
+    seq, path = min(found)
+    data = path.read_bytes()
+    try:
+        snap = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptLog(f"{path}: unreadable base of a pruned log: {exc}") from None
+    return snap.view, hashlib.sha256(data).hexdigest()

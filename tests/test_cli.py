@@ -350,3 +350,33 @@ def test_the_systemd_unit_is_ready_to_use() -> None:
     service = unit["Service"]
     assert service["Type"] == "notify" and service["KillMode"] == "process" and int(service["WatchdogSec"]) > 1
     assert service["ExecStart"].split()[1:3] == ["up", "--log-json"]
+
+
+HEAVY = ("aiohttp", "rich", "nats", "watchfiles", "prometheus_client", "asyncio", "lazarus_bus.gateway",
+         "lazarus_bus.daemon", "lazarus_bus.client", "lazarus_bus.planner", "lazarus_bus.probe")
+_PROBE = """
+import runpy, sys
+sys.argv = ["lazarus", *sys.argv[1:]]
+try:
+    runpy.run_module("lazarus_bus", run_name="__main__")
+except SystemExit:
+    pass
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY_ROOTS} or m in {HEAVY_MODULES})
+print("imported:", " ".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["heartbeat", "forge", "ezra", "--cycle", "2"],
+    ["emit", "forge", "bus.message", "--by", "ezra", "--data", '{"topic": "t"}'],
+])
+def test_the_agent_paths_import_nothing_heavy(cli: Cli, forge: Path, argv: list[str]) -> None:
+    """An agent in a shell calls `lazarus heartbeat` every few seconds: that call must not import the
+    gateway, rich, NATS, asyncio or the planner (issue 21; the cost is measured in bench/bench_cli.py)."""
+    code = _PROBE.replace("{HEAVY_ROOTS}", repr({m for m in HEAVY if "." not in m})).replace(
+        "{HEAVY_MODULES}", repr({m for m in HEAVY if "." in m}))
+    env = {**os.environ, "LAZARUS_ROOT": str(cli.root)}
+    env.pop("LAZARUS_SOCKET", None)
+    r = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().isdigit(), r.stdout + r.stderr  # the append happened: it printed its seq
+    assert r.stderr.strip() == "imported:", r.stderr

@@ -21,7 +21,7 @@ def test_every_catalogue_type_is_defined() -> None:
         "revival.approved", "revival.denied", "bus.message", "checkpoint.created", "handoff.created",
         "handoff.accepted", "checkpoint.restored", "task.created", "task.updated",
         "effect.started", "effect.completed", "effect.failed", "effect.resolved", "agent.usage",
-        "budget.warned", "budget.exceeded", "budget.raised",
+        "budget.warned", "budget.exceeded", "budget.raised", "log.pruned",
         "graph.checkpoint", "graph.writes", "graph.deleted",
         "agent.probe_failed", "agent.probe_ok", "cell.expiring",  # section 17
     }
@@ -40,7 +40,7 @@ def test_round_trip_of_every_type_with_defaults() -> None:
     required = {"name": "n", "agent": "a", "role": "read", "topic": "t", "key": "k", "action": "restart",
                 "checkpoint_id": "c", "handoff_id": "h", "to": "b", "task_id": "t1", "title": "x",
                 "status": "done", "instance": "h/0a1b2c3d", "epoch": 1, "effect_id": "e1", "outcome": "retry",
-                "thread_id": "th-1"}
+                "thread_id": "th-1", "through_seq": 9, "through_hash": "a" * 64, "snapshot_sha256": "b" * 64}
     for kind, cls in EVENT_TYPES.items():
         fields = {f: required[f] for f in cls.__struct_fields__ if f in required}
         e = parse_draft({"type": kind, "by": "operator", **fields})

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -209,3 +210,54 @@ def test_http_append_fuzz(up: Up, cli: Cli) -> None:
 
     check()
     assert 500 not in statuses and up.proc is not None and up.proc.poll() is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_daemon_killed_mid_group_commit_loses_no_acknowledged_event(up: Up, cli: Cli) -> None:
+    """fsync "always" with 64 concurrent HTTP clients (appends sharing fdatasyncs): SIGKILL the daemon
+    while batches are in flight; every event answered 201 is in the log at its seq, the chain holds,
+    and the next daemon takes appends again."""
+    up.config()
+    conf = cli.root / "lazarus.toml"
+    conf.write_text(conf.read_text().replace('fsync = "never"', 'fsync = "always"'))
+    cli.ok("cell", "create", "forge")
+    daemon = up.start("--http", "127.0.0.1:0")
+    base = up.http
+    cell = up.cell()
+    acked: list[tuple[int, str]] = []
+    stop = asyncio.Event()
+
+    async def client(n: int, session: aiohttp.ClientSession) -> None:
+        k = 0
+        while not stop.is_set():
+            body = {"type": "bus.message", "by": "operator", "topic": f"c{n}", "payload": k, "id": str(uuid.uuid4())}
+            try:
+                async with session.post(f"{base}/cells/forge/events", json=body) as r:
+                    if r.status == 201:
+                        acked.append(((await r.json())["seq"], body["id"]))
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                return  # the daemon is gone: this request was never acknowledged
+            k += 1
+
+    async def run() -> None:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), timeout=timeout) as s:
+            tasks = [asyncio.create_task(client(n, s)) for n in range(64)]
+            while len(acked) < 300:
+                await asyncio.sleep(0.01)
+            daemon.send_signal(signal.SIGKILL)  # mid-batch: 64 requests in flight, some waiting on a flush
+            daemon.wait(10)
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    log = {e.seq: e.id for e in Cell(cell.root, cell.id).log.read()}
+    assert len(acked) >= 300
+    for seq, eid in acked:
+        assert log.get(seq) == eid  # acknowledged = in the log, at the seq it was given
+    up.start("--http", "127.0.0.1:0")
+    r = cli.ok("emit", "forge", "bus.message", "--by", "operator", "--data", '{"topic": "after"}')
+    assert int(r) == max(log) + 1
+    out = json.loads(cli.ok("verify", "forge", "--json"))
+    assert out["events"] == max(log) + 1

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import os
-import subprocess
+import stat
 import sys
 import threading
 import time
@@ -22,10 +23,15 @@ from ..errors import Conflict, CorruptLog, LazarusError, NotFound, Refused
 from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line
 from ..files import fsync_dir
 from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
+from .commit import GroupCommit
+from .segments import Segment, anchor_before, first_seq, listed, segment_name
 
 __all__ = ["FileLog", "blocks", "link_block"]
 
 CHUNK = 1 << 16
+# set on a file as its seal begins (and kept by the segment): a writer or reader sees with one fstat that
+# it must look the active name up, instead of a path lookup on every append
+SEALING = stat.S_ISVTX
 ASIDE_BYTES = 32 << 20  # a log this big is read with its chain checked by a second process: start-up paid back
 Fsync = Literal["always", "batch", "never"]
 
@@ -72,6 +78,38 @@ def blocks(fd: int, start: int, end: int | None = None) -> Iterator[tuple[int, l
             rest_at = pos - len(rest)
 
 
+class _Fault(Exception):
+    """A line the fast path could not decode: the checked reader names it."""
+
+
+class _Ticket(threading.local):
+    value: int = 0
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _window_start(fd: int, size: int, n: int) -> int:
+    """Offset of the first of a file's last `n` complete lines, read backwards in blocks."""
+    pos, count = size, 0
+    while pos > 0:
+        step = min(CHUNK, pos)
+        block = os.pread(fd, step, pos - step)
+        k = block.count(b"\n")
+        if count + k > n:
+            idx = len(block)
+            for _ in range(n + 1 - count):
+                idx = block.rfind(b"\n", 0, idx)
+            return pos - step + idx + 1
+        count += k
+        pos -= step
+    return 0
+
+
 def link_block(
     lines: list[bytes], prev_seq: int, prev_hash: str, decode: Callable[[bytes], Any] = decode_line
 ) -> tuple[list[Any], list[str]] | None:
@@ -99,6 +137,8 @@ class FileLog(LogBackend):
         fsync: Fsync = "always",
         max_event_bytes: int = 1 << 20,
         create: bool = False,
+        segment_bytes: int = 0,
+        sealed: Head | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -106,10 +146,20 @@ class FileLog(LogBackend):
         self.cell = cell
         self.fsync = fsync
         self.max_event_bytes = max_event_bytes
+        # DESIGN section 19: past this many bytes the active file is sealed under segments/ (0: never)
+        self.segment_bytes = segment_bytes
+        self.segments_dir = self.path.parent / "segments"
+        self._sealed = sealed  # set: this is one sealed segment, read-only, its first line chaining to it
+        self._retired: list[int] = []  # the fd of a file sealed under us, closed at the next seal or close
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-        if fsync == "always":  # each write returns once on disk (as fdatasync): one syscall, not two
-            flags |= os.O_DSYNC
-        self.read_only = False
+        if sealed is not None:
+            flags = os.O_RDONLY | os.O_CLOEXEC
+        self._flags = flags
+        # fsync "always": an append returns once on disk, through group commit (appends that wrote while
+        # one fdatasync ran share the next), not O_DSYNC, which gives every write a flush of its own
+        self._commit = GroupCommit(self._flush)
+        self._ticket = _Ticket()  # per thread: the ticket of the append it is making
+        self.read_only = sealed is not None
         try:
             self._fd = os.open(self.path, flags, 0o600)
         except FileNotFoundError:
@@ -117,24 +167,170 @@ class FileLog(LogBackend):
         except OSError as exc:  # an auditor's copy or a read-only backup: every reader still works
             if create or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._flags = os.O_RDONLY | os.O_CLOEXEC
+            self._fd = os.open(self.path, self._flags)
             self.read_only = True
         if create:
             fsync_dir(self.path.parent)
+        self._ino = os.fstat(self._fd).st_ino
+        if sealed is None and not self.read_only and os.fstat(self._fd).st_nlink > 1:
+            self._finish_seal()
+        self._anchor = sealed if sealed is not None else self._active_anchor()  # what line 1 of this file follows
         self._end: int | None = None  # byte offset up to which _head/_window are known
-        self._head = Head(0, ZERO_HASH)
+        self._head = self._anchor
         self._window = IdWindow()
-        self._mark: tuple[int, int, str] = (0, 0, ZERO_HASH)  # (seq, offset after it, its hash)
+        self._mark: tuple[int, int, str] = (self._anchor.seq, 0, self._anchor.hash)  # (seq, offset after it, hash)
         # cell.destroyed is written before `cell destroy` moves the log to the graveyard, so a writer
         # that still holds the file open reads it under the lock and stops: the log's own end mark
         self._ended = False
 
     # -- reading --------------------------------------------------------------------------
 
+    def _flush(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise LazarusError(f"cannot make {self.path} durable: {exc.strerror}") from None
+
+    def group_commit(self) -> contextlib.AbstractContextManager[None]:
+        return self._commit.deferred() if self.fsync == "always" else contextlib.nullcontext()
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        for fd in self._retired:
+            os.close(fd)
+        self._retired = []
+
+    # -- segments (DESIGN section 19) ------------------------------------------------------
+
+    def sealed(self) -> list[Segment]:
+        """The sealed segments of this log, oldest first (a seal a crash left half done is not one yet:
+        its segment is still the active file under a second name)."""
+        if self._sealed is not None:
+            return []
+        found = listed(self.segments_dir)
+        try:
+            if found and os.stat(found[-1].path).st_ino == self._ino:
+                return found[:-1]
+        except FileNotFoundError:
+            pass
+        return found
+
+    def first_seq(self) -> int:
+        """The seq of the log's first event: 1, or past what retention pruned."""
+        self._follow_seal()
+        sealed = self.sealed()
+        return sealed[0].first if sealed else self._anchor.seq + 1
+
+    def _active_anchor(self) -> Head:
+        """What the active file's first line chains to: the newest segment's last line, or, with every
+        sealed segment pruned, the `prev` of its own first line (verify holds that to `log.pruned`)."""
+        sealed = self.sealed()
+        if sealed:
+            return anchor_before(self.path, sealed[-1].last + 1, sealed[-1])
+        first = first_seq(self.path)
+        return anchor_before(self.path, first, None) if first and first > 1 else Head(0, ZERO_HASH)
+
+    def _finish_seal(self) -> None:
+        """A seal killed between its link and its rename leaves the active file with a second name, a
+        segment: finish that seal before anything is written (at open, and under the lock of every append)."""
+        with self._thread_lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                half = self._half_sealed()
+                if half:
+                    self._replace_active()
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if half:
+            self._reopen()
+
+    def _half_sealed(self) -> bool:
+        """Our file, still under the active name, is also a segment (a hard link made by someone else, a
+        backup say, is no seal: only a name under segments/ counts)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        if st.st_ino != self._ino or st.st_nlink < 2:
+            return False
+        return any(_inode(seg.path) == st.st_ino for seg in listed(self.segments_dir)[-2:])
+
+    def _replace_active(self) -> None:
+        """An empty file takes the active name in one rename: no moment without a log there."""
+        nxt = self.path.with_name(self.path.name + ".next")
+        os.close(os.open(nxt, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        os.replace(nxt, self.path)
+        fsync_dir(self.path.parent)
+
+    def _moved(self) -> bool:
+        """The active name is on another file than ours: somebody sealed ours."""
+        if self._sealed is not None:
+            return False
+        st = os.fstat(self._fd)
+        if not st.st_mode & SEALING and st.st_nlink < 2:
+            return False  # never sealed nor linked: no path lookup
+        try:
+            return os.stat(self.path).st_ino != self._ino
+        except FileNotFoundError:
+            return False  # destroyed: the graveyard took it; the end mark in it says so
+
+    def _reopen(self) -> None:
+        """Onto the file now under the active name; what we knew of the old one is forgotten."""
+        for fd in self._retired:
+            os.close(fd)
+        self._retired = [self._fd]  # a reader may still be reading the sealed file through it
+        self._fd = os.open(self.path, self._flags)
+        self._ino = os.fstat(self._fd).st_ino
+        self._anchor = self._active_anchor()
+        self._end, self._head, self._ended = None, self._anchor, False
+        self._window = IdWindow()
+        self._mark = (self._anchor.seq, 0, self._anchor.hash)
+
+    def _follow_seal(self) -> None:
+        if self._moved():
+            with self._thread_lock:
+                if self._moved():
+                    self._reopen()
+
+    def _seal(self) -> None:
+        """Under the lock, the active file past segment_bytes: it becomes segments/<first>-<last>.jsonl
+        (on disk whole first) and an empty active file continues the chain."""
+        if self.fsync != "never":
+            os.fdatasync(self._fd)  # nothing may chain past lines that are not on disk
+        first, last, prev = self._anchor.seq + 1, self._head.seq, self._head.hash
+        try:  # the mark first: whoever holds this file open looks the active name up from now on
+            os.fchmod(self._fd, stat.S_IMODE(os.fstat(self._fd).st_mode) | SEALING)
+        except OSError:
+            return  # not ours to mark (another user's log): it stays one file
+        os.makedirs(self.segments_dir, mode=0o700, exist_ok=True)
+        os.link(self.path, self.segments_dir / segment_name(first, last))
+        fsync_dir(self.segments_dir)
+        self._replace_active()
+        for fd in self._retired:
+            os.close(fd)
+        self._retired = [self._fd]  # unlocked by the caller, closed at the next seal
+        self._fd = os.open(self.path, self._flags)
+        self._ino = os.fstat(self._fd).st_ino
+        self._anchor = Head(last, prev)
+        self._end, self._mark = 0, (last, 0, prev)  # the id window and the head stay as they were
+
+    def _read_sealed(self, since: int, until: int | None, anchor: Head) -> Iterator[tuple[Event, bytes]]:
+        """The events after `since` that the sealed segments hold (up to the active file's anchor)."""
+        sealed = [s for s in self.sealed() if s.first <= anchor.seq]
+        for i, seg in enumerate(sealed):
+            if seg.last <= since:
+                continue
+            before = anchor_before(seg.path, seg.first, sealed[i - 1] if i else None)
+            reader = FileLog(seg.path, self.cell, sealed=before)
+            try:
+                yield from reader.read_raw(max(since, seg.first - 1), until)
+            finally:
+                reader.close()
+            if until is not None and until <= seg.last:
+                return
 
     def _size(self) -> int:
         return os.fstat(self._fd).st_size
@@ -165,9 +361,10 @@ class FileLog(LogBackend):
         return -1
 
     def head(self) -> Head:
+        self._follow_seal()
         last = self._last_line(self._size())
         if last is None:
-            return Head(0, ZERO_HASH)
+            return self._anchor  # an empty active file (just sealed): the head is the segment's last line
         try:
             seq = _ids.decode(last[1]).seq
         except msgspec.DecodeError:
@@ -218,10 +415,22 @@ class FileLog(LogBackend):
                 at += len(line) + 1
 
     def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
+        self._follow_seal()
+        anchor = self._anchor
+        if since < anchor.seq:  # what is asked begins in the sealed segments
+            yield from self._read_sealed(since, until, anchor)
+            if until is not None and until <= anchor.seq:
+                return
+            since = anchor.seq
+        yield from self._read_file(since, until)
+
+    def _read_file(self, since: int, until: int | None) -> Iterator[tuple[Event, bytes]]:
         prev_seq: int | None
         mark = self._mark  # one read: another thread may replace it
         if since > 0 and mark[0] == since:  # where the last read or write ended: no search
             start, prev_seq, prev_hash = mark[1], since, mark[2]
+        elif since > 0 and since == self._anchor.seq:  # from this file's first line, which chains to the anchor
+            start, prev_seq, prev_hash = 0, since, self._anchor.hash
         elif since > 0:
             start = self._offset_of(since)
             prev_seq, prev_hash = None, ""
@@ -280,31 +489,48 @@ class FileLog(LogBackend):
 
     def read_all(self, until: int | None = None, aside_from: int = ASIDE_BYTES) -> Generator[Event, None, None]:
         """Events up to `until`, for a fold thrown away on error: a whole big log is decoded here while a
-        second process checks its hash chain, and a fault is raised at the end, as read() raises it."""
+        second process checks its hash chain (across every segment), and a fault is raised at the end, as
+        read() raises it."""
+        self._follow_seal()
         end = self._rfind_newline(self._size()) + 1  # the lines complete now: appended later, not read
-        if until is not None or end < aside_from or (os.cpu_count() or 1) < 2:
+        anchor = self._anchor
+        sealed = [s for s in self.sealed() if s.last <= anchor.seq] if anchor.seq else []
+        files = [(seg.path, seg.path.stat().st_size) for seg in sealed] + [(self.path, end)]
+        if until is not None or sum(size for _, size in files) < aside_from or (os.cpu_count() or 1) < 2:
             yield from self.read(0, until)
             return
-        seq = 0
+        import subprocess  # only a big read starts a helper: the CLI's appends never pay for the module
+
+        start = anchor_before(sealed[0].path, sealed[0].first, None) if sealed else anchor  # (0, zeros) unpruned
+        seq = start.seq
+        argv = [sys.executable, "-m", "lazarus_bus.log.chain_check", "--from", str(start.seq), start.hash,
+                *(x for path, size in files for x in (str(path), str(size)))]
         try:
-            helper = subprocess.Popen([sys.executable, "-m", "lazarus_bus.log.chain_check", str(self.path), str(end)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env())
+            helper = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_helper_env())
         except OSError:  # no interpreter to start (an embedded one): one process does it all
             yield from self.read()
             return
         with helper:
             try:
-                for _, lines in blocks(self._fd, 0, end):
+                for path, size in files:
+                    fd = self._fd if path == self.path else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                     try:
-                        events = list(map(decode_line, lines))
-                    except DECODE_ERRORS:
-                        break
-                    yield from events
-                    seq = events[-1].seq
-                else:  # the helper checks that the seqs run 1..N over the same bytes, and the chain
-                    out = helper.communicate()[0]
-                    if helper.returncode == 0 and out.strip() == str(seq).encode():
-                        return
+                        for _, lines in blocks(fd, 0, size):
+                            try:
+                                events = list(map(decode_line, lines))
+                            except DECODE_ERRORS:
+                                raise _Fault() from None
+                            yield from events
+                            seq = events[-1].seq
+                    finally:
+                        if fd != self._fd:
+                            os.close(fd)
+                # the helper checks that the seqs run on from the start over the same bytes, and the chain
+                out = helper.communicate()[0]
+                if helper.returncode == 0 and out.strip() == str(seq).encode():
+                    return
+            except _Fault:
+                pass
             finally:
                 if helper.poll() is None:  # a fault here, or the reader stopped early
                     helper.kill()
@@ -361,8 +587,8 @@ class FileLog(LogBackend):
         if size and os.pread(self._fd, 1, size - 1) != b"\n":
             size = self._quarantine(size)
         if self._end is None or size < self._end:
-            self._window = IdWindow()
-            self._head = Head(0, ZERO_HASH)
+            self._window = self._sealed_window() if self._anchor.seq else IdWindow()
+            self._head = self._anchor
             self._ended = False
             start = self._start_of_window(size)
         elif size == self._end:
@@ -388,21 +614,32 @@ class FileLog(LogBackend):
             self._head = Head(last[0], _sha(last[1]))
         self._end = size
 
+    def _sealed_window(self) -> IdWindow:
+        """The ids of the newest sealed lines (the active file may hold fewer than the window's 10,000)."""
+        window = IdWindow()
+        chunks: list[list[bytes]] = []
+        need = window.size
+        for seg in reversed([s for s in self.sealed() if s.last <= self._anchor.seq]):
+            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                lines = [line for _, block in blocks(fd, _window_start(fd, size, need), size) for line in block]
+            finally:
+                os.close(fd)
+            chunks.append(lines)
+            need -= len(lines)
+            if need <= 0:
+                break
+        for lines in reversed(chunks):
+            for line in lines:
+                ids = _ids.decode(line)
+                if ids.id:
+                    window.add(ids.id, ids.seq)
+        return window
+
     def _start_of_window(self, size: int) -> int:
         """Offset of the first of the last 10,000 lines, read backwards in blocks."""
-        pos, count = size, 0
-        while pos > 0:
-            step = min(CHUNK, pos)
-            block = os.pread(self._fd, step, pos - step)
-            n = block.count(b"\n")
-            if count + n > self._window.size:
-                idx = len(block)
-                for _ in range(self._window.size + 1 - count):
-                    idx = block.rfind(b"\n", 0, idx)
-                return pos - step + idx + 1
-            count += n
-            pos -= step
-        return 0
+        return _window_start(self._fd, size, self._window.size)
 
     def _write_all(self, fd: int, data: bytes) -> None:
         n = os.write(fd, data)
@@ -419,22 +656,60 @@ class FileLog(LogBackend):
         drafts = self.checked(drafts)
         if self.read_only:
             raise Refused(f"cannot append to {self.path}: it is read-only to this user")
+        grouped = self.fsync == "always"
+        if grouped:
+            self._commit.begin()
+        ticket = 0
+        try:
+            written = self._append_locked(drafts, expected_seq, admit, grouped)
+        finally:
+            if grouped and not self._ticket.value:
+                self._commit.abandon()  # refused or failed: a flush need not wait for this writer
+            ticket, self._ticket.value = self._ticket.value, 0
+        if ticket:  # off the locks: the next writer appends while this one's flush runs
+            self._commit.durable(ticket)
+        return written
+
+    def _append_locked(self, drafts: Sequence[Event], expected_seq: int | None, admit: Admit | None,
+                       grouped: bool) -> list[Appended]:
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
+            while True:  # the file we locked may have been sealed, or half sealed by a writer killed mid-seal
+                st = os.fstat(self._fd)
+                if not st.st_mode & SEALING and st.st_nlink < 2:
+                    break  # the common case, one fstat: no seal ever touched this file
+                try:
+                    here = os.stat(self.path)
+                except FileNotFoundError:
+                    break  # destroyed: the graveyard took it; the end mark in it says so
+                if here.st_ino == self._ino:
+                    if st.st_nlink < 2 or not self._half_sealed():
+                        if st.st_mode & SEALING and st.st_nlink < 2:  # a seal killed before its link
+                            os.fchmod(self._fd, stat.S_IMODE(st.st_mode) & ~SEALING)
+                        break
+                    self._replace_active()  # a seal killed between its link and its rename: finish it
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._reopen()  # write to the new active file
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            locked = self._fd
             try:
                 size = os.lseek(self._fd, 0, os.SEEK_END)  # not fstat: on every append, its cost shows
                 if size != self._end:
                     self._sync(size)
                 if self._ended:
                     raise NotFound(f"{self.path} ends with cell.destroyed: its cell is gone, it takes no more events")
-                repeats = self._repeats(drafts, self._window)
-                if repeats is not None:
-                    return repeats
-                if expected_seq is not None and expected_seq != self._head.seq:
-                    raise Conflict(f"expected seq {expected_seq}, but the log is at seq {self._head.seq}")
-                return self._write(admit(self._head, list(drafts)) if admit else drafts)
+                written = self._repeats(drafts, self._window)  # a repeat is acknowledged durable too
+                if written is None:
+                    if expected_seq is not None and expected_seq != self._head.seq:
+                        raise Conflict(f"expected seq {expected_seq}, but the log is at seq {self._head.seq}")
+                    written = self._write(admit(self._head, list(drafts)) if admit else drafts)
+                if self.segment_bytes and written and not self._ended and (self._end or 0) >= self.segment_bytes:
+                    self._seal()
+                if grouped and written:
+                    self._ticket.value = self._commit.written()
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(locked, fcntl.LOCK_UN)
+        return written
 
     def import_lines(self, lines: Sequence[bytes]) -> None:
         with self._thread_lock:
@@ -453,7 +728,7 @@ class FileLog(LogBackend):
         data = lines[0] + b"\n" if len(lines) == 1 else b"\n".join([*lines, b""])
         start = self._end or 0
         try:
-            written = os.write(self._fd, data)  # with fsync "always" the file is O_DSYNC: on disk on return
+            written = os.write(self._fd, data)  # with fsync "always", made durable by group commit after
             if written != len(data):  # the disk filled mid-write: the rest gets the error
                 self._write_all(self._fd, data[written:])
             if self.fsync == "batch" and len(drafts) > 1:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
 
 from ..config import Config
 from ..log.base import LogBackend
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Store", "Wakeup"]
 
@@ -61,6 +64,10 @@ class Store(abc.ABC):
     def wakeups(self, stop: asyncio.Event, watched: Callable[[], Collection[str]], *, tick: float,
                 debounce: float, consumer: str) -> AsyncGenerator[Wakeup, None]:
         """Which cells changed, as soon as they do; a rescan at least every `tick`."""
+
+    def has(self, cell_id: str) -> bool:
+        """Whether a cell with this id exists (a store may answer without listing every cell)."""
+        return cell_id in self.cells()
 
     def find(self, name: str) -> str | None:
         """The id of the cell named `name` where the store indexes names (None: ask each cell)."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterator
 from pathlib import Path
-
-import watchfiles
+from typing import TYPE_CHECKING
 
 from ..errors import MalformedInput, Refused
 from ..files import fsync_dir
@@ -18,6 +16,11 @@ from ..log.base import LogBackend
 from ..log.file import FileLog
 from ..names import check_cell_id
 from .base import Store, Wakeup
+
+if TYPE_CHECKING:  # the daemon's watcher imports these; the CLI never pays for them
+    import asyncio
+
+    import watchfiles
 
 __all__ = ["FileStore"]
 
@@ -44,10 +47,18 @@ class FileStore(Store):
                 out[name] = None
         return out
 
+    def has(self, cell_id: str) -> bool:
+        """One stat, not a listing: `lazarus heartbeat CELL-ID` on a root of 10,000 cells (issue 21)."""
+        try:
+            check_cell_id(cell_id)
+        except MalformedInput:
+            return False
+        return (self.path / cell_id / LOG).is_file()
+
     def open_log(self, cell_id: str, *, create: bool = False, base: Path | None = None) -> LogBackend:
         c = self.config
         return FileLog((base or self.path / cell_id) / LOG, cell_id, fsync=c.fsync,
-                       max_event_bytes=c.max_event_bytes, create=create)
+                       max_event_bytes=c.max_event_bytes, create=create, segment_bytes=c.segment_bytes)
 
     @contextlib.contextmanager
     def claim(self, cell_id: str, name: str, names: Callable[[], dict[str, str]]) -> Iterator[None]:
@@ -62,6 +73,9 @@ class FileStore(Store):
         torn = cell_dir / "logs" / "events.torn"
         if torn.exists():
             os.rename(torn, grave.with_suffix(".torn"))
+        sealed = cell_dir / "logs" / "segments"  # a long-lived cell's older events (DESIGN section 19)
+        if sealed.exists():
+            os.rename(sealed, grave.with_suffix(".segments"))
         fsync_dir(grave.parent)
         shutil.rmtree(cell_dir)
         fsync_dir(self.path)
@@ -71,6 +85,8 @@ class FileStore(Store):
         """watchfiles on the root (cells come and go) and each watched cell's `logs/` (not recursive, so
         the daemon's own writes elsewhere in a cell wake nobody); watchfiles' default 1.6 s debounce
         would make every fold that late, a few ms batch a busy root's appends into one wake-up."""
+        import watchfiles
+
         rescanned = time.monotonic()
         while not stop.is_set():
             ids = set(watched())

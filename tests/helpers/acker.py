@@ -9,7 +9,8 @@ from lazarus_bus import Config, Root, parse_draft
 from lazarus_bus.names import new_id
 
 root, cell, side = sys.argv[1], sys.argv[2], sys.argv[3]
-c = Root(Path(root), Config(fsync="never")).open(cell)
+segment = int(sys.argv[4]) if len(sys.argv) > 4 else Config().segment_bytes  # tiny: seals all the time
+c = Root(Path(root), Config(fsync="never", segment_bytes=segment)).open(cell)
 fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 n = 0
 while True:
