@@ -18,11 +18,13 @@ from tests.conftest import Cli, Procs
 HEALTH: dict[str, float] = {"stale_after": 30.0, "dead_after": 60.0}
 
 
-def base(health: Mapping[str, object] | None = None) -> str:
-    """`fsync`, a fast `[daemon]` and the one `[health]` table, with `health` keys over the generous defaults."""
+def base(health: Mapping[str, object] | None = None, daemon: Mapping[str, object] | None = None) -> str:
+    """`fsync`, a fast `[daemon]` (with `daemon` keys over it) and the one `[health]` table, with `health` keys
+    over the generous defaults."""
     keys = {**HEALTH, **(health or {})}
-    return ('fsync = "never"\n[daemon]\ntick = 0.1\ngrace = 0.5\n[health]\n'
-            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
+    fast = {"tick": 0.1, "grace": 0.5, **(daemon or {})}
+    return ('fsync = "never"\n[daemon]\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in fast.items())
+            + "[health]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
 
 
 BASE = base()
@@ -37,11 +39,12 @@ class Up:
         self.starts = 0
         self.log: Path | None = None
 
-    def config(self, extra: str = "", top: str = "", health: Mapping[str, object] | None = None) -> None:
-        """`top`: keys before the first section; `extra`: sections after the base ones; `health`: keys of
-        the one `[health]` table (over the generous defaults), for a test that needs a short clock."""
-        assert "[health]" not in extra, "pass health={...}: TOML allows one [health] table"
-        (self.root_dir / "lazarus.toml").write_text(top + base(health) + extra)
+    def config(self, extra: str = "", top: str = "", health: Mapping[str, object] | None = None,
+               daemon: Mapping[str, object] | None = None) -> None:
+        """`top`: keys before the first section; `extra`: sections after the base ones; `health` and `daemon`:
+        keys of those one-per-file tables, for a test that needs a short (or long) clock."""
+        assert "[health]" not in extra and "[daemon]" not in extra, "pass health={...} or daemon={...}"
+        (self.root_dir / "lazarus.toml").write_text(top + base(health, daemon) + extra)
 
     def start(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         """`env`: more variables in the daemon's own environment."""

@@ -490,8 +490,11 @@ def test_a_fresh_tail_of_a_long_nats_cell_prints_its_last_events(nats_root: Path
 @pytest.mark.slow
 def test_a_daemon_and_its_agent_outlive_any_one_cluster_node(root_dir: Path, cli: Cli, up: Up,
                                                             nats_cluster: NatsCluster) -> None:
-    up.config(top=nats_cluster.toml("HA", f"nats_lease = {LEASE}\n"), health={"stale_after": STALE, "dead_after": DEAD},
-              extra='[resurrection]\nmode = "yes"\n')
+    # a replicated bucket whose leader was on the dead node elects another in up to ~10 s (nats-server's raft
+    # election timeout is 4 to 9 s): the runbook's settings for a cluster ride it out without fencing
+    fence = 12.0
+    up.config(top=nats_cluster.toml("HA", "nats_lease = 15\n"), health={"stale_after": STALE, "dead_after": DEAD},
+              daemon={"fence_after": fence}, extra='[resurrection]\nmode = "yes"\n')
     cid = cli.ok("cell", "create", "forge").strip()
     cli.ok("agent", "invite", "forge", "keeper", "--role", "write", "--heartbeat-interval", "0.3",
            "--cmd", f"{sys.executable} {EXAMPLES / 'keeper.py'}")
@@ -503,9 +506,9 @@ def test_a_daemon_and_its_agent_outlive_any_one_cluster_node(root_dir: Path, cli
                      "started", timeout=60)
         nats_cluster.nodes[0].stop(signal.SIGKILL)  # the first URL's node: the daemon's and the agent's server
         beats = cell.refresh().agents["keeper"].heartbeats
-        # the agent's heartbeats keep landing, and the daemon keeps its lease across more than one lease
-        # period, so it neither fences itself nor stops the agent
-        wait(lambda: cell.refresh().agents["keeper"].heartbeats >= beats + 3 * int(LEASE / 0.3),
+        # the agent's heartbeats keep landing, and the daemon keeps its lease for longer than it would take to
+        # fence itself, so it never stops the agent
+        wait(lambda: cell.refresh().agents["keeper"].heartbeats >= beats + int(1.5 * fence / 0.3),
              "heartbeats after the node died", timeout=120)
         daemon = json.loads(status.read_bytes())
         assert cid in daemon["leading"] and daemon["running"]
