@@ -102,7 +102,7 @@ def _podman_trials() -> tuple[list[str] | None, str]:
                  "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro", *ulimits, "--network", "none", "--rootfs", "/:O"]
         ok, said = _run([*tuned, "true"])
         if ok:
-            return tuned, f"as configured it fails ({first})"
+            return tuned, f"run with these flags, since its default configuration fails here ({first})"
     reasons.append(f"with runc: {said}")
     return None, "; ".join(reasons)
 
