@@ -47,7 +47,7 @@ class Proc(Struct, frozen=True, kw_only=True):
     shim_start: float
     attempt: int = 1
     container: str = ""  # level 3: the Podman container, ended by name as well as by its group
-    cgroup: cgroups.Group | None = None  # levels 1 and 2 with limits, where cgroups can be written
+    cgroup: cgroups.Group | None = None  # levels 1 and 2, where the daemon can write cgroups
 
 
 def _group_of(raw: object) -> cgroups.Group | None:
