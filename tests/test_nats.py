@@ -493,8 +493,9 @@ def test_a_daemon_and_its_agent_outlive_any_one_cluster_node(root_dir: Path, cli
     # a replicated bucket whose leader was on the dead node elects another in up to ~10 s (nats-server's raft
     # election timeout is 4 to 9 s): the runbook's settings for a cluster ride it out without fencing
     fence = 12.0
-    up.config(top=nats_cluster.toml("HA", "nats_lease = 15\n"), health={"stale_after": STALE, "dead_after": DEAD},
-              daemon={"fence_after": fence}, extra='[resurrection]\nmode = "yes"\n')
+    # and no heartbeat lands while the cell's own stream elects: the runbook's dead_after (60 s) is far above it
+    up.config(top=nats_cluster.toml("HA", "nats_lease = 15\n"), daemon={"fence_after": fence},
+              extra='[resurrection]\nmode = "yes"\n')
     cid = cli.ok("cell", "create", "forge").strip()
     cli.ok("agent", "invite", "forge", "keeper", "--role", "write", "--heartbeat-interval", "0.3",
            "--cmd", f"{sys.executable} {EXAMPLES / 'keeper.py'}")
