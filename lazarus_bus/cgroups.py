@@ -20,7 +20,7 @@ from msgspec import Struct
 from .limits import size_bytes
 
 __all__ = ["CPU_PERIOD", "Group", "Hierarchy", "KINDS", "create", "end", "hierarchy", "members", "oom_killed",
-           "procs_files", "settle"]
+           "procs_files", "settle", "sweep"]
 
 KINDS = ("memory", "cpu", "pids")  # what a cgroup holds here; nofile stays an rlimit
 CPU_PERIOD = 100_000  # µs: `cpu=1.5` is 150 ms of cpu time in every 100 ms
@@ -205,3 +205,17 @@ def end(g: Group, wait: float = 0.5) -> int:
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(d))  # the cell's directory, once its last agent's is gone
     return len(left)
+
+
+def sweep(h: Hierarchy, cell_id: str) -> None:
+    """At daemon start, before any spawn: the empty cgroups a killed daemon left of a cell's ended starts go
+    (the kernel refuses to remove one that still holds a process: a live agent's stays)."""
+    for base in h.bases:
+        cell = Path(base) / cell_id
+        with contextlib.suppress(OSError):
+            for d in cell.iterdir():
+                if d.is_dir():
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+        with contextlib.suppress(OSError):
+            cell.rmdir()

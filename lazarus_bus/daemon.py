@@ -453,6 +453,10 @@ class Daemon:
             self.watcher.scan()
             self._verify_now()  # a log edited while no daemon ran is caught before anything is done for it
             self.renew_leases()
+            h = cgroups.hierarchy()
+            if h is not None and not self.root.store.spans_hosts:  # before any spawn: what a killed daemon
+                for cid in self.watcher.cells:  # left (on NATS another root's daemon here may be spawning)
+                    cgroups.sweep(h, cid)
             self.executor.adopt(c for cid, c in self.watcher.cells.items() if cid not in self.watcher.corrupt)
             if self.gateway is not None:  # serving before daemon.json says "running", with the real port
                 await self.gateway.start_unix(self.socket_dir / SOCKET_NAME)

@@ -50,3 +50,25 @@ def test_a_limit_the_kernel_refuses_is_an_error_and_doctor_names_the_cgroup() ->
         cgroups.create(h, cell, "w", "inc", {"pids": "-5"})  # (the CLI refuses it before this)
     assert not any((Path(base) / cell).exists() for base in h.bases)  # nothing half-made is left
     assert probe.limits_support().via == "cgroup" and f"cgroup v{h.version}" in probe.limits_support().detail
+
+
+def test_a_sweep_removes_a_cells_empty_cgroups_and_keeps_the_one_with_a_live_agent() -> None:
+    h = cgroups.hierarchy()
+    assert h is not None
+    cell = f"test-{uuid.uuid4().hex}"
+    left, live = (cgroups.create(h, cell, "w", inc, {}) for inc in ("old", "new"))
+    join = "".join(f"open({p!r}, 'w').write('0'); " for p in cgroups.procs_files(live))
+    child = subprocess.Popen([sys.executable, "-c", f"{join}import time; time.sleep(600)"], start_new_session=True)
+    try:
+        for _ in range(2000):
+            if cgroups.members(live) == {child.pid}:
+                break
+            os.sched_yield() if child.poll() is None else pytest.fail("the child could not enter the cgroup")
+        cgroups.sweep(h, cell)
+        assert not any(Path(d).exists() for d in left.dirs)  # what a killed daemon left of an ended start
+        assert all(Path(d).exists() for d in live.dirs) and cgroups.members(live) == {child.pid}
+    finally:
+        cgroups.end(live)
+        child.wait(10)
+    cgroups.sweep(h, cell)
+    assert not any((Path(base) / cell).exists() for base in h.bases)
