@@ -176,7 +176,9 @@ def _decide(view: CellView, config: Config, a: AgentView, p: Effective, now: flo
     if p.mode == "ask" or (p.mode == "yes" and doubt and config.effects.on_in_doubt == "ask" and a.command):
         sub = None if a.command or (managed(a) and not _remote(a, host)) else _candidate(view, config, a, p, now)
         key = _key(view, a.name, "ask")
-        why = detail.get("returncode", detail.get("age", ""))
+        why = (f"signal {detail['signal']}" if detail.get("signal") else
+               f"code {detail['returncode']}" if detail.get("returncode") is not None else
+               f"{float(detail['age']):.0f}s silent" if "age" in detail else "")
         held = (f"; it holds effects in doubt: {', '.join(doubt)} (see `lazarus effects {view.name} --in-doubt`, "
                 "settle them with `lazarus effects resolve`)" if doubt else "")
         message = (f"agent {a.name} of mission {p.mission} (cell {view.name}) is dead: {reason}"

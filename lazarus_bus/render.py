@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from .errors import NotFound
@@ -27,6 +28,12 @@ __all__ = ["cells_table", "live_status", "replay_with_progress", "status_rendera
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
+def _free(text: str) -> str:
+    """Words a user or an agent wrote, shown as written: one line (a table row stays one row) and no markup."""
+    first, _, rest = text.strip().partition("\n")
+    return escape(first + (" …" if rest.strip() else ""))
+
+
 def cells_table(rows: list[dict[str, Any]]) -> None:
     """`cell list`."""
     if not rows:
@@ -35,9 +42,9 @@ def cells_table(rows: list[dict[str, Any]]) -> None:
     table = Table("ID", "NAME", "STATE", "AGENTS", "SEQ", "MISSION", box=None, pad_edge=False)
     for r in rows:
         if "error" in r:  # corrupt, or unreadable (a registered cell whose log is gone)
-            table.add_row(r["id"], r.get("name", ""), f"[bold red]{r['state']}[/]", "", "", r["error"])
+            table.add_row(r["id"], r.get("name", ""), f"[bold red]{r['state']}[/]", "", "", _free(r["error"]))
             continue
-        table.add_row(r["id"], r["name"], r["state"], str(len(r["agents"])), str(r["seq"]), r["mission"])
+        table.add_row(r["id"], r["name"], r["state"], str(len(r["agents"])), str(r["seq"]), _free(r["mission"]))
     console.print(table)
 
 
@@ -76,7 +83,7 @@ def status_renderables(cells: list[dict[str, Any]]) -> list[Table | str]:
     for c in cells:
         if "error" in c:
             table.add_row(c["id"], f"[bold red]{c.get('state', 'unreadable')}[/]", "", "", "", "", "", "", "", "",
-                          *blank, c["error"])
+                          *blank, _free(c["error"]))
             continue
         if not c["agents"]:
             table.add_row(c["name"], c["state"], "-", "", "", "", "", "", "", "", *blank, "")
@@ -104,7 +111,7 @@ def status_renderables(cells: list[dict[str, Any]]) -> list[Table | str]:
 def _why(r: dict[str, Any]) -> str:
     """The reason of its health, and a checkpoint overdue (section 17's `checkpoint_interval`)."""
     due = "[yellow]checkpoint due[/]" if r.get("checkpoint_due") else ""
-    return ", ".join(x for x in (r["reason"] or "", due) if x)
+    return ", ".join(x for x in (_free(r["reason"] or ""), due) if x)
 
 
 def live_status(data: Callable[[], dict[str, Any]], interval: float, as_json: bool,
@@ -119,7 +126,7 @@ def live_status(data: Callable[[], dict[str, Any]], interval: float, as_json: bo
             if as_json:
                 print(json.dumps(body), flush=True)
             else:
-                console.print(body["daemon"]["text"])
+                console.print(escape(body["daemon"]["text"]))
                 status_table(body["cells"])
                 console.print("")
                 console.file.flush()
@@ -201,8 +208,8 @@ def effects_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         status = "[bold yellow]in doubt[/]" if r["in_doubt"] else r["status"]
         told = r["error"] if r["status"] == "failed" else ("" if r["result"] is None else json.dumps(r["result"]))
-        table.add_row(r["effect_id"], r["agent"], r["name"] or "-", str(r["attempt"]), status,
-                      told if len(told) <= 36 else told[:35] + "…", str(r["seq"]))
+        table.add_row(r["effect_id"], r["agent"], _free(r["name"] or "-"), str(r["attempt"]), status,
+                      _free(told if len(told) <= 36 else told[:35] + "…"), str(r["seq"]))
     console.print(table)
 
 
@@ -232,7 +239,7 @@ def tasks_table(rows: list[dict[str, Any]]) -> None:
     table = Table("TASK", "STATUS", "PRIORITY", "ASSIGNEE", "DEPENDS ON", "TITLE", box=None, pad_edge=False)
     for t in rows:
         table.add_row(t["task_id"], t["status"], t["priority"], t["assignee"] or "-",
-                      ", ".join(t["depends_on"]) or "-", t["title"])
+                      ", ".join(t["depends_on"]) or "-", _free(t["title"]))
     console.print(table)
 
 
@@ -240,7 +247,7 @@ def view_summary(view: CellView) -> None:
     """`replay` without --json: what the log says, in brief."""
     console.print(f"cell {view.name} ({view.id}) {view.state} at seq {view.seq}")
     if view.mission:
-        console.print(f"mission: {view.mission}")
+        console.print(f"mission: {escape(view.mission)}")
     table = Table("AGENT", "ROLE", "PHASE", "PID", "CYCLE", "HEARTBEATS", "SPAWNS", "DEATHS", box=None)
     for a in view.agents.values():
         table.add_row(a.name, a.role, a.phase, str(a.pid or "-"), str(a.cycle), str(a.heartbeats),

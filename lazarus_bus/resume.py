@@ -40,7 +40,7 @@ def agent_packet(view: CellView, config: Config, agent: str, now: float, also: t
 
 
 def resume_packet(view: CellView, handoff_id: str, config: Config | None = None, now: float = 0.0) -> dict[str, Any]:
-    """Everything the recipient needs to pick up where the sender stopped."""
+    """All the recipient needs to pick up where the sender stopped, with the handed-over checkpoint's summary."""
     h = view.handoffs.get(handoff_id)
     if h is None:
         raise NotFound(f"no handoff {handoff_id} in cell {view.name}")
@@ -59,6 +59,7 @@ def resume_packet(view: CellView, handoff_id: str, config: Config | None = None,
         "participants": {a.name: a.role for a in view.agents.values() if a.phase != "left"},
         "seq": view.seq,
         **(agent_packet(view, config or Config(), h.to, now, others) if h.to in view.agents else {}),
+        **({"checkpoint_summary": cp.summary} if cp is not None and h.to in view.agents else {}),
     }
 
 

@@ -306,6 +306,7 @@ def test_handoff_needs_recipient_and_checkpoint_and_resume_packet(cli: Cli) -> N
     assert packet["accepted"] is True and packet["from"] == "ada" and packet["to"] == "bob"
     assert packet["mission"] == "ship it" and packet["note"] == "yours"
     assert packet["checkpoint"]["state"] == {"step": 5} and packet["checkpoint"]["summary"] == "half"
+    assert packet["checkpoint_summary"] == "half"  # the handed-over checkpoint's, not bob's own (he has none)
     assert packet["participants"] == {"ada": "lead", "bob": "write"}
     assert packet["seq"] == int(json.loads(cli.ok("verify", "forge", "--json"))["events"])
 

@@ -280,3 +280,17 @@ def test_replay_refuses_a_rechained_log_holding_what_the_rules_refuse(cli: Cli, 
     r = cli("replay", "forge")
     assert r.code == 5 and f"seq {n + 1}" in r.err and "append rules" in r.err, r.err
     assert len(r.err.strip().splitlines()) == 1
+
+
+def test_free_text_is_shown_as_written_in_one_table_row(cli: Cli) -> None:
+    """A mission, a task title or a reason is the user's words: brackets are not rich markup (`[/]` crashed
+    the tables), and a multi-line mission keeps `cell list` one row per cell."""
+    cli.ok("cell", "create", "forge", "--mission", "ship [/] it [bold]now\nand a second line")
+    cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
+    cli.ok("bus", "task", "forge", "fix [/bold] parsing", "--by", "ada", "--id", "t1")
+    rows = cli.ok("cell", "list").splitlines()
+    assert len(rows) == 2 and rows[1].rstrip().endswith("ship [/] it [bold]now …")
+    assert "fix [/bold] parsing" in cli.ok("bus", "tasks", "forge")
+    out = cli.ok("replay", "forge")
+    assert "mission: ship [/] it [bold]now\nand a second line" in out
+    assert "forge" in cli.ok("status")

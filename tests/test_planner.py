@@ -122,6 +122,7 @@ def test_ask_then_approve_or_deny_or_timeout() -> None:
     assert kinds(actions) == ["agent.declared_dead", "revival.planned:ask", "revival.approval_requested"]
     req = actions[0].events[2]  # type: ignore[union-attr]
     assert "w" in req.message and "forge" in req.message and "exited" in req.message and req.key in req.message
+    assert "exited (signal 9)" in req.message  # a SIGKILL has no return code: the signal is what a person reads
     s.apply(actions, 3.0)
     assert plan(s.view, c, 1000.0, HOST) == []  # type: ignore[arg-type]  # waits for a human
     timed = msgspec.convert({"resurrection": {"mode": "ask"}, "approvals": {"timeout": 60, "on_timeout": "approve"}},
