@@ -720,7 +720,8 @@ def timeline(app: App, ref: str, since: int, svg: Path | None, html_file: Path |
 
 @cli.command()
 @click.argument("ref", metavar="CELL")
-@click.option("--until", type=int, default=None, help="Rebuild the state as it stood at this seq.")
+@click.option("--until", type=click.IntRange(min=1), default=None,
+              help="Rebuild the state as it stood at this seq.")
 @common
 @pass_app
 def replay(app: App, ref: str, until: int | None) -> None:

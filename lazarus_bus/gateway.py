@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fnmatch
 import functools
 import hashlib
@@ -309,7 +310,9 @@ class Gateway:
                     self.sweeper.cancel()
                 await self.runner.cleanup()
                 self.runner = None
-            raise LazarusError(f"cannot serve HTTP on {listen}: {exc.strerror}") from None
+            busy = (" (another daemon's? give this one `lazarus up --http HOST:PORT`, `--no-http`, or"
+                    " `[http] listen`)" if exc.errno == errno.EADDRINUSE else "")
+            raise LazarusError(f"cannot serve HTTP on {listen}: {exc.strerror}{busy}") from None
         bound = self.listener.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
 

@@ -294,3 +294,11 @@ def test_free_text_is_shown_as_written_in_one_table_row(cli: Cli) -> None:
     out = cli.ok("replay", "forge")
     assert "mission: ship [/] it [bold]now\nand a second line" in out
     assert "forge" in cli.ok("status")
+
+
+def test_replay_until_before_the_first_event_is_malformed(cli: Cli) -> None:
+    cli.ok("cell", "create", "forge")
+    for bad in ("-5", "0"):
+        r = cli("replay", "forge", "--until", bad)
+        assert r.code == 2 and "--until" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert "at seq 1" in cli.ok("replay", "forge", "--until", "1")

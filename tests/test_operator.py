@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 from lazarus_bus import Cell
@@ -103,3 +104,14 @@ def test_down_stops_the_daemon_and_waits_for_it(up: Up, cli: Cli, root_dir: Path
     assert "daemon: not running" in cli.ok("status")
     assert cli.ok("down").startswith("no daemon runs on")
     os.kill(cell.refresh().agents["w"].pid, signal.SIGKILL)
+
+
+def test_a_busy_http_port_is_one_line_that_says_how_to_serve_elsewhere(cli: Cli) -> None:
+    """A second daemon (another root) on the default port: the operator is told the way out."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli("up", "--http", f"127.0.0.1:{port}", timeout=60)
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "address already in use" in r.err and "--http HOST:PORT" in r.err and "--no-http" in r.err
