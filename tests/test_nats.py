@@ -91,23 +91,25 @@ def test_export_and_import_between_backends_byte_for_byte(nats_root: Path, cli: 
     assert r.code == 5
 
 
+@pytest.fixture
+def forge_on_own_nats(own_nats: NatsServer, cli: Cli, root_dir: Path) -> NatsServer:
+    """Cell forge with agent ada on a server of the test's own, which the test may kill and restart."""
+    (root_dir / "lazarus.toml").write_text(nats_toml(own_nats) + BASE)
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
+    return own_nats
+
+
 @pytest.mark.slow
-def test_a_nats_restart_loses_no_acknowledged_event(tmp_path: Path, cli: Cli, root_dir: Path) -> None:
-    server = NatsServer(tmp_path / "own-store")
+def test_a_nats_restart_loses_no_acknowledged_event(forge_on_own_nats: NatsServer, cli: Cli) -> None:
+    server = forge_on_own_nats
+    acked = [int(cli.ok("bus", "publish", "forge", "t", "--by", "ada", "--data", str(i))) for i in range(5)]
+    server.stop(signal.SIGKILL)  # no clean shutdown
     server.start()
-    try:
-        (root_dir / "lazarus.toml").write_text(nats_toml(server) + BASE)
-        cli.ok("cell", "create", "forge")
-        cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
-        acked = [int(cli.ok("bus", "publish", "forge", "t", "--by", "ada", "--data", str(i))) for i in range(5)]
-        server.stop(signal.SIGKILL)  # no clean shutdown
-        server.start()
-        acked += [int(cli.ok("bus", "publish", "forge", "t", "--by", "ada", "--data", str(i))) for i in range(5, 8)]
-        lines = [json.loads(x) for x in cli.ok("tail", "forge", "--type", "bus.message").splitlines()]
-        assert [e["seq"] for e in lines] == acked and [e["payload"] for e in lines] == list(range(8))
-        assert cli.ok("verify", "forge").startswith("ok: 10 events")
-    finally:
-        server.stop(signal.SIGKILL)
+    acked += [int(cli.ok("bus", "publish", "forge", "t", "--by", "ada", "--data", str(i))) for i in range(5, 8)]
+    lines = [json.loads(x) for x in cli.ok("tail", "forge", "--type", "bus.message").splitlines()]
+    assert [e["seq"] for e in lines] == acked and [e["payload"] for e in lines] == list(range(8))
+    assert cli.ok("verify", "forge").startswith("ok: 10 events")
 
 
 # the clock this test needs: long enough that a live keeper (heartbeat every 0.5 s) is never judged dead
@@ -313,14 +315,10 @@ def test_replicas_are_refused_on_a_server_that_can_fork_a_subject(root_dir: Path
 
 
 @pytest.mark.slow
-def test_the_daemon_follows_on_through_a_nats_restart_and_says_so(tmp_path: Path, up: Up, cli: Cli,
+def test_the_daemon_follows_on_through_a_nats_restart_and_says_so(forge_on_own_nats: NatsServer, up: Up, cli: Cli,
                                                                  root_dir: Path) -> None:
-    server = NatsServer(tmp_path / "own-store")
-    server.start()
+    server = forge_on_own_nats
     try:
-        (root_dir / "lazarus.toml").write_text(nats_toml(server) + BASE)
-        cli.ok("cell", "create", "forge")
-        cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
         up.start("--http", "127.0.0.1:0")
         status = root_dir / ".lazarus" / "daemon.json"
         seq = lambda: json.loads(status.read_bytes())["cells"].get(cid, {}).get("seq", 0)  # noqa: E731
@@ -339,8 +337,7 @@ def test_the_daemon_follows_on_through_a_nats_restart_and_says_so(tmp_path: Path
             assert json.loads(r.read())["store_error"] is None
         assert up.proc is not None and up.proc.poll() is None
     finally:
-        up.stop()
-        server.stop(signal.SIGKILL)
+        up.stop()  # before the server goes: a daemon stopping while NATS is away would wait on it
 
 
 @pytest.mark.slow
