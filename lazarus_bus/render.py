@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,14 +25,21 @@ if TYPE_CHECKING:
 __all__ = ["cells_table", "live_status", "replay_with_progress", "status_renderables", "status_table", "tasks_table",
            "timeline_lines", "timeline_print", "view_summary"]
 
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: ESC starts a terminal's escape sequences
+
 # piped, a table is read by people later or by grep: wide enough that no cell is cut to "…"
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
+def _inert(text: str, keep: str = "") -> str:
+    """Control characters made visible, so words an agent wrote cannot drive the operator's terminal."""
+    return CONTROL.sub(lambda m: m.group() if m.group() in keep else f"\\x{ord(m.group()):02x}", text)
+
+
 def _free(text: str) -> str:
-    """Words a user or an agent wrote, shown as written: one line (a table row stays one row) and no markup."""
+    """Words a user or an agent wrote, shown as written: one line (a table row stays one row), no markup."""
     first, _, rest = text.strip().partition("\n")
-    return escape(first + (" …" if rest.strip() else ""))
+    return escape(_inert(first) + (" …" if rest.strip() else ""))
 
 
 def cells_table(rows: list[dict[str, Any]]) -> None:
@@ -175,7 +183,7 @@ def timeline_lines(t: Timeline, width: int = 72) -> list[Text]:
     out.append(Text("  ".join(f"{TIMELINE_GLYPHS[s][0]} {s}" for s in STATES) + "   "
                     + "  ".join(f"{g} {k}" for k, g in MARK_GLYPHS.items())))
     for lane_mark, agent in sorted(((m, lane.agent) for lane in t.lanes for m in lane.marks), key=lambda x: x[0].seq):
-        out.append(Text(f"{lane_mark.seq:>6}  +{_age(lane_mark.ts - t.start):<6} {agent}: {lane_mark.label}"))
+        out.append(Text(f"{lane_mark.seq:>6}  +{_age(lane_mark.ts - t.start):<6} {agent}: {_inert(lane_mark.label)}"))
     return out
 
 
@@ -247,7 +255,7 @@ def view_summary(view: CellView) -> None:
     """`replay` without --json: what the log says, in brief."""
     console.print(f"cell {view.name} ({view.id}) {view.state} at seq {view.seq}")
     if view.mission:
-        console.print(f"mission: {escape(view.mission)}")
+        console.print(f"mission: {escape(_inert(view.mission, keep=chr(10)))}")
     table = Table("AGENT", "ROLE", "PHASE", "PID", "CYCLE", "HEARTBEATS", "SPAWNS", "DEATHS", box=None)
     for a in view.agents.values():
         table.add_row(a.name, a.role, a.phase, str(a.pid or "-"), str(a.cycle), str(a.heartbeats),

@@ -294,6 +294,11 @@ def test_free_text_is_shown_as_written_in_one_table_row(cli: Cli) -> None:
     out = cli.ok("replay", "forge")
     assert "mission: ship [/] it [bold]now\nand a second line" in out
     assert "forge" in cli.ok("status")
+    cli.ok("bus", "checkpoint", "forge", "--by", "ada", "--summary", "done\x1b]0;owned\x07\x1b[2J")
+    cli.ok("cell", "create", "evil", "--mission", "a\x1b[2Jred")
+    shown = cli.ok("cell", "list") + cli.ok("replay", "evil") + cli.ok("timeline", "forge")
+    assert "\x1b" not in shown and "\x07" not in shown  # an agent's words cannot drive the operator's terminal
+    assert "a\\x1b[2Jred" in shown and "done\\x1b]0;owned\\x07\\x1b[2J" in shown
 
 
 def test_replay_until_before_the_first_event_is_malformed(cli: Cli) -> None:
