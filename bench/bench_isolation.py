@@ -15,11 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import percentile, report  # noqa: E402
+from common import percentile, report, wait_for  # noqa: E402
 
 from lazarus_bus import probe  # noqa: E402
 
@@ -46,17 +45,6 @@ def running(program: bytes) -> int | None:
             except OSError:
                 continue
     return None
-
-
-def wait_for(check: Callable[[], int | None], timeout: float = 60.0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError("no new process")
-        time.sleep(0.0005)
 
 
 def measure(state: Path, program: bytes) -> tuple[list[float], list[float]]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import percentile, report  # noqa: E402
+from common import percentile, report, wait_for  # noqa: E402
 
 KILLS = int(os.environ.get("BENCH_KILLS", "50"))
 CONFIG = """
@@ -40,25 +40,14 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def wait_for(check: Callable[[], int | None], timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError("no new process")
-        time.sleep(0.0002)
-
-
 def kill_loop(current: Callable[[], int | None], program: bytes) -> list[float]:
     out = []
-    pid = wait_for(lambda: (p := current()) and cmdline(p) == program and p)
+    pid = wait_for(lambda: (p := current()) and cmdline(p) == program and p, poll=0.0002)
     for _ in range(KILLS):
         time.sleep(0.1)  # the previous run settles (stable_after)
         t0 = time.perf_counter()
         os.kill(pid, signal.SIGKILL)
-        new = wait_for(lambda: (p := current()) and p != pid and cmdline(p) == program and p)
+        new = wait_for(lambda: (p := current()) and p != pid and cmdline(p) == program and p, poll=0.0002)
         out.append(time.perf_counter() - t0)
         pid = new
     return out

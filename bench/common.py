@@ -34,6 +34,18 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def wait_for(check: Callable[[], int | None], timeout: float = 60.0, poll: float = 0.0005) -> int:
+    """Poll until `check` gives a pid (a revival is timed by this loop, so it polls fast)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise TimeoutError("no new process")
+        time.sleep(poll)
+
+
 def versions(*names: str) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in ("lazarus-pit", "msgspec", "watchfiles", *names):
