@@ -20,12 +20,12 @@ import pytest
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.graph import END, START, StateGraph
 
-from lazarus_bus import Cell, Root
+from lazarus_bus import Cell, Root, load_config
 from lazarus_bus import events as ev
 from lazarus_bus.errors import CorruptLog, Forbidden, MalformedInput, NotFound, Refused
 from lazarus_bus.graphs import GraphIndex
 from lazarus_bus.langgraph import BLOBS, LazarusSaver
-from tests.conftest import Cli
+from tests.conftest import Cli, NatsServer, nats_toml
 from tests.support import Up, wait
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -142,6 +142,34 @@ def test_another_process_sees_the_checkpoints_and_resumes_the_thread(root: Root,
     assert json.loads(r.stdout) == [stored[-1]["configurable"]["checkpoint_id"], {"count": 2}, 2]
     tup = saver.get_tuple(config("shared"))  # this saver catches up with what the other one appended
     assert tup is not None and tup.pending_writes == [("task-x", "count", "from the other process")]
+
+
+def test_on_nats_a_saver_on_another_machine_reads_the_blobs_it_never_wrote(tmp_path: Path,
+                                                                           own_nats: NatsServer) -> None:
+    """Blobs go to the stream's object store before the event that names them, so a machine with an
+    empty checkpoints/ (another root on the same NATS) reads the thread and fetches each blob once."""
+    roots, shared = {}, nats_toml(own_nats)  # one stream for both machines
+    for host in ("alpha", "beta"):
+        roots[host] = tmp_path / host
+        roots[host].mkdir()
+        (roots[host] / "lazarus.toml").write_text(shared)
+    alpha = Root(roots["alpha"], load_config(roots["alpha"] / "lazarus.toml"))
+    cell = alpha.create("forge")
+    cell.append(ev.AgentInvited(by="operator", agent="graph", role="write"))
+    saver = LazarusSaver("forge", "graph", root=roots["alpha"])
+    stored = put_chain(saver, "shared", 3)
+    saver.close()
+    script = ("import json, sys\nfrom lazarus_bus.langgraph import LazarusSaver\n"
+              "s = LazarusSaver('forge', 'graph', root=sys.argv[1])\n"
+              "t = s.get_tuple({'configurable': {'thread_id': 'shared'}})\n"
+              "print(json.dumps([t.config['configurable']['checkpoint_id'], t.checkpoint['channel_values']]))\n")
+    r = subprocess.run([sys.executable, "-c", script, str(roots["beta"])], capture_output=True, text=True,
+                       timeout=120, start_new_session=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [stored[-1]["configurable"]["checkpoint_id"], {"count": 2}]
+    newest = [e for e in cell.log.read() if isinstance(e, ev.GraphCheckpoint)][-1]
+    fetched = roots["beta"] / cell.id / BLOBS / newest.channels["count"]
+    assert fetched.is_file() and fetched.read_bytes() == (cell.dir / BLOBS / newest.channels["count"]).read_bytes()
 
 
 def test_values_are_content_addressed_blobs_and_a_bad_one_is_loud(root: Root, forge: Cell) -> None:
