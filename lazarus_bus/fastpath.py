@@ -3,7 +3,8 @@ and click costs about half an interpreter start to import (issue 21).
 
 The options of these two commands and the global ones are declared here once, as data: cli.py builds
 its click options from these tables, and `parse` reads only an argv it can read exactly as click
-would (anything else, `--help` included, is click's to answer). Both paths run the same functions."""
+would (anything else, `--help` included, is click's to answer). Both paths run the same functions.
+Importing this module imports no msgspec: `run` imports it its own way (`_import_msgspec`)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
-from msgspec import Struct
-
-from . import events as ev
 from .errors import LazarusError, MalformedInput
 
 if TYPE_CHECKING:
@@ -33,7 +31,8 @@ __all__ = ["App", "Argument", "Command", "EMIT", "GLOBAL", "HEARTBEAT", "Option"
 Value = str | int | bool | None
 
 
-class Option(Struct, frozen=True):
+# NamedTuples, not Structs: choosing the path must not import msgspec (see `_import_msgspec`)
+class Option(NamedTuple):
     """One option as click declares it: `--flag VALUE` (text or int) or a bare flag."""
 
     flag: str
@@ -45,14 +44,14 @@ class Option(Struct, frozen=True):
     help: str | None = None
 
 
-class Argument(Struct, frozen=True):
+class Argument(NamedTuple):
     """One positional argument."""
 
     dest: str
     metavar: str
 
 
-class Command(Struct, frozen=True):
+class Command(NamedTuple):
     """A command's arguments and options, in the order click shows them."""
 
     name: str
@@ -133,7 +132,9 @@ def read_data(value: str | None) -> Any:
             raise MalformedInput(f"cannot read {value[1:]}: {exc.strerror}") from None
     else:
         raw = value.encode()
-    return ev.decode_json(raw)
+    from .events import decode_json
+
+    return decode_json(raw)
 
 
 def appended(app: App, written: list[Appended], extra: dict[str, Any] | None = None) -> str:
@@ -158,14 +159,18 @@ def _print(text: str) -> None:
 
 def heartbeat(app: App, ref: str, name: str, status: str, cycle: int, pid: int, model: str) -> None:
     """Append a heartbeat for AGENT (by AGENT)."""
+    from .events import parse_draft
+
     payload = {"type": "agent.heartbeat", "agent": name, "status": status, "cycle": cycle, "pid": pid, "model": model}
     cell = app.cell(ref)
-    _print(appended(app, cell.append(ev.parse_draft(payload, by=name))))
+    _print(appended(app, cell.append(parse_draft(payload, by=name))))
 
 
 def emit(app: App, ref: str, kind: str, by: str, data: str | None, expected_seq: int | None,
          event_id: str | None) -> None:
     """Append any event; prints its seq."""
+    from .events import parse_emitted
+
     payload = read_data(data) if data is not None else {}
     if not isinstance(payload, dict):
         raise MalformedInput("--data must be a JSON object of payload fields")
@@ -175,7 +180,7 @@ def emit(app: App, ref: str, kind: str, by: str, data: str | None, expected_seq:
     if event_id is not None:
         payload["id"] = event_id
     c = app.cell(ref)
-    _print(appended(app, c.append(ev.parse_emitted(payload, by=by), expected_seq=expected_seq)))
+    _print(appended(app, c.append(parse_emitted(payload, by=by), expected_seq=expected_seq)))
 
 
 COMMANDS: dict[str, tuple[Command, Callable[..., None]]] = {"heartbeat": (HEARTBEAT, heartbeat), "emit": (EMIT, emit)}
@@ -273,9 +278,23 @@ def guarded(body: Callable[[], None], debug: bool) -> NoReturn:
     sys.exit(0)
 
 
+def _import_msgspec() -> None:
+    """Import msgspec without typing_extensions, whose import (mostly the `inspect` it pulls in) costs a third
+    of an interpreter start: msgspec then reads annotations with `typing.get_type_hints`, which on this
+    Python resolves every annotation of this package's Structs alike (tests/test_fastpath.py compares them)."""
+    if "msgspec" in sys.modules or "typing_extensions" in sys.modules:
+        return
+    sys.modules["typing_extensions"] = None  # type: ignore[assignment]  # msgspec's own fallback when it is absent
+    try:
+        import msgspec  # noqa: F401
+    finally:
+        del sys.modules["typing_extensions"]  # anything imported later finds the real one
+
+
 def run(call: Callable[..., None], app: App, values: dict[str, Value], debug: bool) -> NoReturn:
     """Run a parsed command as click's `main` would run it (an interrupt and a broken pipe as click takes
     them), then as the CLI's own `main` does."""
+    _import_msgspec()
 
     def body() -> None:
         try:
