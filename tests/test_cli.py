@@ -359,8 +359,9 @@ HEAVY = ("aiohttp", "rich", "nats", "watchfiles", "prometheus_client", "asyncio"
          "click", "lazarus_bus.cli", "typing_extensions", "inspect", "logging", "shutil", "tempfile",
          "lazarus_bus.proposal")
 _PROBE = """
-import runpy, sys
+import os, runpy, sys
 sys.argv = ["lazarus", *sys.argv[1:]]
+os._exit = sys.exit  # the fast path ends with os._exit: come back here to print what it imported
 try:
     runpy.run_module("lazarus_bus", run_name="__main__")
 except SystemExit:
