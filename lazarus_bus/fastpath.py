@@ -190,8 +190,8 @@ _GLOBAL_FLAGS = frozenset(o.flag for o in GLOBAL)
 def parse(argv: Sequence[str]) -> tuple[Callable[..., None], App, dict[str, Value]] | None:
     """The command, the global settings and the command's values, for an argv naming `heartbeat` or
     `emit` with only options and values click would read the same way; None for anything else (help,
-    `--`, `-`, an unknown, repeated-as-flag or valueless option, a value that starts with `-`, a bad int,
-    a missing or extra argument), which click then answers with its own words and exit code."""
+    `--`, `-`, an unknown option, a flag given a value, an option without one, a value that starts with
+    `-`, a bad int, a missing or extra argument), which click then answers with its own words and exit code."""
     if os.environ.get("_LAZARUS_COMPLETE"):  # click's shell completion
         return None
     options = {o.flag: o for o in GLOBAL}
