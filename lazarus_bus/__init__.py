@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-# the public API, imported on first use: `lazarus heartbeat` (which imports `lazarus_bus.cli`, and so
+# the public API, imported on first use: `lazarus heartbeat` (which imports `lazarus_bus.entry`, and so
 # this package) must not pay for the client, the planner and everything behind them (issue 21)
 _WHERE = {
     "Cell": "cells", "Root": "cells",

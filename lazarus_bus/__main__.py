@@ -1,5 +1,5 @@
 """`python -m lazarus_bus` runs the CLI."""
 
-from .cli import main
+from .entry import main
 
 main()

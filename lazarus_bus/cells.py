@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -23,13 +20,14 @@ from .files import atomic_write, flock, fsync_dir, private_dir
 from .fold import AgentView, CellView, fold_all, manifest
 from .log import Appended, Head, LogBackend
 from .names import check_cell_id, check_cell_name, new_id
-from .proposal import Proposal
 from .snapshot import load_base, load_snapshot
 from .store import Store, open_store
 
+if TYPE_CHECKING:
+    from .proposal import Proposal
+
 __all__ = ["Cell", "Observer", "Root", "isolation_problem"]
 
-log = logging.getLogger(__name__)
 CELL_DIRS = ("workspace", "artifacts", "checkpoints", "logs", "logs/agents", "state")
 STARTER_CONFIG = Path(__file__).with_name("data") / "lazarus.toml"
 # told of every event as it enters a cell's projection, once, whoever appended it (under the cell's lock)
@@ -165,6 +163,8 @@ class Root:
             if (self.path / cell_id).exists():
                 raise Refused(f"cell id {cell_id} is taken under {self.path}")
             with self.store.claim(cell_id, name, self.names):
+                import tempfile  # here: `lazarus heartbeat` creates no cell and needs no shutil (issue 21)
+
                 staging = Path(tempfile.mkdtemp(dir=self.meta, prefix=f"new-{cell_id}."))
                 try:
                     for sub in CELL_DIRS:
@@ -173,6 +173,8 @@ class Root:
                     staging.rename(self.path / cell_id)
                     fsync_dir(self.path)
                 except BaseException:
+                    import shutil
+
                     shutil.rmtree(staging, ignore_errors=True)
                     raise
 
@@ -377,6 +379,8 @@ class Cell:
             written = self.log.append_many(drafts, expected_seq=expected_seq, admit=admit)
             view = self._view
             if written and not written[0].duplicate and view is not None and view.seq == written[0].seq - 1:
+                if before is None:  # a fresh process (the CLI): the state the append was admitted against
+                    before = view
                 events = [a.event for a in written]
                 view = fold_all(events, view)
                 assert view is not None
@@ -387,8 +391,10 @@ class Cell:
                     try:
                         self.write_manifest(view)
                     except OSError as exc:  # the append happened: a disposable projection must not undo it
-                        log.warning("cell %s: cell.json not written (%s); the log has seq %d", self.id,
-                                    exc.strerror or exc, view.seq)
+                        import logging  # a rare path: the CLI's appends do not import logging (issue 21)
+
+                        logging.getLogger(__name__).warning("cell %s: cell.json not written (%s); the log has seq %d",
+                                                            self.id, exc.strerror or exc, view.seq)
             return written
 
     def write_manifest(self, view: CellView | None = None) -> None:

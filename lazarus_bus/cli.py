@@ -10,17 +10,17 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
 
 from . import events as ev
-from .cells import Cell, Root
-from .config import Config, resolve
+from . import fastpath
+from .cells import Cell
 from .errors import CorruptLog, LazarusError, MalformedInput, NotFound
+from .fastpath import App, fail, guarded, read_data
 
 if TYPE_CHECKING:  # the rest is imported where it is used: `lazarus heartbeat` stays cheap (issue 21)
     from .fold import ApprovalView, CellView
@@ -32,41 +32,6 @@ __all__ = ["cli", "main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class App:
-    """What every command shares: global options, the root and its config."""
-
-    def __init__(self) -> None:
-        self.root_opt: str | None = None
-        self.config_opt: str | None = None
-        self.json = False
-        self.debug = False
-
-    @cached_property
-    def _resolved(self) -> tuple[Path, Config]:
-        return resolve(self.root_opt, self.config_opt)
-
-    @property
-    def config(self) -> Config:
-        return self._resolved[1]
-
-    @cached_property
-    def root(self) -> Root:
-        return Root(*self._resolved)
-
-    def cell(self, ref: str) -> Cell:
-        """A cell by id or name; inside an agent the daemon started, what that agent appends carries
-        its incarnation (so a superseded copy is fenced, exit 4)."""
-        cell = self.root.open(ref)
-        agent, incarnation = os.environ.get("LAZARUS_AGENT"), os.environ.get("LAZARUS_INCARNATION")
-        if agent and incarnation and os.environ.get("LAZARUS_CELL") == cell.id:
-            cell.speak_as(agent, incarnation)
-        if not os.environ.get("LAZARUS_SOCKET"):
-            return cell
-        from .client import use_socket
-
-        return use_socket(cell)
-
-
 def _setter(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         if value not in (None, False):
@@ -75,20 +40,33 @@ def _setter(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     return callback
 
 
+def _option(o: fastpath.Option, *names: str, **kw: Any) -> Callable[[F], F]:
+    """A click option from the one table the fast path reads too."""
+    if o.kind == "flag":
+        return click.option(o.flag, *names, is_flag=True, default=False, help=o.help, **kw)
+    if not o.required:  # a default, even None, would satisfy click's check of a required option
+        kw["default"] = o.default
+    return click.option(o.flag, *names, type=int if o.kind == "int" else str, required=o.required,
+                        is_eager=o.eager, help=o.help, **kw)
+
+
+def _spec(command: fastpath.Command) -> Callable[[F], F]:
+    """A command's arguments and options from its table in fastpath.py."""
+
+    def decorate(f: F) -> F:
+        for o in reversed(command.options):
+            f = _option(o, o.dest)(f)
+        for a in reversed(command.arguments):
+            f = click.argument(a.dest, metavar=a.metavar)(f)
+        return f
+
+    return decorate
+
+
 def common(f: F) -> F:
     """Global options, accepted before or after the subcommand."""
-    opts = [
-        click.option("--root", callback=_setter("root_opt"), expose_value=False, is_eager=True,
-                     help="Missions root (else $LAZARUS_ROOT, config, XDG)."),
-        click.option("--config", callback=_setter("config_opt"), expose_value=False, is_eager=True,
-                     help="Config file (else $LAZARUS_CONFIG, <root>/lazarus.toml)."),
-        click.option("--json", "json_", is_flag=True, default=False, callback=_setter("json"),
-                     expose_value=False, help="Machine-readable output."),
-        click.option("--debug", is_flag=True, default=False, callback=_setter("debug"), expose_value=False,
-                     help="Show tracebacks."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
+    for o in reversed(fastpath.GLOBAL):  # each sets the attribute of App its dest names
+        f = _option(o, callback=_setter(o.dest), expose_value=False)(f)
     return f
 
 
@@ -103,22 +81,6 @@ def _out(app: App, data: Any, text: str | Iterable[str]) -> None:
     else:
         for line in text:
             click.echo(line)
-
-
-def read_data(value: str | None) -> Any:
-    """`--data`/`--state`: inline JSON, @FILE or - (stdin)."""
-    if value is None:
-        return None
-    if value == "-":
-        raw = sys.stdin.buffer.read()
-    elif value.startswith("@"):
-        try:
-            raw = Path(value[1:]).read_bytes()
-        except OSError as exc:
-            raise MalformedInput(f"cannot read {value[1:]}: {exc.strerror}") from None
-    else:
-        raw = value.encode()
-    return ev.decode_json(raw)
 
 
 def _pairs(values: Iterable[str], what: str) -> dict[str, str]:
@@ -144,11 +106,7 @@ def _argv(value: str, what: str) -> list[str]:
 
 def _appended(app: App, written: list[Appended], extra: dict[str, Any] | None = None) -> None:
     """Print the seq of the event asked for (the first written)."""
-    first = written[0]
-    data = {"seq": first.seq, "id": first.event.id, "type": first.event.type, "duplicate": first.duplicate}
-    data.update(extra or {})
-    text = str(first.seq) if not extra else f"{first.seq} " + " ".join(str(v) for v in extra.values())
-    _out(app, data, text)
+    click.echo(fastpath.appended(app, written, extra))
 
 
 def _emit(app: App, cell: Cell, payload: dict[str, Any], *, by: str | None = None,
@@ -465,42 +423,21 @@ def doctor(app: App) -> None:
 
 
 @cli.command()
-@click.argument("ref", metavar="CELL")
-@click.argument("name", metavar="AGENT")
-@click.option("--status", default="")
-@click.option("--cycle", type=int, default=0, help="The agent's progress counter.")
-@click.option("--pid", type=int, default=0)
-@click.option("--model", default="")
+@_spec(fastpath.HEARTBEAT)
 @common
 @pass_app
-def heartbeat(app: App, ref: str, name: str, status: str, cycle: int, pid: int, model: str) -> None:
+def heartbeat(app: App, /, **values: Any) -> None:
     """Append a heartbeat for AGENT (by AGENT)."""
-    payload = {"type": "agent.heartbeat", "agent": name, "status": status, "cycle": cycle, "pid": pid, "model": model}
-    _appended(app, _emit(app, app.cell(ref), payload, by=name))
+    fastpath.heartbeat(app, **values)
 
 
 @cli.command()
-@click.argument("ref", metavar="CELL")
-@click.argument("kind", metavar="TYPE")
-@click.option("--by", required=True, help="Who appends: an agent, operator or lazarus.")
-@click.option("--data", default=None, help="Payload fields as JSON, @FILE or - (stdin).")
-@click.option("--expected-seq", type=int, default=None, help="Refuse unless the log ends at this seq.")
-@click.option("--id", "event_id", default=None, help="Event id (UUID) for idempotent retries.")
+@_spec(fastpath.EMIT)
 @common
 @pass_app
-def emit(app: App, ref: str, kind: str, by: str, data: str | None, expected_seq: int | None,
-         event_id: str | None) -> None:
+def emit(app: App, /, **values: Any) -> None:
     """Append any event; prints its seq."""
-    payload = read_data(data) if data is not None else {}
-    if not isinstance(payload, dict):
-        raise MalformedInput("--data must be a JSON object of payload fields")
-    if "type" in payload and payload["type"] != kind:
-        raise MalformedInput(f"--data says type {payload['type']!r} but TYPE is {kind!r}")
-    payload = {**payload, "type": kind}
-    if event_id is not None:
-        payload["id"] = event_id
-    c = app.cell(ref)
-    _appended(app, c.append(ev.parse_emitted(payload, by=by), expected_seq=expected_seq))
+    fastpath.emit(app, **values)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -1213,7 +1150,7 @@ def effect_complete(app: App, ref: str, name: str, effect_id: str, result: str |
 @click.option("--retryable", is_flag=True, help="It did not happen and may be tried again.")
 @common
 @pass_app
-def effect_fail(app: App, ref: str, name: str, effect_id: str, error: str, retryable: bool) -> None:
+def effectfail(app: App, ref: str, name: str, effect_id: str, error: str, retryable: bool) -> None:
     """Record that the action did not take place."""
     payload = {"type": "effect.failed", "effect_id": effect_id, "error": error, "retryable": retryable}
     _appended(app, _emit(app, app.cell(ref), payload, by=name))
@@ -1375,38 +1312,19 @@ def schema_catalogue(app: App) -> None:
 # -- entry point --------------------------------------------------------------------------
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI: one `error: ...` line and the documented exit code on failure."""
+    """Run the click CLI: one `error: ...` line and the documented exit code on failure (the console
+    script enters through `lazarus_bus.entry`, which sends `heartbeat` and `emit` round click)."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or bool(os.environ.get("LAZARUS_DEBUG"))
-    if hasattr(signal, "SIGXFSZ"):
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is an error, not a kill
-    try:
-        cli.main(args=args, prog_name="lazarus", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        _fail("interrupted", 130)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), 2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except LazarusError as exc:
-        if debug:
-            raise
-        _fail(str(exc), exc.exit_code)
-    except BrokenPipeError:
-        sys.stderr.close()
-        sys.exit(0)
-    except OSError as exc:
-        if debug:
-            raise
-        _fail(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", 1)
-    except Exception as exc:  # noqa: BLE001 - the one place every unexpected failure becomes one line
-        if debug:
-            raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
-    sys.exit(0)
+
+    def body() -> None:
+        try:
+            cli.main(args=args, prog_name="lazarus", standalone_mode=False)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            fail("interrupted", 130)
+        except click.ClickException as exc:
+            fail(exc.format_message(), 2 if isinstance(exc, click.UsageError) else exc.exit_code)
+
+    guarded(body, "--debug" in args or bool(os.environ.get("LAZARUS_DEBUG")))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,8 @@ __all__ = ["atomic_write", "flock", "fsync_dir", "private_dir"]
 def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o600) -> None:
     """Temp file + fsync + rename: readers see the old file or the new one, never half; private to
     its user whatever the umask."""
+    import tempfile  # here: it imports shutil, which `lazarus heartbeat` has no use for (issue 21)
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

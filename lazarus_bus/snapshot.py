@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
+from functools import cache
 from pathlib import Path
 
 import msgspec
@@ -16,9 +16,6 @@ from .log import LogBackend
 
 __all__ = ["Snapshot", "bases", "load_base", "load_snapshot", "save_base", "save_snapshot"]
 
-log = logging.getLogger(__name__)
-
-
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     """A projection and the seq (and event id) it covers."""
 
@@ -28,18 +25,27 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     view: CellView
 
 
-_decoder = msgspec.json.Decoder(Snapshot)
+@cache
+def _decoder() -> msgspec.json.Decoder[Snapshot]:
+    """Built when a snapshot is first read: `lazarus heartbeat` in a cell without one never needs it (issue 21)."""
+    return msgspec.json.Decoder(Snapshot)
+
+
+def _warn(message: str, *args: object) -> None:
+    import logging  # a rare path: `lazarus heartbeat` does not import logging (issue 21)
+
+    logging.getLogger(__name__).warning(message, *args)
 
 
 def load_snapshot(state_dir: Path, log_: LogBackend, cell_id: str) -> CellView | None:
     """The snapshot's view, or None when it is missing, corrupt, outdated or not of this log."""
     path = state_dir / "projection.json"
     try:
-        snap = _decoder.decode(path.read_bytes())
+        snap = _decoder().decode(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        log.warning("ignoring snapshot %s: %s", path, exc)
+        _warn("ignoring snapshot %s: %s", path, exc)
         return None
     why = None
     if snap.version != PROJECTION_VERSION:
@@ -56,7 +62,7 @@ def load_snapshot(state_dir: Path, log_: LogBackend, cell_id: str) -> CellView |
         elif at.id != snap.last_id:
             why = f"seq {snap.seq} is event {at.id} in the log, not {snap.last_id}"
     if why:
-        log.warning("ignoring snapshot %s: %s", path, why)
+        _warn("ignoring snapshot %s: %s", path, why)
         return None
     return snap.view
 
@@ -104,7 +110,7 @@ def load_base(segments_dir: Path, at_least: int) -> tuple[CellView, str]:
     seq, path = min(found)
     data = path.read_bytes()
     try:
-        snap = _decoder.decode(data)
+        snap = _decoder().decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CorruptLog(f"{path}: unreadable base of a pruned log: {exc}") from None
     return snap.view, hashlib.sha256(data).hexdigest()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterator
 from pathlib import Path
@@ -77,6 +76,8 @@ class FileStore(Store):
         if sealed.exists():
             os.rename(sealed, grave.with_suffix(".segments"))
         fsync_dir(grave.parent)
+        import shutil  # here: the CLI's appends do not import it (issue 21)
+
         shutil.rmtree(cell_dir)
         fsync_dir(self.path)
 
