@@ -1327,4 +1327,4 @@ def main(argv: list[str] | None = None) -> None:
         except click.ClickException as exc:
             fail(exc.format_message(), 2 if isinstance(exc, click.UsageError) else exc.exit_code)
 
-    guarded(body, "--debug" in args or bool(os.environ.get("LAZARUS_DEBUG")))
+    guarded(body, "--debug" in args or bool(os.environ.get("LAZARUS_DEBUG")), args)

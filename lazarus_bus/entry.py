@@ -20,4 +20,4 @@ def main(argv: list[str] | None = None) -> None:
 
         click_main(args)
     else:
-        run(*parsed, debug="--debug" in args or bool(os.environ.get("LAZARUS_DEBUG")))
+        run(*parsed, debug="--debug" in args or bool(os.environ.get("LAZARUS_DEBUG")), argv=args)

@@ -38,6 +38,20 @@ ENVELOPE = ("seq", "id", "ts", "cell", "type", "by", "prev")
 ASSIGNED = frozenset({"seq", "ts", "cell", "prev"})
 
 
+# what a name pattern allows, said as the other name errors say it (a regex is no answer to a person)
+PATTERN_WORDS = {
+    AGENT_PATTERN: "an agent name ([a-z0-9][a-z0-9_.-]{0,62}, no '..')",
+    REF_PATTERN: "an id ([A-Za-z0-9][A-Za-z0-9_.-]{0,127}, no '..')",
+}
+
+
+def in_words(message: str) -> str:
+    """msgspec's `Expected str matching regex '...'` for a name, with the regex put into words."""
+    for pattern, words in PATTERN_WORDS.items():
+        message = message.replace(f"`str` matching regex {pattern!r}", words)
+    return message
+
+
 class Rule:
     """A name pattern that Event.__post_init__ checks (msgspec's `Meta(pattern=...)` would run the
     regex on every field of every line: three quarters of the cost of decoding a log)."""
@@ -49,7 +63,8 @@ class Rule:
 
     def check(self, field: str, value: str | None) -> None:
         if value is not None and not self.search(value):
-            raise ValueError(f"Expected `str` matching regex {self.pattern!r} (a valid {self.what}) - at `$.{field}`")
+            words = PATTERN_WORDS.get(self.pattern, f"`str` matching regex {self.pattern!r} (a valid {self.what})")
+            raise ValueError(f"Expected {words} - at `$.{field}`")
 
 
 def _checked(rule: Rule, description: str) -> Meta:
@@ -811,7 +826,7 @@ def parse_draft(data: bytes | str | dict[str, Any], *, by: str | None = None) ->
         # straight to the type the tag names: converting to the union costs half of a heartbeat's append
         return msgspec.convert(data, EVENT_TYPES[kind])
     except msgspec.ValidationError as exc:
-        raise MalformedInput(f"{kind}: {exc}") from None
+        raise MalformedInput(f"{kind}: {in_words(str(exc))}") from None
     except RecursionError:
         raise MalformedInput(f"{kind}: nested too deeply") from None
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .log import Appended
 
-__all__ = ["App", "Argument", "Command", "EMIT", "GLOBAL", "HEARTBEAT", "Option", "appended", "emit", "fail",
+__all__ = ["App", "Argument", "Command", "EMIT", "GLOBAL", "HEARTBEAT", "Option", "appended", "emit", "fail", "flagged",
            "guarded", "heartbeat", "parse", "read_data", "run"]
 
 Value = str | int | bool | None
@@ -254,7 +254,17 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def guarded(body: Callable[[], None], debug: bool) -> NoReturn:
+def flagged(message: str, argv: Sequence[str]) -> str:
+    """An error about an event field (`at `$.heartbeat_interval``) also names the flag the user typed for it."""
+    at = message.rfind("at `$.")
+    if at < 0:
+        return message
+    field = message[at + 6:].split("`")[0].split("[")[0].split(".")[0]
+    flag = "--" + field.replace("_", "-")
+    return f"{message} (from {flag})" if any(a == flag or a.startswith(flag + "=") for a in argv) else message
+
+
+def guarded(body: Callable[[], None], debug: bool, argv: Sequence[str] = ()) -> NoReturn:
     """Run a command: one `error: ...` line and the documented exit code on failure."""
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is an error, not a kill
@@ -263,7 +273,7 @@ def guarded(body: Callable[[], None], debug: bool) -> NoReturn:
     except LazarusError as exc:
         if debug:
             raise
-        fail(str(exc), exc.exit_code)
+        fail(flagged(str(exc), argv), exc.exit_code)
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)
@@ -301,7 +311,8 @@ def _done() -> NoReturn:
     os._exit(0)
 
 
-def run(call: Callable[..., None], app: App, values: dict[str, Value], debug: bool) -> NoReturn:
+def run(call: Callable[..., None], app: App, values: dict[str, Value], debug: bool,
+        argv: Sequence[str] = ()) -> NoReturn:
     """Run a parsed command as click's `main` would run it (an interrupt and a broken pipe as click takes
     them), then as the CLI's own `main` does."""
     _import_msgspec()
@@ -325,4 +336,4 @@ def run(call: Callable[..., None], app: App, values: dict[str, Value], debug: bo
             sys.stderr = _PacifyFlushWrapper(sys.stderr)
             sys.exit(1)
 
-    guarded(body, debug)
+    guarded(body, debug, argv)

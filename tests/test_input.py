@@ -307,3 +307,14 @@ def test_replay_until_before_the_first_event_is_malformed(cli: Cli) -> None:
         r = cli("replay", "forge", "--until", bad)
         assert r.code == 2 and "--until" in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert "at seq 1" in cli.ok("replay", "forge", "--until", "1")
+
+
+def test_errors_say_names_in_words_and_name_the_flag_typed(cli: Cli) -> None:
+    cli.ok("cell", "create", "forge")
+    cli.ok("agent", "invite", "forge", "ada", "--role", "lead")
+    r = cli("bus", "task", "forge", "t", "--by", "ada", "--id", "t5", "--depends-on", "../x")
+    assert r.code == 2 and "regex" not in r.err and "an id ([A-Za-z0-9][A-Za-z0-9_.-]{0,127}, no '..')" in r.err
+    r = cli("agent", "invite", "forge", "bob", "--role", "write", "--heartbeat-interval", "-1")
+    assert r.code == 2 and r.err.rstrip().endswith("at `$.heartbeat_interval` (from --heartbeat-interval)"), r.err
+    r = cli("emit", "forge", "bus.message", "--by", "ada", "--data", '{"topic": 5}')
+    assert r.code == 2 and r.err.rstrip().endswith("at `$.topic`")  # a field of --data: no flag of its own
