@@ -33,7 +33,7 @@ from .executor import Executor
 from .files import atomic_write
 from .fold import CellView
 from .gateway import Gateway
-from .health import agent_rows
+from .health import ALWAYS, Hearing, agent_rows
 from .leadership import Leadership, Renewal, new_instance
 from .narrate import describe, fields
 from .notify import Notifier
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 actions = logging.getLogger("lazarus.actions")  # `up -v`: one line per action the log records
 VERSION = _pkg_version("lazarus-pit")
 KEEP_TICKS = 10  # retention and anchors every this many ticks (DESIGN section 19)
+STALL = 2.0  # a loop turn this much later than its tick: the daemon was deaf (a pause, an overload, a clock step)
+KEEP_GAPS = 64  # the newest stalls, held off agents' silence
 # events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
                                              ev.CheckpointRestored, ev.TaskCreated, ev.TaskUpdated})
@@ -108,6 +110,10 @@ class Daemon:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._live = False  # past the first scan: events now are news, worth notifying
+        self._once = False
+        self._heard: dict[str, float] = {}  # cell -> when this daemon first looked at it whole (caught up)
+        self._gaps: tuple[tuple[float, float], ...] = ()  # wall times the loop was stalled, the newest KEEP_GAPS
+        self._turned = 0.0  # wall time the loop last finished a turn
         self._timers: dict[tuple[str, str], tuple[float, asyncio.TimerHandle]] = {}
         self._inbox: deque[tuple[Cell, list[Event]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,7 +207,23 @@ class Daemon:
             return []
         # where cells span hosts, the cell's leader acts for agents of every host; otherwise each host for its own
         host = None if leader and self.root.store.spans_hosts else self.host
-        return plan(view, self.config, time.time() if now is None else now, host)
+        return plan(view, self.config, time.time() if now is None else now, host, self.hearing(cell.id))
+
+    def hearing(self, cell_id: str) -> Hearing:
+        """What this daemon heard of a cell: from its first whole look at it (its own start-up is not an
+        agent's silence, nor a stall of its loop); `--once` judges from the log alone."""
+        if self._once:
+            return ALWAYS
+        return Hearing(since=self._heard.setdefault(cell_id, time.time()), gaps=self._gaps)
+
+    def _check_stall(self, tick: float) -> None:
+        """A turn of the loop far later than its tick: the daemon heard nothing meanwhile (confined agents
+        append through its socket), so that time is held off every agent's silence."""
+        now = time.time()
+        if self._turned and now - self._turned > tick + STALL:
+            self._gaps = (*self._gaps, (self._turned + tick, now))[-KEEP_GAPS:]
+            log.warning("the daemon's loop stalled for %.1f s (a pause, an overloaded machine or a clock step): "
+                        "that time is not counted as any agent's silence", now - self._turned - tick)
 
     # -- leadership: one daemon acts per cell (on one host the root's pid lock is the lease) ----
 
@@ -401,7 +423,8 @@ class Daemon:
         cells: dict[str, Any] = {}
         health: dict[str, int] = {}
         for cid, view in self.watcher.views().items():
-            rows = agent_rows(view, self.config, now)
+            heard = ALWAYS if self._once else Hearing(since=self._heard.get(cid, now), gaps=self._gaps)
+            rows = agent_rows(view, self.config, now, hearing=heard)
             for r in rows:
                 health[r["health"]] = health.get(r["health"], 0) + 1
             cells[cid] = {"name": view.name, "state": view.state, "seq": view.seq,
@@ -446,6 +469,7 @@ class Daemon:
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # bound into level 2 and 3 agents
         _raise_open_files()  # one open log per cell watched
         self._lock.acquire()
+        self._once = once
         loop = self._loop
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -466,7 +490,7 @@ class Daemon:
             if not once:
                 self.outside = self.executor.outside = Outside()
             self.run_pass()
-            self.last_tick = time.time()
+            self.last_tick = self._turned = time.time()
             self.write_status()
             if once:
                 return
@@ -516,6 +540,7 @@ class Daemon:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            self._check_stall(tick)
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + tick
                 self.ticks += 1
@@ -532,6 +557,8 @@ class Daemon:
                 self.write_status()
                 self.systemd.alive()  # from the loop itself: a hung loop stops the pings
                 if self.ticks % KEEP_TICKS == 0:
+                    for cid in self._heard.keys() - self.watcher.cells.keys():
+                        del self._heard[cid]
                     self._keep()
                 if every > 0 and time.monotonic() >= next_verify and (verifying is None or verifying.done()):
                     next_verify = time.monotonic() + every
@@ -540,6 +567,7 @@ class Daemon:
                 dirty, self._dirty = sorted(self._dirty), set()
                 self.run_pass(dirty)
             self.executor.kill_orphans(self.watcher.cells)
+            self._turned = time.time()
         if verifying is not None:
             await verifying
         if self._keeping is not None:

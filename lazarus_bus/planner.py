@@ -12,7 +12,7 @@ from .budget import blocked, checks
 from .config import Config
 from .effects import open_effects
 from .fold import AgentView, CellView
-from .health import judge
+from .health import ALWAYS, Hearing, judge
 from .lifetime import due, reminders
 from .policy import Effective, effective
 from .probes import fill, managed
@@ -118,14 +118,14 @@ def _own_host(a: AgentView, host: str | None) -> bool:
 
 
 def _candidate(view: CellView, config: Config, dead: AgentView, p: Effective, now: float,
-               prefer: str | None = None) -> AgentView | None:
+               prefer: str | None = None, hearing: Hearing = ALWAYS) -> AgentView | None:
     """The first healthy substitute: the suggested one, the policy's list, then the agent's own."""
     names = [n for n in [prefer, *p.substitutes, *dead.substitutes] if n]
     for name in dict.fromkeys(names):
         c = view.agents.get(name)
         if c is None or name == dead.name:
             continue
-        if judge(view, c, effective(config, view, name), now).health == "healthy":
+        if judge(view, c, effective(config, view, name), now, hearing).health == "healthy":
             return c
     return None
 
@@ -209,8 +209,9 @@ def _operator_stop(a: AgentView, running: bool) -> str | None:
     return None
 
 
-def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: str | None) -> list[AnyAction]:
-    """The actions one agent needs now (usually none)."""
+def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: str | None,
+               hearing: Hearing = ALWAYS) -> list[AnyAction]:
+    """The actions one agent needs now (usually none); silence counts only while `hearing` could hear."""
     cid, name, supervised = view.id, a.name, bool(a.command)
     p = effective(config, view, name)
     running_per_log = supervised and a.spawned_at > a.exited_at and a.pid > 0
@@ -242,7 +243,7 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
         return [Append(cell=cid, agent=name, at_seq=view.seq, why="exited",
                        events=[_declare(a, "exited", detail), *events]), *later]
     if a.phase in ("running", "invited"):
-        verdict = judge(view, a, p, now)
+        verdict = judge(view, a, p, now, hearing)
         if verdict.health != "dead" or verdict.reason is None:
             return []
         events, later = _decide(view, config, a, p, now, host, verdict.reason, verdict.detail)
@@ -283,7 +284,8 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
     return []
 
 
-def plan(view: CellView, config: Config, now: float, host: str | None) -> list[AnyAction]:
+def plan(view: CellView, config: Config, now: float, host: str | None,
+         hearing: Hearing = ALWAYS) -> list[AnyAction]:
     """Every action a cell needs now: its lifetime's (section 17) first, then agent by agent."""
     ending = due(view, now)
     if ending:  # an archive comes alone: the agents are stopped on the next pass, against the archived cell
@@ -294,7 +296,7 @@ def plan(view: CellView, config: Config, now: float, host: str | None) -> list[A
         out.append(Append(cell=view.id, agent="", at_seq=view.seq, why="checkpoint due",
                           events=reminded))
     for a in view.agents.values():
-        out.extend(plan_agent(view, config, a, now, host))
+        out.extend(plan_agent(view, config, a, now, host, hearing))
     return out
 
 
