@@ -33,12 +33,13 @@ from .executor import Executor
 from .files import atomic_write
 from .fold import CellView
 from .gateway import Gateway
-from .health import ALWAYS, Hearing, agent_rows
+from .health import ALWAYS, Hearing, healths, silence_due
 from .leadership import Leadership, Renewal, new_instance
 from .narrate import describe, fields
 from .notify import Notifier
 from .outside import Outside
-from .planner import AnyAction, Start, Stop, plan
+from .planner import AnyAction, Start, Stop, plan, quiet
+from .policy import effective
 from .probes import ProbeSpec, change, fill, managed, spec_of
 from .retention import prune
 from .rootlock import RootLock
@@ -114,6 +115,11 @@ class Daemon:
         self._heard: dict[str, float] = {}  # cell -> when this daemon first looked at it whole (caught up)
         self._gaps: tuple[tuple[float, float], ...] = ()  # wall times the loop was stalled, the newest KEEP_GAPS
         self._turned = 0.0  # wall time the loop last finished a turn
+        self._stalls = 0
+        # cell -> ((seq, stalls) it was computed at, its earliest silence deadline, the wake-up then)
+        self._silence: dict[str, tuple[tuple[int, int], float, asyncio.TimerHandle]] = {}
+        self._quiet: set[str] = set()  # cells the tick need not plan (planner.quiet): an event or a deadline wakes them
+        self._probes: dict[str, dict[tuple[str, str], tuple[str, ProbeSpec]]] = {}  # cell -> probes it wants
         self._timers: dict[tuple[str, str], tuple[float, asyncio.TimerHandle]] = {}
         self._inbox: deque[tuple[Cell, list[Event]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,6 +169,7 @@ class Daemon:
 
     def _mark_dirty(self, cell_id: str) -> None:
         self._dirty.add(cell_id)
+        self._quiet.discard(cell_id)
         self._wake.set()
 
     # -- what the gateway reads (gateway.Served) ------------------------------------------
@@ -222,6 +229,7 @@ class Daemon:
         now = time.time()
         if self._turned and now - self._turned > tick + STALL:
             self._gaps = (*self._gaps, (self._turned + tick, now))[-KEEP_GAPS:]
+            self._stalls += 1
             log.warning("the daemon's loop stalled for %.1f s (a pause, an overloaded machine or a clock step): "
                         "that time is not counted as any agent's silence", now - self._turned - tick)
 
@@ -284,6 +292,7 @@ class Daemon:
                 continue
             leader = self.leadership.leads(cid)
             view = cell.projection
+            settled = False
             # acting appends, which makes more due (a declaration, then a restart; the next agent's plan)
             for _ in range(16 + 4 * len(view.agents if view else ())):
                 self.watcher.catch_up(cid)
@@ -294,37 +303,61 @@ class Daemon:
                     actions = [a for a in actions if isinstance(a, Stop)]
                 elif not self.leadership.may_start(cid):  # a takeover: the previous holder stops first
                     actions = [a for a in actions if not isinstance(a, Start)]
+                if not actions:
+                    settled = True
+                    break
                 if not self.executor.carry_out(cell, actions):
                     break
+            view = cell.projection
+            if settled and view is not None and not self.root.store.spans_hosts and quiet(view, self.config):
+                self._quiet.add(cid)
+            else:
+                self._quiet.discard(cid)
             self._schedule_due(cell)
-        self.sync_probes()
+            self._schedule_silence(cell)
+        self.sync_probes(cell_ids)
 
     # -- probes of agents that do not know Lazarus (section 17) ----------------------------
 
-    def sync_probes(self) -> None:
+    def sync_probes(self, cell_ids: list[str] | None = None) -> None:
         """Probe every agent with a probe that is invited or running in a cell this daemon acts for; a new
-        start (or a changed probe) begins its probing afresh."""
+        start (or a changed probe) begins its probing afresh. Only the given cells are looked at again
+        (all by default): a pass over a few cells costs a few cells."""
         if self.outside is None:
             return
+        if cell_ids is None:
+            self._probes.clear()
+        for cid in cell_ids if cell_ids is not None else list(self.watcher.cells):
+            wanted = self._probes_of(cid)
+            if wanted:
+                self._probes[cid] = wanted
+            else:
+                self._probes.pop(cid, None)
+        for cid in [c for c in self._probes if c not in self.watcher.cells]:
+            del self._probes[cid]
+        every = {key: want for wanted in self._probes.values() for key, want in wanted.items()}
+        self._probe_tokens = {key: token for key, (token, _) in every.items()}
+        self.outside.sync(every, self._probe_report)
+
+    def _probes_of(self, cid: str) -> dict[tuple[str, str], tuple[str, ProbeSpec]]:
+        cell = self.watcher.cells.get(cid)
+        view = cell.projection if cell is not None else None
         wanted: dict[tuple[str, str], tuple[str, ProbeSpec]] = {}
-        for cid, cell in self.watcher.cells.items():
-            view = cell.projection
-            if view is None or cid in self.watcher.corrupt or view.state not in ("provisioned", "active"):
+        if view is None or cid in self.watcher.corrupt or view.state not in ("provisioned", "active"):
+            return wanted
+        if self.root.store.spans_hosts and not self.leadership.leads(cid):
+            return wanted
+        for a in view.agents.values():
+            if a.phase not in ("invited", "running") or a.held or (a.command and a.host not in ("", self.host)):
                 continue
-            if self.root.store.spans_hosts and not self.leadership.leads(cid):
+            try:
+                spec = spec_of(a, cell=view.name, host=self.host)
+            except LazarusError:
                 continue
-            for a in view.agents.values():
-                if a.phase not in ("invited", "running") or a.held or (a.command and a.host not in ("", self.host)):
-                    continue
-                try:
-                    spec = spec_of(a, cell=view.name, host=self.host)
-                except LazarusError:
-                    continue
-                if spec is not None:
-                    token = f"{a.session_seq}:{a.spawns}:{a.deaths}:{msgspec.json.encode(spec).decode()}"
-                    wanted[(cid, a.name)] = (token, spec)
-        self._probe_tokens = {key: token for key, (token, _) in wanted.items()}
-        self.outside.sync(wanted, self._probe_report)
+            if spec is not None:
+                token = f"{a.session_seq}:{a.spawns}:{a.deaths}:{msgspec.json.encode(spec).decode()}"
+                wanted[(cid, a.name)] = (token, spec)
+        return wanted
 
     def _follow_managed(self, cell: Cell, e: Event) -> None:
         """Agents another manager runs stop and start with their cell (`--stop-cmd`, `--start-cmd`), as the
@@ -383,6 +416,33 @@ class Daemon:
                     handle = loop.call_later(due - time.time() + 0.001, self._mark_dirty, cell.id)
                     self._timers[key] = (due, handle)
 
+    def _schedule_silence(self, cell: Cell) -> None:
+        """Wake up when an agent's silence crosses its limit, not at the next tick: one wake-up per cell, at
+        its earliest deadline, computed again only when the log or the stalls moved it."""
+        view = cell.projection
+        if view is None or self._once:
+            return
+        key = (view.seq, self._stalls)
+        held = self._silence.get(cell.id)
+        if held is not None and held[0] == key:
+            return
+        now, hearing = time.time(), self.hearing(cell.id)
+        due = min((d for a in view.agents.values()
+                   if (d := silence_due(view, a, effective(self.config, view, a.name), now, hearing)) is not None),
+                  default=None)
+        if due is None or (held is not None and held[1] <= due):  # the earlier wake-up stands: harmless
+            if held is not None:
+                self._silence[cell.id] = (key, held[1], held[2])
+            return
+        if held is not None:
+            held[2].cancel()
+        handle = asyncio.get_running_loop().call_later(max(0.0, due - now) + 0.002, self._silence_due, cell.id)
+        self._silence[cell.id] = (key, due, handle)
+
+    def _silence_due(self, cell_id: str) -> None:
+        self._silence.pop(cell_id, None)
+        self._mark_dirty(cell_id)
+
     # -- checking what was folded before --------------------------------------------------
 
     def _verify_now(self) -> None:
@@ -424,11 +484,10 @@ class Daemon:
         health: dict[str, int] = {}
         for cid, view in self.watcher.views().items():
             heard = ALWAYS if self._once else Hearing(since=self._heard.get(cid, now), gaps=self._gaps)
-            rows = agent_rows(view, self.config, now, hearing=heard)
-            for r in rows:
-                health[r["health"]] = health.get(r["health"], 0) + 1
-            cells[cid] = {"name": view.name, "state": view.state, "seq": view.seq,
-                          "agents": {r["agent"]: r["health"] for r in rows}}
+            agents = healths(view, self.config, now, heard)
+            for h in agents.values():
+                health[h] = health.get(h, 0) + 1
+            cells[cid] = {"name": view.name, "state": view.state, "seq": view.seq, "agents": agents}
         for cid, why in self.watcher.corrupt.items():
             cells[cid] = {**cells.get(cid, {}), "state": "corrupt", "error": why}
         return {
@@ -516,6 +575,8 @@ class Daemon:
                 self.systemd.stopping()
             for _, handle in self._timers.values():
                 handle.cancel()
+            for _, _, handle in self._silence.values():
+                handle.cancel()
             if self.gateway is not None and self.gateway.runner is not None:
                 await self.gateway.stop()
             await self.notifier.close()
@@ -548,12 +609,13 @@ class Daemon:
                 self._dirty.clear()
                 await self.renew_leases_off_loop()
                 self.executor.adopt(self.watcher.cells.values())  # a safety net: any start without a watch gets one
-                for cell in self.watcher.cells.values():  # after a pause, a reconnect or a restart too
+                running = {cid for cid, _ in self.executor.procs}  # after a pause, a reconnect or a restart too
+                for cell in [c for cid, c in self.watcher.cells.items() if cid in running]:
                     stale = self.executor.superseded(cell)
                     if stale:
                         log.warning("cell %s: %s started again elsewhere; stopping the copy here", cell.id,
                                     ", ".join(stale))
-                self.run_pass()
+                self.run_pass([cid for cid in self.watcher.cells if cid not in self._quiet])
                 self.write_status()
                 self.systemd.alive()  # from the loop itself: a hung loop stops the pings
                 if self.ticks % KEEP_TICKS == 0:

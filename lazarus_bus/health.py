@@ -15,7 +15,7 @@ from .lifetime import checkpoint_overdue
 from .policy import Effective, effective
 from .probes import limit_of, managed, probed
 
-__all__ = ["ALWAYS", "Health", "Hearing", "Verdict", "agent_rows", "judge", "phi"]
+__all__ = ["ALWAYS", "Health", "Hearing", "Verdict", "agent_rows", "healths", "judge", "phi", "silence_due"]
 
 Health = Literal["healthy", "stale", "dead", "unknown", "stopped", "left"]
 MIN_SAMPLES = 3
@@ -131,6 +131,25 @@ def judge(view: CellView, a: AgentView, p: Effective, now: float, hearing: Heari
     return verdict
 
 
+def silence_due(view: CellView, a: AgentView, p: Effective, now: float, hearing: Hearing = ALWAYS) -> float | None:
+    """When `judge` would find the agent dead of silence alone (heartbeat timeout, never seen, no progress)
+    if nothing more is heard: the daemon wakes then rather than at its next tick. None: not judged so
+    (the phi detector's suspicion is not a deadline: the tick covers it)."""
+    if view.state not in ("provisioned", "active") or a.phase not in ("running", "invited") or probed(a):
+        return None
+    if a.phase == "invited":
+        return None if a.command else now + p.dead_after - hearing.silence(a.invited_at, now)
+    if a.command and not a.heartbeat_interval:
+        return None
+    due = None
+    if p.detector != "phi" or len(a.intervals) < MIN_SAMPLES:
+        due = now + p.dead_after - hearing.silence(a.last_seen, now)
+    if p.progress_after > 0 and a.heartbeats:
+        still = now + p.progress_after - hearing.silence(a.cycle_since, now)
+        due = still if due is None else min(due, still)
+    return due
+
+
 UNSUPERVISED = "unsupervised (no daemon)"
 
 
@@ -163,6 +182,11 @@ def progress_columns(a: AgentView, p: Effective, now: float) -> dict[str, Any]:
         "progress_age": round(now - a.cycle_since, 3) if a.cycle_since else None,
         "restarts": sum(1 for t in a.restarts if now - t <= p.attempt_window),
     }
+
+
+def healths(view: CellView, config: Config, now: float, hearing: Hearing = ALWAYS) -> dict[str, Health]:
+    """Each agent's health alone (what `daemon.json` holds, every tick): a fifth of a status row's cost."""
+    return {a.name: judge(view, a, effective(config, view, a.name), now, hearing).health for a in view.agents.values()}
 
 
 def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = False,

@@ -15,11 +15,11 @@ from .fold import AgentView, CellView
 from .health import ALWAYS, Hearing, judge
 from .lifetime import due, reminders
 from .policy import Effective, effective
-from .probes import fill, managed
+from .probes import fill, managed, probed
 from .resume import resume_pointer
 
 __all__ = ["Action", "Append", "Command", "Start", "Stop", "attempts_in_window", "backoff", "channels_of",
-           "manual_revival", "plan"]
+           "manual_revival", "plan", "quiet"]
 
 RUNNABLE = ("provisioned", "active")
 
@@ -298,6 +298,28 @@ def plan(view: CellView, config: Config, now: float, host: str | None,
     for a in view.agents.values():
         out.extend(plan_agent(view, config, a, now, host, hearing))
     return out
+
+
+SETTLED = ("suppressed", "unrecoverable", "escalated")  # a dead agent's revival that no clock moves on
+
+
+def quiet(view: CellView, config: Config) -> bool:
+    """Nothing in the cell comes due by time alone but an agent's silence (which `health.silence_due` times),
+    once a plan found nothing to do: a daemon plans it again when its log moves or a silence deadline
+    comes, not every tick. Whatever else a clock moves (a supervised process, another manager's agent, a
+    probe, a budget, a lifetime, an approval's timeout, the phi detector) keeps the cell on every tick."""
+    if view.state not in RUNNABLE or view.max_duration > 0 or view.checkpoint_interval > 0 or view.auto_archive:
+        return False
+    if any(r.decision is None for r in view.approvals.values()):
+        return False
+    for a in view.agents.values():
+        if a.command or managed(a) or probed(a) or a.budget_exceeded is not None:
+            return False
+        if not (a.phase in ("running", "invited", "left") or (a.phase == "dead" and a.revival in SETTLED)):
+            return False
+        if effective(config, view, a.name).detector == "phi":
+            return False
+    return True
 
 
 def manual_revival(view: CellView, config: Config, agent: str, now: float) -> list[ev.AnyEvent]:
