@@ -62,8 +62,9 @@ silent = False
 while not (flags / "stop").exists():  # looked at once a round
     for c, a in slots:
         if c.id == victim and a == "a0" and (silent or (flags / "victim").exists()):
-            silent = True
-            continue
+            if silent:
+                continue
+            silent = True  # one last heartbeat after the flag, however far behind: its silence starts then
         c.append(ev.AgentHeartbeat(by=a, agent=a, cycle=n))
         t += gap
         pause = t - time.time()
@@ -156,6 +157,7 @@ def main() -> None:
         deaths = [e for e in cell.log.read() if e.type == "agent.declared_dead" and e.agent == "a0"]  # type: ignore[attr-defined]
         deaths = [e for e in deaths if beats and e.ts > beats[-1].ts]
         detection = (deaths[0].ts - beats[-1].ts) if deaths and beats else None
+        victim_after_ready = beats[-1].ts - start if beats else None
         if detection is None:
             print(f"victim {victim}: {len(beats)} heartbeats, last at +{beats[-1].ts - start:.1f}s, no death "
                   f"(run ended at +{time.time() - start:.1f}s)" if beats else "victim never heartbeated",
@@ -177,6 +179,7 @@ def main() -> None:
         "detection_s": round(detection, 3) if detection is not None else None,
         "dead_after_s": DEAD_AFTER,
         "detection_over_dead_after_s": round(detection - DEAD_AFTER, 3) if detection is not None else None,
+        "victim_silent_from_s_after_ready": round(victim_after_ready, 2) if victim_after_ready is not None else None,
         "false_deaths": false_deaths,
         "last_watcher_lag_s": lag, "load_average": [round(x, 2) for x in os.getloadavg()],
         "targets": ({"daemon_cpu_share_of_one_core": 1.0, "daemon_peak_rss_mb": 1024}  # issue 21: 10,000 cells

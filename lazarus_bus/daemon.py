@@ -60,6 +60,10 @@ PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, e
                                              ev.CheckpointRestored, ev.TaskCreated, ev.TaskUpdated})
 
 
+# what agents another manager runs follow (`_follow_managed`)
+FOLLOWED = (ev.CellFrozen, ev.CellArchived, ev.CellDestroyed, ev.CellThawed, ev.AgentLeft, ev.AgentUpdated)
+
+
 def _raise_open_files() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
@@ -146,11 +150,12 @@ class Daemon:
         for e in events:
             self.appended[e.type] = self.appended.get(e.type, 0) + 1
             if self._live:
-                if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
-                    log.warning("approval needed in cell %s: %s", cell.id, e.message)
-                self._narrate(cell, e)
-                self._follow_managed(cell, e)
-                self.notifier.offer(e, now)
+                if type(e) is not ev.AgentHeartbeat:  # most of every log: no action, no notification
+                    if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
+                        log.warning("approval needed in cell %s: %s", cell.id, e.message)
+                    self._narrate(cell, e)
+                    self._follow_managed(cell, e)
+                    self.notifier.offer(e, now)
                 if self.on_event is not None:
                     self.on_event(cell, e)
         if self.gateway is not None:
@@ -242,8 +247,12 @@ class Daemon:
     async def renew_leases_off_loop(self) -> None:
         """The same from a worker thread: a slow store never stalls the loop, and the deadline of each
         lease counts from when its renewal was sent."""
+        cells = list(self.watcher.cells)
+        if not self.root.store.spans_hosts:  # on one host a lease is never lost: only new cells take one
+            self.apply_leases(self.leadership.renew([c for c in cells if c not in self.leadership.held]))
+            return
         loop = asyncio.get_running_loop()
-        self.apply_leases(await loop.run_in_executor(None, self.leadership.renew, list(self.watcher.cells)))
+        self.apply_leases(await loop.run_in_executor(None, self.leadership.renew, cells))
 
     def apply_leases(self, renewals: list[Renewal]) -> None:
         taken, fence = self.leadership.apply(renewals)
@@ -362,6 +371,8 @@ class Daemon:
     def _follow_managed(self, cell: Cell, e: Event) -> None:
         """Agents another manager runs stop and start with their cell (`--stop-cmd`, `--start-cmd`), as the
         daemon's own agents do: on the transition, seen live."""
+        if not isinstance(e, FOLLOWED):
+            return
         view = cell.projection
         if view is None or not self._may_act(cell.id):
             return
