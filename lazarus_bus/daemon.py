@@ -55,7 +55,8 @@ VERSION = _pkg_version("lazarus-pit")
 KEEP_TICKS = 10  # retention and anchors every this many ticks (DESIGN section 19)
 STALL = 2.0  # a loop turn this much later than its tick: the daemon was deaf (a pause, an overload, a clock step)
 KEEP_GAPS = 64  # the newest stalls, held off agents' silence
-# events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
+# events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick, or the
+# silence deadline of a quiet cell, covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
                                              ev.CheckpointRestored, ev.TaskCreated, ev.TaskUpdated})
 
@@ -626,7 +627,8 @@ class Daemon:
                     if stale:
                         log.warning("cell %s: %s started again elsewhere; stopping the copy here", cell.id,
                                     ", ".join(stale))
-                self.run_pass([cid for cid in self.watcher.cells if cid not in self._quiet])
+                corrupt = self.watcher.corrupt  # however it was found: alerted every tick
+                self.run_pass([cid for cid in self.watcher.cells if cid not in self._quiet or cid in corrupt])
                 self.write_status()
                 self.systemd.alive()  # from the loop itself: a hung loop stops the pings
                 if self.ticks % KEEP_TICKS == 0:
