@@ -33,12 +33,13 @@ from .executor import Executor
 from .files import atomic_write
 from .fold import CellView
 from .gateway import Gateway
-from .health import agent_rows
+from .health import ALWAYS, Hearing, healths, silence_due
 from .leadership import Leadership, Renewal, new_instance
 from .narrate import describe, fields
 from .notify import Notifier
 from .outside import Outside
-from .planner import AnyAction, Start, Stop, plan
+from .planner import AnyAction, Start, Stop, plan, quiet
+from .policy import effective
 from .probes import ProbeSpec, change, fill, managed, spec_of
 from .retention import prune
 from .rootlock import RootLock
@@ -52,9 +53,16 @@ log = logging.getLogger(__name__)
 actions = logging.getLogger("lazarus.actions")  # `up -v`: one line per action the log records
 VERSION = _pkg_version("lazarus-pit")
 KEEP_TICKS = 10  # retention and anchors every this many ticks (DESIGN section 19)
-# events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
+STALL = 2.0  # a loop turn this much later than its tick: the daemon was deaf (a pause, an overload, a clock step)
+KEEP_GAPS = 64  # the newest stalls, held off agents' silence
+# events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick, or the
+# silence deadline of a quiet cell, covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
                                              ev.CheckpointRestored, ev.TaskCreated, ev.TaskUpdated})
+
+
+# what agents another manager runs follow (`_follow_managed`)
+FOLLOWED = (ev.CellFrozen, ev.CellArchived, ev.CellDestroyed, ev.CellThawed, ev.AgentLeft, ev.AgentUpdated)
 
 
 def _raise_open_files() -> None:
@@ -108,6 +116,15 @@ class Daemon:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._live = False  # past the first scan: events now are news, worth notifying
+        self._once = False
+        self._heard: dict[str, float] = {}  # cell -> when this daemon first looked at it whole (caught up)
+        self._gaps: tuple[tuple[float, float], ...] = ()  # wall times the loop was stalled, the newest KEEP_GAPS
+        self._turned = 0.0  # wall time the loop last finished a turn
+        self._stalls = 0
+        # cell -> ((seq, stalls) it was computed at, its earliest silence deadline, the wake-up then)
+        self._silence: dict[str, tuple[tuple[int, int], float, asyncio.TimerHandle]] = {}
+        self._quiet: set[str] = set()  # cells the tick need not plan (planner.quiet): an event or a deadline wakes them
+        self._probes: dict[str, dict[tuple[str, str], tuple[str, ProbeSpec]]] = {}  # cell -> probes it wants
         self._timers: dict[tuple[str, str], tuple[float, asyncio.TimerHandle]] = {}
         self._inbox: deque[tuple[Cell, list[Event]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,11 +151,12 @@ class Daemon:
         for e in events:
             self.appended[e.type] = self.appended.get(e.type, 0) + 1
             if self._live:
-                if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
-                    log.warning("approval needed in cell %s: %s", cell.id, e.message)
-                self._narrate(cell, e)
-                self._follow_managed(cell, e)
-                self.notifier.offer(e, now)
+                if type(e) is not ev.AgentHeartbeat:  # most of every log: no action, no notification
+                    if isinstance(e, ev.RevivalApprovalRequested):  # in the daemon's terminal even without -v
+                        log.warning("approval needed in cell %s: %s", cell.id, e.message)
+                    self._narrate(cell, e)
+                    self._follow_managed(cell, e)
+                    self.notifier.offer(e, now)
                 if self.on_event is not None:
                     self.on_event(cell, e)
         if self.gateway is not None:
@@ -157,6 +175,7 @@ class Daemon:
 
     def _mark_dirty(self, cell_id: str) -> None:
         self._dirty.add(cell_id)
+        self._quiet.discard(cell_id)
         self._wake.set()
 
     # -- what the gateway reads (gateway.Served) ------------------------------------------
@@ -201,7 +220,24 @@ class Daemon:
             return []
         # where cells span hosts, the cell's leader acts for agents of every host; otherwise each host for its own
         host = None if leader and self.root.store.spans_hosts else self.host
-        return plan(view, self.config, time.time() if now is None else now, host)
+        return plan(view, self.config, time.time() if now is None else now, host, self.hearing(cell.id))
+
+    def hearing(self, cell_id: str) -> Hearing:
+        """What this daemon heard of a cell: from its first whole look at it (its own start-up is not an
+        agent's silence, nor a stall of its loop); `--once` judges from the log alone."""
+        if self._once:
+            return ALWAYS
+        return Hearing(since=self._heard.setdefault(cell_id, time.time()), gaps=self._gaps)
+
+    def _check_stall(self, tick: float) -> None:
+        """A turn of the loop far later than its tick: the daemon heard nothing meanwhile (confined agents
+        append through its socket), so that time is held off every agent's silence."""
+        now = time.time()
+        if self._turned and now - self._turned > tick + STALL:
+            self._gaps = (*self._gaps, (self._turned + tick, now))[-KEEP_GAPS:]
+            self._stalls += 1
+            log.warning("the daemon's loop stalled for %.1f s (a pause, an overloaded machine or a clock step): "
+                        "that time is not counted as any agent's silence", now - self._turned - tick)
 
     # -- leadership: one daemon acts per cell (on one host the root's pid lock is the lease) ----
 
@@ -212,8 +248,12 @@ class Daemon:
     async def renew_leases_off_loop(self) -> None:
         """The same from a worker thread: a slow store never stalls the loop, and the deadline of each
         lease counts from when its renewal was sent."""
+        cells = list(self.watcher.cells)
+        if not self.root.store.spans_hosts:  # on one host a lease is never lost: only new cells take one
+            self.apply_leases(self.leadership.renew([c for c in cells if c not in self.leadership.held]))
+            return
         loop = asyncio.get_running_loop()
-        self.apply_leases(await loop.run_in_executor(None, self.leadership.renew, list(self.watcher.cells)))
+        self.apply_leases(await loop.run_in_executor(None, self.leadership.renew, cells))
 
     def apply_leases(self, renewals: list[Renewal]) -> None:
         taken, fence = self.leadership.apply(renewals)
@@ -262,6 +302,7 @@ class Daemon:
                 continue
             leader = self.leadership.leads(cid)
             view = cell.projection
+            settled = False
             # acting appends, which makes more due (a declaration, then a restart; the next agent's plan)
             for _ in range(16 + 4 * len(view.agents if view else ())):
                 self.watcher.catch_up(cid)
@@ -272,41 +313,67 @@ class Daemon:
                     actions = [a for a in actions if isinstance(a, Stop)]
                 elif not self.leadership.may_start(cid):  # a takeover: the previous holder stops first
                     actions = [a for a in actions if not isinstance(a, Start)]
+                if not actions:
+                    settled = True
+                    break
                 if not self.executor.carry_out(cell, actions):
                     break
+            view = cell.projection
+            if settled and view is not None and not self.root.store.spans_hosts and quiet(view, self.config):
+                self._quiet.add(cid)
+            else:
+                self._quiet.discard(cid)
             self._schedule_due(cell)
-        self.sync_probes()
+            self._schedule_silence(cell)
+        self.sync_probes(cell_ids)
 
     # -- probes of agents that do not know Lazarus (section 17) ----------------------------
 
-    def sync_probes(self) -> None:
+    def sync_probes(self, cell_ids: list[str] | None = None) -> None:
         """Probe every agent with a probe that is invited or running in a cell this daemon acts for; a new
-        start (or a changed probe) begins its probing afresh."""
+        start (or a changed probe) begins its probing afresh. Only the given cells are looked at again
+        (all by default): a pass over a few cells costs a few cells."""
         if self.outside is None:
             return
+        if cell_ids is None:
+            self._probes.clear()
+        for cid in cell_ids if cell_ids is not None else list(self.watcher.cells):
+            wanted = self._probes_of(cid)
+            if wanted:
+                self._probes[cid] = wanted
+            else:
+                self._probes.pop(cid, None)
+        for cid in [c for c in self._probes if c not in self.watcher.cells]:
+            del self._probes[cid]
+        every = {key: want for wanted in self._probes.values() for key, want in wanted.items()}
+        self._probe_tokens = {key: token for key, (token, _) in every.items()}
+        self.outside.sync(every, self._probe_report)
+
+    def _probes_of(self, cid: str) -> dict[tuple[str, str], tuple[str, ProbeSpec]]:
+        cell = self.watcher.cells.get(cid)
+        view = cell.projection if cell is not None else None
         wanted: dict[tuple[str, str], tuple[str, ProbeSpec]] = {}
-        for cid, cell in self.watcher.cells.items():
-            view = cell.projection
-            if view is None or cid in self.watcher.corrupt or view.state not in ("provisioned", "active"):
+        if view is None or cid in self.watcher.corrupt or view.state not in ("provisioned", "active"):
+            return wanted
+        if self.root.store.spans_hosts and not self.leadership.leads(cid):
+            return wanted
+        for a in view.agents.values():
+            if a.phase not in ("invited", "running") or a.held or (a.command and a.host not in ("", self.host)):
                 continue
-            if self.root.store.spans_hosts and not self.leadership.leads(cid):
+            try:
+                spec = spec_of(a, cell=view.name, host=self.host)
+            except LazarusError:
                 continue
-            for a in view.agents.values():
-                if a.phase not in ("invited", "running") or a.held or (a.command and a.host not in ("", self.host)):
-                    continue
-                try:
-                    spec = spec_of(a, cell=view.name, host=self.host)
-                except LazarusError:
-                    continue
-                if spec is not None:
-                    token = f"{a.session_seq}:{a.spawns}:{a.deaths}:{msgspec.json.encode(spec).decode()}"
-                    wanted[(cid, a.name)] = (token, spec)
-        self._probe_tokens = {key: token for key, (token, _) in wanted.items()}
-        self.outside.sync(wanted, self._probe_report)
+            if spec is not None:
+                token = f"{a.session_seq}:{a.spawns}:{a.deaths}:{msgspec.json.encode(spec).decode()}"
+                wanted[(cid, a.name)] = (token, spec)
+        return wanted
 
     def _follow_managed(self, cell: Cell, e: Event) -> None:
         """Agents another manager runs stop and start with their cell (`--stop-cmd`, `--start-cmd`), as the
         daemon's own agents do: on the transition, seen live."""
+        if not isinstance(e, FOLLOWED):
+            return
         view = cell.projection
         if view is None or not self._may_act(cell.id):
             return
@@ -361,6 +428,33 @@ class Daemon:
                     handle = loop.call_later(due - time.time() + 0.001, self._mark_dirty, cell.id)
                     self._timers[key] = (due, handle)
 
+    def _schedule_silence(self, cell: Cell) -> None:
+        """Wake up when an agent's silence crosses its limit, not at the next tick: one wake-up per cell, at
+        its earliest deadline, computed again only when the log or the stalls moved it."""
+        view = cell.projection
+        if view is None or self._once:
+            return
+        key = (view.seq, self._stalls)
+        held = self._silence.get(cell.id)
+        if held is not None and held[0] == key:
+            return
+        now, hearing = time.time(), self.hearing(cell.id)
+        due = min((d for a in view.agents.values()
+                   if (d := silence_due(view, a, effective(self.config, view, a.name), now, hearing)) is not None),
+                  default=None)
+        if due is None or (held is not None and held[1] <= due):  # the earlier wake-up stands: harmless
+            if held is not None:
+                self._silence[cell.id] = (key, held[1], held[2])
+            return
+        if held is not None:
+            held[2].cancel()
+        handle = asyncio.get_running_loop().call_later(max(0.0, due - now) + 0.002, self._silence_due, cell.id)
+        self._silence[cell.id] = (key, due, handle)
+
+    def _silence_due(self, cell_id: str) -> None:
+        self._silence.pop(cell_id, None)
+        self._mark_dirty(cell_id)
+
     # -- checking what was folded before --------------------------------------------------
 
     def _verify_now(self) -> None:
@@ -401,11 +495,11 @@ class Daemon:
         cells: dict[str, Any] = {}
         health: dict[str, int] = {}
         for cid, view in self.watcher.views().items():
-            rows = agent_rows(view, self.config, now)
-            for r in rows:
-                health[r["health"]] = health.get(r["health"], 0) + 1
-            cells[cid] = {"name": view.name, "state": view.state, "seq": view.seq,
-                          "agents": {r["agent"]: r["health"] for r in rows}}
+            heard = ALWAYS if self._once else Hearing(since=self._heard.get(cid, now), gaps=self._gaps)
+            agents = healths(view, self.config, now, heard)
+            for h in agents.values():
+                health[h] = health.get(h, 0) + 1
+            cells[cid] = {"name": view.name, "state": view.state, "seq": view.seq, "agents": agents}
         for cid, why in self.watcher.corrupt.items():
             cells[cid] = {**cells.get(cid, {}), "state": "corrupt", "error": why}
         return {
@@ -446,6 +540,7 @@ class Daemon:
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # bound into level 2 and 3 agents
         _raise_open_files()  # one open log per cell watched
         self._lock.acquire()
+        self._once = once
         loop = self._loop
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -466,7 +561,7 @@ class Daemon:
             if not once:
                 self.outside = self.executor.outside = Outside()
             self.run_pass()
-            self.last_tick = time.time()
+            self.last_tick = self._turned = time.time()
             self.write_status()
             if once:
                 return
@@ -492,6 +587,8 @@ class Daemon:
                 self.systemd.stopping()
             for _, handle in self._timers.values():
                 handle.cancel()
+            for _, _, handle in self._silence.values():
+                handle.cancel()
             if self.gateway is not None and self.gateway.runner is not None:
                 await self.gateway.stop()
             await self.notifier.close()
@@ -516,6 +613,7 @@ class Daemon:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            self._check_stall(tick)
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + tick
                 self.ticks += 1
@@ -523,15 +621,19 @@ class Daemon:
                 self._dirty.clear()
                 await self.renew_leases_off_loop()
                 self.executor.adopt(self.watcher.cells.values())  # a safety net: any start without a watch gets one
-                for cell in self.watcher.cells.values():  # after a pause, a reconnect or a restart too
+                running = {cid for cid, _ in self.executor.procs}  # after a pause, a reconnect or a restart too
+                for cell in [c for cid, c in self.watcher.cells.items() if cid in running]:
                     stale = self.executor.superseded(cell)
                     if stale:
                         log.warning("cell %s: %s started again elsewhere; stopping the copy here", cell.id,
                                     ", ".join(stale))
-                self.run_pass()
+                corrupt = self.watcher.corrupt  # however it was found: alerted every tick
+                self.run_pass([cid for cid in self.watcher.cells if cid not in self._quiet or cid in corrupt])
                 self.write_status()
                 self.systemd.alive()  # from the loop itself: a hung loop stops the pings
                 if self.ticks % KEEP_TICKS == 0:
+                    for cid in self._heard.keys() - self.watcher.cells.keys():
+                        del self._heard[cid]
                     self._keep()
                 if every > 0 and time.monotonic() >= next_verify and (verifying is None or verifying.done()):
                     next_verify = time.monotonic() + every
@@ -540,6 +642,7 @@ class Daemon:
                 dirty, self._dirty = sorted(self._dirty), set()
                 self.run_pass(dirty)
             self.executor.kill_orphans(self.watcher.cells)
+            self._turned = time.time()
         if verifying is not None:
             await verifying
         if self._keeping is not None:

@@ -13,7 +13,7 @@ import concurrent.futures
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -333,11 +333,11 @@ class Executor:
             self.stop(cell_id, agent)
         return agents
 
-    def kill_orphans(self, live: Iterable[str]) -> None:
-        """The agents of a cell that vanished (destroyed) are killed."""
-        keep = set(live)
+    def kill_orphans(self, live: Container[str]) -> None:
+        """The agents of a cell that vanished (destroyed) are killed (every turn of the loop: no copy of
+        the cells)."""
         for (cid, _), proc in list(self.procs.items()):
-            if cid not in keep:
+            if cid not in live:
                 self.backend.signal(proc, signal.SIGKILL)
 
 

@@ -15,7 +15,7 @@ from .lifetime import checkpoint_overdue
 from .policy import Effective, effective
 from .probes import limit_of, managed, probed
 
-__all__ = ["Health", "Verdict", "agent_rows", "judge", "phi"]
+__all__ = ["ALWAYS", "Health", "Hearing", "Verdict", "agent_rows", "healths", "judge", "phi", "silence_due"]
 
 Health = Literal["healthy", "stale", "dead", "unknown", "stopped", "left"]
 MIN_SAMPLES = 3
@@ -28,6 +28,28 @@ class Verdict(Struct, frozen=True, kw_only=True):
     age: float | None = None
     reason: str | None = None
     detail: dict[str, Any] = {}
+
+
+class Hearing(Struct, frozen=True, kw_only=True):
+    """When the judge could hear a cell's agents: silence before `since` (its first complete look at the
+    cell) or inside a gap (a stall of its loop, a pause of its machine) is never held against an agent,
+    since an agent that heartbeats through the daemon's socket cannot be heard while it is deaf."""
+
+    since: float = 0.0
+    gaps: tuple[tuple[float, float], ...] = ()
+
+    def silence(self, last: float, now: float) -> float:
+        """The seconds of `last` to `now` the judge was listening."""
+        start = max(last, self.since)
+        out = now - start
+        for lo, hi in self.gaps:
+            lo, hi = max(lo, start), min(hi, now)
+            if hi > lo:
+                out -= hi - lo
+        return out
+
+
+ALWAYS = Hearing()  # judged from the log alone: the CLI, `up --once`, a test
 
 
 def phi(intervals: tuple[float, ...], age: float) -> float:
@@ -43,26 +65,35 @@ def phi(intervals: tuple[float, ...], age: float) -> float:
     return -math.log10(max(p_later, 1e-300))
 
 
-def _by_heartbeat(a: AgentView, p: Effective, now: float) -> Verdict:
+def _heard(age: float, silent: float) -> dict[str, float]:
+    """The silence counted, beside the age, where the judge was deaf for part of it."""
+    return {"heard_silent": round(silent, 3)} if age - silent > 1e-3 else {}
+
+
+def _by_heartbeat(a: AgentView, p: Effective, now: float, hearing: Hearing) -> Verdict:
     age = now - a.last_seen
-    if p.progress_after > 0 and a.heartbeats and now - a.cycle_since > p.progress_after:
+    silent = hearing.silence(a.last_seen, now)
+    still = hearing.silence(a.cycle_since, now)
+    if p.progress_after > 0 and a.heartbeats and still > p.progress_after:
         return Verdict(health="dead", age=age, reason="no_progress",
                        detail={"cycle": a.cycle, "unchanged_for": round(now - a.cycle_since, 3),
-                               "progress_after": p.progress_after})
+                               "progress_after": p.progress_after, **_heard(now - a.cycle_since, still)})
     if p.detector == "phi" and len(a.intervals) >= MIN_SAMPLES:
-        suspicion = phi(a.intervals, age)
-        detail = {"phi": round(suspicion, 3), "phi_threshold": p.phi_threshold, "age": round(age, 3)}
+        suspicion = phi(a.intervals, silent)
+        detail = {"phi": round(suspicion, 3), "phi_threshold": p.phi_threshold, "age": round(age, 3),
+                  **_heard(age, silent)}
         if suspicion >= p.phi_threshold:
             return Verdict(health="dead", age=age, reason="heartbeat_timeout", detail=detail)
         return Verdict(health="stale" if suspicion >= 1.0 else "healthy", age=age, detail=detail)
-    if age > p.dead_after:
+    if silent > p.dead_after:
         return Verdict(health="dead", age=age, reason="heartbeat_timeout",
-                       detail={"age": round(age, 3), "dead_after": p.dead_after})
-    return Verdict(health="stale" if age > p.stale_after else "healthy", age=age)
+                       detail={"age": round(age, 3), "dead_after": p.dead_after, **_heard(age, silent)})
+    return Verdict(health="stale" if silent > p.stale_after else "healthy", age=age)
 
 
-def judge(view: CellView, a: AgentView, p: Effective, now: float) -> Verdict:
-    """healthy, stale, dead, unknown, stopped or left, by the rules of the contract."""
+def judge(view: CellView, a: AgentView, p: Effective, now: float, hearing: Hearing = ALWAYS) -> Verdict:
+    """healthy, stale, dead, unknown, stopped or left, by the rules of the contract; silence counts only
+    while the judge could hear (`hearing`)."""
     age = now - a.last_seen if a.last_seen else None
     if a.phase == "left":
         return Verdict(health="left", age=age, reason=a.left_reason or None)
@@ -83,19 +114,40 @@ def judge(view: CellView, a: AgentView, p: Effective, now: float) -> Verdict:
         waited = now - a.invited_at
         if outside:
             return Verdict(health="stale" if a.probe_state == "failing" else "unknown")  # its probe decides
-        if not a.command and waited > p.dead_after:
+        unheard = hearing.silence(a.invited_at, now)
+        if not a.command and unheard > p.dead_after:
             return Verdict(health="dead", reason="never_seen",
-                           detail={"invited_for": round(waited, 3), "dead_after": p.dead_after})
+                           detail={"invited_for": round(waited, 3), "dead_after": p.dead_after,
+                                   **_heard(waited, unheard)})
         return Verdict(health="unknown")
     failing = outside and a.probe_state == "failing"
     if (a.command or outside) and not a.heartbeat_interval:
         # judged by its process, or its probe, alone: a failing probe below the limit is late, not dead
         return Verdict(health="stale" if failing else "healthy", age=age,
                        detail={**a.probe_detail, "failures": a.probe_failed} if failing else {})
-    verdict = _by_heartbeat(a, p, now)
+    verdict = _by_heartbeat(a, p, now, hearing)
     if failing and verdict.health == "healthy":
         return Verdict(health="stale", age=verdict.age, detail={**a.probe_detail, "failures": a.probe_failed})
     return verdict
+
+
+def silence_due(view: CellView, a: AgentView, p: Effective, now: float, hearing: Hearing = ALWAYS) -> float | None:
+    """When `judge` would find the agent dead of silence alone (heartbeat timeout, never seen, no progress)
+    if nothing more is heard: the daemon wakes then rather than at its next tick. None: not judged so
+    (the phi detector's suspicion is not a deadline: the tick covers it)."""
+    if view.state not in ("provisioned", "active") or a.phase not in ("running", "invited") or probed(a):
+        return None
+    if a.phase == "invited":
+        return None if a.command else now + p.dead_after - hearing.silence(a.invited_at, now)
+    if a.command and not a.heartbeat_interval:
+        return None
+    due = None
+    if p.detector != "phi" or len(a.intervals) < MIN_SAMPLES:
+        due = now + p.dead_after - hearing.silence(a.last_seen, now)
+    if p.progress_after > 0 and a.heartbeats:
+        still = now + p.progress_after - hearing.silence(a.cycle_since, now)
+        due = still if due is None else min(due, still)
+    return due
 
 
 UNSUPERVISED = "unsupervised (no daemon)"
@@ -132,15 +184,20 @@ def progress_columns(a: AgentView, p: Effective, now: float) -> dict[str, Any]:
     }
 
 
+def healths(view: CellView, config: Config, now: float, hearing: Hearing = ALWAYS) -> dict[str, Health]:
+    """Each agent's health alone (what `daemon.json` holds, every tick): a fifth of a status row's cost."""
+    return {a.name: judge(view, a, effective(config, view, a.name), now, hearing).health for a in view.agents.values()}
+
+
 def agent_rows(view: CellView, config: Config, now: float, *, no_daemon: bool = False,
-               host: str | None = None) -> list[dict[str, Any]]:
+               host: str | None = None, hearing: Hearing = ALWAYS) -> list[dict[str, Any]]:
     """One row per agent for `status`, `/cells/{cell}` and the planner's dry run. With `no_daemon`, a
     supervised agent (of `host`, or of any host when None) that the log calls alive is reported
     unsupervised: nobody would notice its death, so `healthy` would be stale evidence."""
     rows = []
     for a in view.agents.values():
         p = effective(config, view, a.name)
-        v = judge(view, a, p, now)
+        v = judge(view, a, p, now, hearing)
         health: str = v.health
         if no_daemon and a.command and v.health in ("healthy", "stale", "unknown") and host in (None, a.host):
             health = UNSUPERVISED

@@ -12,14 +12,14 @@ from .budget import blocked, checks
 from .config import Config
 from .effects import open_effects
 from .fold import AgentView, CellView
-from .health import judge
+from .health import ALWAYS, Hearing, judge
 from .lifetime import due, reminders
 from .policy import Effective, effective
-from .probes import fill, managed
+from .probes import fill, managed, probed
 from .resume import resume_pointer
 
 __all__ = ["Action", "Append", "Command", "Start", "Stop", "attempts_in_window", "backoff", "channels_of",
-           "manual_revival", "plan"]
+           "manual_revival", "plan", "quiet"]
 
 RUNNABLE = ("provisioned", "active")
 
@@ -118,14 +118,14 @@ def _own_host(a: AgentView, host: str | None) -> bool:
 
 
 def _candidate(view: CellView, config: Config, dead: AgentView, p: Effective, now: float,
-               prefer: str | None = None) -> AgentView | None:
+               prefer: str | None = None, hearing: Hearing = ALWAYS) -> AgentView | None:
     """The first healthy substitute: the suggested one, the policy's list, then the agent's own."""
     names = [n for n in [prefer, *p.substitutes, *dead.substitutes] if n]
     for name in dict.fromkeys(names):
         c = view.agents.get(name)
         if c is None or name == dead.name:
             continue
-        if judge(view, c, effective(config, view, name), now).health == "healthy":
+        if judge(view, c, effective(config, view, name), now, hearing).health == "healthy":
             return c
     return None
 
@@ -211,8 +211,9 @@ def _operator_stop(a: AgentView, running: bool) -> str | None:
     return None
 
 
-def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: str | None) -> list[AnyAction]:
-    """The actions one agent needs now (usually none)."""
+def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: str | None,
+               hearing: Hearing = ALWAYS) -> list[AnyAction]:
+    """The actions one agent needs now (usually none); silence counts only while `hearing` could hear."""
     cid, name, supervised = view.id, a.name, bool(a.command)
     p = effective(config, view, name)
     running_per_log = supervised and a.spawned_at > a.exited_at and a.pid > 0
@@ -244,7 +245,7 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
         return [Append(cell=cid, agent=name, at_seq=view.seq, why="exited",
                        events=[_declare(a, "exited", detail), *events]), *later]
     if a.phase in ("running", "invited"):
-        verdict = judge(view, a, p, now)
+        verdict = judge(view, a, p, now, hearing)
         if verdict.health != "dead" or verdict.reason is None:
             return []
         events, later = _decide(view, config, a, p, now, host, verdict.reason, verdict.detail)
@@ -285,7 +286,8 @@ def plan_agent(view: CellView, config: Config, a: AgentView, now: float, host: s
     return []
 
 
-def plan(view: CellView, config: Config, now: float, host: str | None) -> list[AnyAction]:
+def plan(view: CellView, config: Config, now: float, host: str | None,
+         hearing: Hearing = ALWAYS) -> list[AnyAction]:
     """Every action a cell needs now: its lifetime's (section 17) first, then agent by agent."""
     ending = due(view, now)
     if ending:  # an archive comes alone: the agents are stopped on the next pass, against the archived cell
@@ -296,8 +298,30 @@ def plan(view: CellView, config: Config, now: float, host: str | None) -> list[A
         out.append(Append(cell=view.id, agent="", at_seq=view.seq, why="checkpoint due",
                           events=reminded))
     for a in view.agents.values():
-        out.extend(plan_agent(view, config, a, now, host))
+        out.extend(plan_agent(view, config, a, now, host, hearing))
     return out
+
+
+SETTLED = ("suppressed", "unrecoverable", "escalated")  # a dead agent's revival that no clock moves on
+
+
+def quiet(view: CellView, config: Config) -> bool:
+    """Nothing in the cell comes due by time alone but an agent's silence (which `health.silence_due` times),
+    once a plan found nothing to do: a daemon plans it again when its log moves or a silence deadline
+    comes, not every tick. Whatever else a clock moves (a supervised process, another manager's agent, a
+    probe, a budget, a lifetime, an approval's timeout, the phi detector) keeps the cell on every tick."""
+    if view.state not in RUNNABLE or view.max_duration > 0 or view.checkpoint_interval > 0 or view.auto_archive:
+        return False
+    if any(r.decision is None for r in view.approvals.values()):
+        return False
+    for a in view.agents.values():
+        if a.command or managed(a) or probed(a) or a.budget_exceeded is not None:
+            return False
+        if not (a.phase in ("running", "invited", "left") or (a.phase == "dead" and a.revival in SETTLED)):
+            return False
+        if effective(config, view, a.name).detector == "phi":
+            return False
+    return True
 
 
 def manual_revival(view: CellView, config: Config, agent: str, now: float) -> list[ev.AnyEvent]:

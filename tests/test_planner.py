@@ -9,7 +9,8 @@ import msgspec
 from lazarus_bus import events as ev
 from lazarus_bus.config import Config
 from lazarus_bus.fold import CellView, fold
-from lazarus_bus.planner import Append, Start, Stop, backoff, manual_revival, plan
+from lazarus_bus.health import Hearing, silence_due
+from lazarus_bus.planner import Append, Start, Stop, backoff, manual_revival, plan, quiet
 from lazarus_bus.policy import effective
 
 HOST = "here"
@@ -221,3 +222,40 @@ def test_prefer_substitute_picks_a_healthy_substitute_for_an_agent_on_another_ho
     local = _managed_story(HOST)
     assert local.view is not None
     assert any(isinstance(a, Command) for a in plan(local.view, cfg(mode="yes", prefer="substitute"), 10.0, HOST))
+
+
+def test_a_cell_of_heartbeating_agents_is_quiet_and_its_silence_deadline_is_when_the_plan_declares_death() -> None:
+    c = cfg(mode="no")
+    s = Story(ev.AgentInvited(by="operator", agent="ada", role="write", ts=1.0),
+              ev.AgentInvited(by="operator", agent="bob", role="write", ts=1.0),
+              ev.AgentHeartbeat(by="ada", agent="ada", ts=5.0), ev.AgentHeartbeat(by="bob", agent="bob", ts=8.0))
+    assert s.view is not None and quiet(s.view, c)
+    v = s.view
+    dues = [silence_due(v, a, effective(c, v, a.name), 9.0) for a in v.agents.values()]
+    assert dues == [25.0, 28.0]
+    assert plan(v, c, 25.0, HOST) == []  # dead only once past it
+    [declared] = plan(v, c, 25.001, HOST)
+    assert isinstance(declared, Append) and declared.events[0].agent == "ada"  # type: ignore[union-attr]
+    # a late first look moves the deadline with it
+    assert silence_due(v, v.agents["ada"], effective(c, v, "ada"), 100.0, Hearing(since=90.0)) == 110.0
+    s.apply(plan(v, c, 26.0, HOST), 26.0)  # declared dead, revival suppressed: nothing more comes due
+    assert s.view is not None and s.view.agents["ada"].phase == "dead" and quiet(s.view, c)
+    assert silence_due(s.view, s.view.agents["ada"], effective(c, s.view, "ada"), 30.0) is None
+
+
+def test_whatever_a_clock_moves_besides_silence_keeps_a_cell_on_every_tick() -> None:
+    c = cfg(mode="no")
+    invite = ev.AgentInvited(by="operator", agent="ada", role="write", ts=1.0)
+    supervised = Story(ev.AgentInvited(by="operator", agent="ada", role="write", command=["x"], ts=1.0))
+    assert supervised.view is not None and not quiet(supervised.view, c)
+    lifetime = Story(invite)
+    lifetime.view = msgspec.structs.replace(lifetime.view, max_duration=60.0)  # type: ignore[arg-type]
+    assert not quiet(lifetime.view, c)
+    phi = msgspec.convert({"health": {"detector": "phi"}}, Config)
+    assert Story(invite).view is not None and not quiet(Story(invite).view, phi)  # type: ignore[arg-type]
+    asking = Story(invite, ev.AgentHeartbeat(by="ada", agent="ada", ts=2.0))
+    assert asking.view is not None
+    asking.apply(plan(asking.view, cfg(mode="ask"), 30.0, HOST), 30.0)  # an approval pending, with its timeout
+    assert asking.view is not None and asking.view.approvals and not quiet(asking.view, cfg(mode="ask"))
+    frozen = Story(invite, ev.CellFrozen(by="operator", ts=2.0))
+    assert frozen.view is not None and not quiet(frozen.view, c)
