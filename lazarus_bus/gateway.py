@@ -33,6 +33,7 @@ from .effects import effect_rows
 from .errors import CorruptLog, EffectDone, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
 from .health import agent_rows, judge
+from .log import Appended
 from .names import check_agent
 from .policy import effective
 
@@ -41,9 +42,10 @@ __all__ = ["Gateway", "Identity", "Served", "load_tokens", "parse_listen"]
 log = logging.getLogger(__name__)
 KEEPALIVE = 15.0
 SSE_QUEUE = 10_000
-# appends and backlog reads: a slow disk or a long backlog never stalls the daemon's loop; with fsync
-# "always", appends waiting on one flush hold a thread each, so this many can share one (group commit)
+# appends that wait for disk and backlog reads: a slow disk or a long backlog never stalls the daemon's loop
 IO_THREADS = 4
+# batches of one cell's appends in flight at once: one writing while the one before waits on its flush
+IN_FLIGHT = 2
 T = TypeVar("T")
 
 
@@ -59,7 +61,9 @@ class Served(Protocol):
     @property
     def lag(self) -> float: ...
 
-    def cell(self, ref: str) -> Cell | None: ...
+    def cell(self, ref: str) -> Cell | None:
+        """A watched cell by id or name; by the id of a watched cell, a lookup without I/O."""
+        ...
 
     def views(self) -> dict[str, CellView]: ...
 
@@ -234,6 +238,70 @@ class _Metrics(Collector):
         yield from (appended, revivals, agents, lag, requests)
 
 
+_Pending = tuple[ev.Event, int | None, asyncio.Future[list[Appended]]]
+
+
+class _Commits:
+    """One cell's appends through the gateway when an append waits for disk: requests that arrive while
+    a batch is written or flushed join the next one, and a batch is one hop to a worker thread and one
+    wait for a flush (group commit), however many requests it holds. Each event is still admitted,
+    chained and answered on its own, and only once the flush that covers it is done."""
+
+    def __init__(self, cell: Cell, pool: ThreadPoolExecutor) -> None:
+        self.cell = cell
+        self.pool = pool
+        self.queue: list[_Pending] = []
+        self.running = 0
+
+    def submit(self, draft: ev.Event, expected: int | None) -> asyncio.Future[list[Appended]]:
+        done: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        self.queue.append((draft, expected, done))
+        if self.running < IN_FLIGHT:
+            self._start()
+        return done
+
+    def _start(self) -> None:
+        batch, self.queue = self.queue, []
+        self.running += 1
+        loop = asyncio.get_running_loop()
+        try:
+            running = loop.run_in_executor(self.pool, _commit, self.cell, [(d, x) for d, x, _ in batch])
+        except RuntimeError as exc:  # the pool is shut down: the daemon is stopping
+            running = loop.create_future()
+            running.set_exception(LazarusError(f"not appended: {exc}"))
+        running.add_done_callback(functools.partial(self._answer, batch))
+
+    def _answer(self, batch: list[_Pending], outcome: asyncio.Future[list[list[Appended] | Exception]]) -> None:
+        """On the loop: each request its own result or error, then the next batch if requests wait."""
+        self.running -= 1
+        failed = LazarusError("not appended: cancelled") if outcome.cancelled() else outcome.exception()
+        results: list[list[Appended] | BaseException] = [*outcome.result()] if failed is None else [failed] * len(batch)
+        for (_, _, done), result in zip(batch, results):
+            if done.cancelled():
+                continue  # its client went away: the event is written all the same
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+        if self.queue and self.running < IN_FLIGHT:
+            self._start()
+
+
+def _commit(cell: Cell, batch: list[tuple[ev.Event, int | None]]) -> list[list[Appended] | Exception]:
+    """In a worker thread: a batch appended one request at a time, then one wait for the disk for them all."""
+    out: list[list[Appended] | Exception] = []
+    try:
+        with cell.log.group_commit():  # the appends note their tickets; the wait for the flush is on the way out
+            for draft, expected in batch:
+                try:
+                    out.append(cell.append(draft, expected_seq=expected))
+                except Exception as exc:  # noqa: BLE001 - a refusal answers its own request, not the batch
+                    out.append(exc)
+    except LazarusError as exc:  # the flush failed: what this batch wrote is not known durable, so not acknowledged
+        return [r if isinstance(r, Exception) else exc for r in out]
+    return out
+
+
 class Gateway:
     """Serves the daemon's projections and appends through the same cells the daemon folds."""
 
@@ -245,6 +313,8 @@ class Gateway:
         if self.config.http.tokens_file:
             self.tokens = load_tokens(Path(self.config.http.tokens_file))
         self.requests: dict[int, int] = {}
+        self.commits: dict[str, _Commits] = {}  # cell id -> its batches of appends that wait for disk
+        self.known: dict[str, Cell] = {}  # a cell reference (id or name) -> the cell it named last time
         self.subscribers: dict[str, set[asyncio.Queue[ev.Event | None]]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Metrics(self))
@@ -461,10 +531,28 @@ class Gateway:
         its own cell only."""
         ref = request.match_info["cell"]
         cell, view = await self._io(self._found, ref)  # one hop to a worker thread, not two
+        self.known[ref] = cell
+        self._may_see(request, cell, view)
+        return cell, view
+
+    @staticmethod
+    def _may_see(request: web.Request, cell: Cell, view: CellView) -> None:
         ident: Identity = request["identity"]
         if ident.kind == "agent" and ident.cell not in (cell.id, view.name):
-            raise Forbidden(f"token of agent {ident.agent} is for cell {ident.cell}, not {ref}")
-        return cell, view
+            raise Forbidden(f"token of agent {ident.agent} is for cell {ident.cell}, not {request.match_info['cell']}")
+
+    async def _target(self, request: web.Request) -> Cell:
+        """The cell a write goes to: one named before is found on the loop, with no thread hop and no fold
+        (the append folds under the cell's lock what it must); the first time, as `_cell` finds it."""
+        ref = request.match_info["cell"]
+        cell = self.known.get(ref)
+        view = cell.projection if cell is not None else None
+        if cell is None or view is None or view.state == "destroyed" or self.served.cell(cell.id) is not cell:
+            return (await self._cell(request))[0]
+        if cell.id in self.served.corrupt:
+            raise CorruptLog(self.served.corrupt[cell.id])
+        self._may_see(request, cell, view)
+        return cell
 
     @staticmethod
     def _author(request: web.Request, claimed: str | None) -> str | None:
@@ -484,8 +572,11 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
         try:
-            async with asyncio.timeout(self.config.http.body_timeout):
+            if request.content.is_eof():  # all in already (a small body): no timer to set
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.config.http.body_timeout):
+                    raw = await request.read()
         except TimeoutError:
             raise web.HTTPRequestTimeout(
                 reason=f"request body not received within body_timeout ({self.config.http.body_timeout:g} s)"
@@ -503,7 +594,13 @@ class Gateway:
     async def _written(self, cell: Cell, draft: ev.Event, expected: Any) -> web.Response:
         if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool) or expected < 0):
             raise MalformedInput("expected_seq must be a non-negative integer")
-        written = await self._io(functools.partial(cell.append, draft, expected_seq=expected))
+        if not cell.log.append_waits:  # the page cache only (fsync "never"): on the loop, no thread hop
+            written = cell.append(draft, expected_seq=expected)
+        else:  # waits for disk: batched with the requests around it, one flush for them all
+            commits = self.commits.get(cell.id)
+            if commits is None or commits.cell is not cell:
+                commits = self.commits[cell.id] = _Commits(cell, self.io)
+            written = await commits.submit(draft, expected)
         first = written[0]
         return _json({"seq": first.seq, "id": first.event.id, "type": first.event.type,
                       "duplicate": first.duplicate}, status=200 if first.duplicate else 201)
@@ -599,7 +696,7 @@ class Gateway:
                       "reason": verdict.reason, "detail": verdict.detail})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        cell, _ = await self._cell(request)
+        cell = await self._target(request)
         agent = check_agent(request.match_info["agent"])
         body = await self._body(request)
         expected = body.pop("expected_seq", None)
@@ -613,7 +710,7 @@ class Gateway:
         return await self._written(cell, self._stamped(request, draft), expected)
 
     async def append(self, request: web.Request) -> web.Response:
-        cell, _ = await self._cell(request)
+        cell = await self._target(request)
         body = await self._body(request)
         expected = body.pop("expected_seq", None)
         by = self._author(request, body.get("by"))

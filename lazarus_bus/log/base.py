@@ -190,6 +190,12 @@ class LogBackend(abc.ABC):
     def import_lines(self, lines: Sequence[bytes]) -> None:
         """Write an exported log as it is (same bytes, seqs, ids and chain) into this empty log."""
 
+    @property
+    def append_waits(self) -> bool:
+        """Whether an append waits on a disk flush or the network; if not, it costs CPU and a write to
+        the page cache only, and an event loop may make it inline (a seal's few fsyncs aside)."""
+        return True
+
     def group_commit(self) -> contextlib.AbstractContextManager[None]:
         """Appends inside wait for disk only on the way out, so several threads share one flush (a
         backend whose every append is durable on return has nothing to defer)."""

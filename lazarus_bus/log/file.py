@@ -195,6 +195,10 @@ class FileLog(LogBackend):
     def group_commit(self) -> contextlib.AbstractContextManager[None]:
         return self._commit.deferred() if self.fsync == "always" else contextlib.nullcontext()
 
+    @property
+    def append_waits(self) -> bool:
+        return self.fsync != "never"
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
