@@ -55,6 +55,8 @@ KEEP_TICKS = 10  # retention and anchors every this many ticks (DESIGN section 1
 # events that can never make an action due (a heartbeat only ever keeps an agent alive): the tick covers them
 PASSIVE: frozenset[type[Event]] = frozenset({ev.AgentHeartbeat, ev.BusMessage, ev.CheckpointCreated,
                                              ev.CheckpointRestored, ev.TaskCreated, ev.TaskUpdated})
+# the events on which agents another manager runs are stopped or started (Daemon._follow_managed)
+_CUES = (ev.CellFrozen, ev.CellArchived, ev.CellDestroyed, ev.CellThawed, ev.AgentLeft, ev.AgentUpdated)
 
 
 def _raise_open_files() -> None:
@@ -307,6 +309,8 @@ class Daemon:
     def _follow_managed(self, cell: Cell, e: Event) -> None:
         """Agents another manager runs stop and start with their cell (`--stop-cmd`, `--start-cmd`), as the
         daemon's own agents do: on the transition, seen live."""
+        if not isinstance(e, _CUES):
+            return  # most events (a heartbeat) start or stop nobody: no walk over the cell's agents
         view = cell.projection
         if view is None or not self._may_act(cell.id):
             return

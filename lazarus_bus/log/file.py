@@ -419,6 +419,8 @@ class FileLog(LogBackend):
                 at += len(line) + 1
 
     def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
+        if until is not None and until <= since:
+            return  # nothing asked (an append's admission, its projection already at the head): no syscall
         self._follow_seal()
         anchor = self._anchor
         if since < anchor.seq:  # what is asked begins in the sealed segments
