@@ -239,26 +239,39 @@ class _Metrics(Collector):
 
 
 _Pending = tuple[ev.Event, int | None, asyncio.Future[list[Appended]]]
+_Outcome = list[Appended] | Exception
 
 
 class _Commits:
-    """One cell's appends through the gateway when an append waits for disk: requests that arrive while
-    a batch is written or flushed join the next one, and a batch is one hop to a worker thread and one
-    wait for a flush (group commit), however many requests it holds. Each event is still admitted,
-    chained and answered on its own, and only once the flush that covers it is done."""
+    """One cell's appends through the gateway, in batches: the requests whose appends come in one turn of
+    the loop (fsync "never": appended on the loop), or while the batch before is written or flushed (an
+    append that waits for disk: one hop to a worker thread and one wait for a flush for the whole batch).
+    Each event is still admitted, chained and answered on its own, and only once the flush that covers
+    it is done."""
 
     def __init__(self, cell: Cell, pool: ThreadPoolExecutor) -> None:
         self.cell = cell
         self.pool = pool
         self.queue: list[_Pending] = []
-        self.running = 0
+        self.running = 0  # batches in worker threads
+        self.due = False  # a batch on the loop is scheduled
 
     def submit(self, draft: ev.Event, expected: int | None) -> asyncio.Future[list[Appended]]:
-        done: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Appended]] = loop.create_future()
         self.queue.append((draft, expected, done))
-        if self.running < IN_FLIGHT:
+        if not self.cell.log.append_waits:
+            if not self.due:
+                self.due = True
+                loop.call_soon(self._inline)  # after the handlers ready in this turn have queued theirs
+        elif self.running < IN_FLIGHT:
             self._start()
         return done
+
+    def _inline(self) -> None:
+        self.due = False
+        batch, self.queue = self.queue, []
+        _answer(batch, _commit(self.cell, [(d, x) for d, x, _ in batch]))
 
     def _start(self) -> None:
         batch, self.queue = self.queue, []
@@ -269,36 +282,81 @@ class _Commits:
         except RuntimeError as exc:  # the pool is shut down: the daemon is stopping
             running = loop.create_future()
             running.set_exception(LazarusError(f"not appended: {exc}"))
-        running.add_done_callback(functools.partial(self._answer, batch))
+        running.add_done_callback(functools.partial(self._done, batch))
 
-    def _answer(self, batch: list[_Pending], outcome: asyncio.Future[list[list[Appended] | Exception]]) -> None:
-        """On the loop: each request its own result or error, then the next batch if requests wait."""
+    def _done(self, batch: list[_Pending], outcome: asyncio.Future[list[_Outcome]]) -> None:
+        """On the loop: a thread's batch answered, then the next one if requests wait."""
         self.running -= 1
         failed = LazarusError("not appended: cancelled") if outcome.cancelled() else outcome.exception()
-        results: list[list[Appended] | BaseException] = [*outcome.result()] if failed is None else [failed] * len(batch)
-        for (_, _, done), result in zip(batch, results):
-            if done.cancelled():
-                continue  # its client went away: the event is written all the same
-            if isinstance(result, BaseException):
-                done.set_exception(result)
-            else:
-                done.set_result(result)
+        _answer(batch, [failed] * len(batch) if isinstance(failed, Exception) else outcome.result())
         if self.queue and self.running < IN_FLIGHT:
             self._start()
 
 
-def _commit(cell: Cell, batch: list[tuple[ev.Event, int | None]]) -> list[list[Appended] | Exception]:
-    """In a worker thread: a batch appended one request at a time, then one wait for the disk for them all."""
-    out: list[list[Appended] | Exception] = []
+def _answer(batch: list[_Pending], outcomes: list[_Outcome]) -> None:
+    """Each request its own result or error."""
+    for (_, _, done), outcome in zip(batch, outcomes):
+        if done.cancelled():
+            continue  # its client went away: the event is written all the same
+        if isinstance(outcome, Exception):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
+
+
+def _plain(draft: ev.Event, expected: int | None) -> bool:
+    """A heartbeat with no id and no expected seq: several go in one write, as if one by one."""
+    return type(draft) is ev.AgentHeartbeat and not draft.id and expected is None
+
+
+def _commit(cell: Cell, batch: list[tuple[ev.Event, int | None]]) -> list[_Outcome]:
+    """A batch of requests' appends, then one wait for the disk for them all. Plain heartbeats next to
+    each other are written together (one lock, one write, one fold); anything else, or a run of them
+    refused as a whole, one request at a time, so each request gets its own answer."""
+    out: list[_Outcome] = []
     try:
         with cell.log.group_commit():  # the appends note their tickets; the wait for the flush is on the way out
-            for draft, expected in batch:
-                try:
-                    out.append(cell.append(draft, expected_seq=expected))
-                except Exception as exc:  # noqa: BLE001 - a refusal answers its own request, not the batch
-                    out.append(exc)
+            i = 0
+            while i < len(batch):
+                j = i + 1
+                while j < len(batch) and _plain(*batch[i]) and _plain(*batch[j]):
+                    j += 1
+                if j - i > 1 and (written := _together(cell, [d for d, _ in batch[i:j]])) is not None:
+                    out.extend(written)
+                else:
+                    out.extend(_alone(cell, draft, expected) for draft, expected in batch[i:j])
+                i = j
     except LazarusError as exc:  # the flush failed: what this batch wrote is not known durable, so not acknowledged
-        return [r if isinstance(r, Exception) else exc for r in out]
+        lost: list[_Outcome] = [exc] * (len(batch) - len(out))
+        return [r if isinstance(r, Exception) else exc for r in out] + lost
+    return out
+
+
+def _alone(cell: Cell, draft: ev.Event, expected: int | None) -> _Outcome:
+    try:
+        return cell.append(draft, expected_seq=expected)
+    except Exception as exc:  # noqa: BLE001 - a refusal answers its own request, not the batch
+        return exc
+
+
+def _together(cell: Cell, drafts: list[ev.Event]) -> list[_Outcome] | None:
+    """Heartbeats in one append (admitted in order, each against the state the ones before leave), split
+    back per request: its heartbeat and what admission added after it (a `cell.activated`; any before
+    the first goes with the first); None when refused, to be tried one by one."""
+    try:
+        written = cell.append_many(drafts)
+    except (MalformedInput, NotFound, Refused):
+        return None  # refused before anything was written: one by one, each its own answer
+    except LazarusError as exc:  # the disk or the log: every request of the run is told
+        return [exc] * len(drafts)
+    out: list[_Outcome] = []
+    mine: list[Appended] = []
+    for a in written:
+        if type(a.event) is ev.AgentHeartbeat and any(type(b.event) is ev.AgentHeartbeat for b in mine):
+            out.append(mine)
+            mine = []
+        mine.append(a)
+    out.append(mine)
     return out
 
 
@@ -313,7 +371,7 @@ class Gateway:
         if self.config.http.tokens_file:
             self.tokens = load_tokens(Path(self.config.http.tokens_file))
         self.requests: dict[int, int] = {}
-        self.commits: dict[str, _Commits] = {}  # cell id -> its batches of appends that wait for disk
+        self.commits: dict[str, _Commits] = {}  # cell id -> its appends in batches
         self.known: dict[str, Cell] = {}  # a cell reference (id or name) -> the cell it named last time
         self.subscribers: dict[str, set[asyncio.Queue[ev.Event | None]]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
@@ -594,13 +652,10 @@ class Gateway:
     async def _written(self, cell: Cell, draft: ev.Event, expected: Any) -> web.Response:
         if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool) or expected < 0):
             raise MalformedInput("expected_seq must be a non-negative integer")
-        if not cell.log.append_waits:  # the page cache only (fsync "never"): on the loop, no thread hop
-            written = cell.append(draft, expected_seq=expected)
-        else:  # waits for disk: batched with the requests around it, one flush for them all
-            commits = self.commits.get(cell.id)
-            if commits is None or commits.cell is not cell:
-                commits = self.commits[cell.id] = _Commits(cell, self.io)
-            written = await commits.submit(draft, expected)
+        commits = self.commits.get(cell.id)
+        if commits is None or commits.cell is not cell:
+            commits = self.commits[cell.id] = _Commits(cell, self.io)
+        written = await commits.submit(draft, expected)  # with the requests around it: one write, one flush
         first = written[0]
         return _json({"seq": first.seq, "id": first.event.id, "type": first.event.type,
                       "duplicate": first.duplicate}, status=200 if first.duplicate else 201)
