@@ -6,7 +6,8 @@ In one run, each driven by the same wrk with the same connections for the same t
 - the daemon with fsync "never" and N connections, as a ratio to the bare server;
 - the daemon with fsync "always" and one connection (the single-append durable rate);
 - the daemon with fsync "always" and N connections (group commit), as a ratio to the one connection;
-every event answered 201 is counted in the log afterwards.
+every event answered 201 is counted in the log afterwards, with how many writes the heartbeats took
+(`heartbeats_per_write`: the events of one write share a timestamp).
 
 Needs wrk: `apt-get install -y wrk` (Debian's package). BENCH_CLIENTS (64), BENCH_SECONDS (5),
 BENCH_WRK_THREADS (1)."""
@@ -82,7 +83,7 @@ def wrk(base: str, connections: int, seconds: float, script: Path) -> dict[str, 
 
 def drive(base: str, pid: int, connections: int, script: Path) -> dict[str, Any]:
     """A one-second warm-up, then the measured run with the server's CPU time beside it."""
-    wrk(base, connections, 1, script)
+    warm = wrk(base, connections, 1, script)
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     got = wrk(base, connections, SECONDS, script)
     cpu, wall = cpu_seconds(pid) - cpu0, time.perf_counter() - t0
@@ -91,7 +92,8 @@ def drive(base: str, pid: int, connections: int, script: Path) -> dict[str, Any]
             "requests_per_s": round(n / (got["duration_us"] / 1e6)), "p50_ms": round(got["p50_us"] / 1000, 2),
             "p99_ms": round(got["p99_us"] / 1000, 2), "max_ms": round(got["max_us"] / 1000, 2),
             "server_cpu_us_per_request": round(cpu / max(1, n) * 1e6, 1),
-            "server_cores": round(cpu / wall, 2), "load_average": os.getloadavg()[0]}
+            "server_cores": round(cpu / wall, 2), "load_average": os.getloadavg()[0],
+            "answered_2xx": n - got["status_errors"] + warm["requests"] - warm["status_errors"]}
 
 
 def bare(script: Path) -> dict[str, Any]:
@@ -131,14 +133,19 @@ def phase(fsync: str, connections: int, script: Path) -> dict[str, Any]:
         finally:
             os.killpg(daemon.pid, signal.SIGTERM)
             daemon.wait(30)
-        # warm-up and measured run: every 201 the two wrk runs counted is a heartbeat in the log
-        out["heartbeats_in_log"] = _heartbeats(root) - before
+        # warm-up and measured run: every 201 is a heartbeat in the log (and a few whose answer wrk
+        # stopped waiting for at the end)
+        beats, stamps = _heartbeats(root)
+        out["heartbeats_in_log"] = beats - before[0]
+        out["heartbeats_per_write"] = round((beats - before[0]) / max(1, stamps - before[1]), 2)
     return {"fsync": fsync, **out}
 
 
-def _heartbeats(root: Path) -> int:
+def _heartbeats(root: Path) -> tuple[int, int]:
+    """The heartbeats in the log, and how many writes they took (the events of one write share a ts)."""
     log = next(root.glob("*/logs/events.jsonl"))
-    return sum(1 for line in log.read_bytes().splitlines() if b'"agent.heartbeat"' in line)
+    beats = [json.loads(line) for line in log.read_bytes().splitlines() if b'"agent.heartbeat"' in line]
+    return len(beats), len({b["ts"] for b in beats})
 
 
 def main() -> None:

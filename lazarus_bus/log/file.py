@@ -662,14 +662,14 @@ class FileLog(LogBackend):
         drafts = self.checked(drafts)
         if self.read_only:
             raise Refused(f"cannot append to {self.path}: it is read-only to this user")
-        grouped = self.fsync == "always"
-        if grouped:
-            self._commit.begin()
+        if self.fsync != "always":
+            return self._append_locked(drafts, expected_seq, admit, False)  # no flush to share: no bookkeeping
+        self._commit.begin()
         ticket = 0
         try:
-            written = self._append_locked(drafts, expected_seq, admit, grouped)
+            written = self._append_locked(drafts, expected_seq, admit, True)
         finally:
-            if grouped and not self._ticket.value:
+            if not self._ticket.value:
                 self._commit.abandon()  # refused or failed: a flush need not wait for this writer
             ticket, self._ticket.value = self._ticket.value, 0
         if ticket:  # off the locks: the next writer appends while this one's flush runs
@@ -699,7 +699,7 @@ class FileLog(LogBackend):
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             locked = self._fd
             try:
-                size = os.lseek(self._fd, 0, os.SEEK_END)  # not fstat: on every append, its cost shows
+                size = st.st_size  # the fstat that looked for a seal, taken under the lock: no lseek
                 if size != self._end:
                     self._sync(size)
                 if self._ended:
