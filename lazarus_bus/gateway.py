@@ -33,7 +33,7 @@ from .effects import effect_rows
 from .errors import CorruptLog, EffectDone, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
 from .health import agent_rows, judge
-from .log import Appended
+from .log import Appended, Durable
 from .names import check_agent
 from .policy import effective
 
@@ -240,57 +240,100 @@ class _Metrics(Collector):
 
 _Pending = tuple[ev.Event, int | None, asyncio.Future[list[Appended]]]
 _Outcome = list[Appended] | Exception
+_Written = tuple[list[_Pending], list[_Outcome], Durable]  # a batch appended on the loop, not yet on disk
 
 
 class _Commits:
     """One cell's appends through the gateway, in batches: the requests whose appends come in one turn of
-    the loop (fsync "never": appended on the loop), or while the batch before is written or flushed (an
-    append that waits for disk: one hop to a worker thread and one wait for a flush for the whole batch).
-    Each event is still admitted, chained and answered on its own, and only once the flush that covers
-    it is done."""
+    the loop are appended there together, and answered once the flush that covers them is done (fsync
+    "always": a worker thread waits for it, one wait for the batches written meanwhile; "never": at
+    once). Where an append itself blocks (the network), a batch is one hop to a worker thread: those
+    that arrive while it runs join the next. Each event is still admitted, chained and answered on its
+    own."""
 
     def __init__(self, cell: Cell, pool: ThreadPoolExecutor) -> None:
         self.cell = cell
         self.pool = pool
         self.queue: list[_Pending] = []
-        self.running = 0  # batches in worker threads
-        self.due = False  # a batch on the loop is scheduled
+        self.due = False  # a turn of the loop is to append what is queued
+        self.unsynced: list[_Written] = []
+        self.syncing = False  # a worker thread waits for a flush
+        self.running = 0  # batches appended in worker threads
 
     def submit(self, draft: ev.Event, expected: int | None) -> asyncio.Future[list[Appended]]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Appended]] = loop.create_future()
         self.queue.append((draft, expected, done))
-        if not self.cell.log.append_waits:
-            if not self.due:
-                self.due = True
-                loop.call_soon(self._inline)  # after the handlers ready in this turn have queued theirs
-        elif self.running < IN_FLIGHT:
-            self._start()
+        if not self.due:
+            self.due = True
+            loop.call_soon(self._turn)  # after the handlers ready in this turn have queued theirs
         return done
 
-    def _inline(self) -> None:
+    def _turn(self) -> None:
         self.due = False
+        unwaited = self.cell.log.unwaited()
+        if unwaited is None:  # appends that block: in worker threads
+            if self.running < IN_FLIGHT:
+                self._start()
+            return
         batch, self.queue = self.queue, []
-        _answer(batch, _commit(self.cell, [(d, x) for d, x, _ in batch]))
+        with unwaited as durable:
+            outcomes = _commit(self.cell, [(d, x) for d, x, _ in batch])
+        if not durable.pending:
+            _answer(batch, outcomes)
+            return
+        self.unsynced.append((batch, outcomes, durable))
+        if not self.syncing:
+            self._sync()
+
+    def _sync(self) -> None:
+        """One worker thread waits for the flush that covers every batch written so far."""
+        group, self.unsynced = self.unsynced, []
+        self.syncing = True
+        self._off(group[-1][2].wait, functools.partial(self._synced, group))
+
+    def _synced(self, group: list[_Written], flushed: asyncio.Future[Any]) -> None:
+        self.syncing = False
+        failed = _failure(flushed)
+        for batch, outcomes, _ in group:
+            if failed is not None:  # the flush failed: nothing it was to cover is acknowledged
+                outcomes = [o if isinstance(o, Exception) else failed for o in outcomes]
+            _answer(batch, outcomes)
+        if self.unsynced:
+            self._sync()
 
     def _start(self) -> None:
         batch, self.queue = self.queue, []
         self.running += 1
-        loop = asyncio.get_running_loop()
-        try:
-            running = loop.run_in_executor(self.pool, _commit, self.cell, [(d, x) for d, x, _ in batch])
-        except RuntimeError as exc:  # the pool is shut down: the daemon is stopping
-            running = loop.create_future()
-            running.set_exception(LazarusError(f"not appended: {exc}"))
-        running.add_done_callback(functools.partial(self._done, batch))
+        self._off(functools.partial(_commit, self.cell, [(d, x) for d, x, _ in batch]),
+                  functools.partial(self._done, batch))
 
     def _done(self, batch: list[_Pending], outcome: asyncio.Future[list[_Outcome]]) -> None:
         """On the loop: a thread's batch answered, then the next one if requests wait."""
         self.running -= 1
-        failed = LazarusError("not appended: cancelled") if outcome.cancelled() else outcome.exception()
-        _answer(batch, [failed] * len(batch) if isinstance(failed, Exception) else outcome.result())
+        failed = _failure(outcome)
+        _answer(batch, [failed] * len(batch) if failed is not None else outcome.result())
         if self.queue and self.running < IN_FLIGHT:
             self._start()
+
+    def _off(self, work: Callable[[], Any], then: Callable[[asyncio.Future[Any]], None]) -> None:
+        """`work` in a worker thread, `then` on the loop with its outcome."""
+        loop = asyncio.get_running_loop()
+        try:
+            running = loop.run_in_executor(self.pool, work)
+        except RuntimeError as exc:  # the pool is shut down: the daemon is stopping
+            running = loop.create_future()
+            running.set_exception(LazarusError(f"not appended: {exc}"))
+        running.add_done_callback(then)
+
+
+def _failure(outcome: asyncio.Future[Any]) -> Exception | None:
+    if outcome.cancelled():
+        return LazarusError("not appended: cancelled")
+    failed = outcome.exception()
+    if failed is None or isinstance(failed, Exception):
+        return failed
+    return LazarusError(f"not appended: {type(failed).__name__}")
 
 
 def _answer(batch: list[_Pending], outcomes: list[_Outcome]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -150,3 +151,56 @@ def test_the_gateways_batch_is_one_flush_heartbeats_one_write_and_each_request_i
         assert (e.agent, e.cycle) == (batch[k][0].agent, batch[k][0].cycle)  # type: ignore[attr-defined]
     assert len({a[0].seq for a in out if isinstance(a, list)}) == 5 and len(stored) == 6  # 5 beats, 1 activation
     assert stored[out[0][0].seq].ts == stored[out[2][0].seq].ts  # type: ignore[index]  # one write, one stamp
+
+
+def test_the_gateways_appends_on_the_loop_are_answered_only_after_a_flush_that_began_after_them(
+        tmp_path: Path) -> None:
+    """fsync "always": the gateway appends on the event loop and a worker thread waits for the flush
+    (lazarus_bus.gateway._Commits). With real threads and a real fdatasync, each answer comes only once a
+    flush that began when the file already held the event's line has finished; flushes are fewer than
+    answers."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lazarus_bus.config import Config
+    from lazarus_bus.gateway import _Commits
+
+    root = Root(tmp_path / "r", Config(fsync="always"))
+    root.init()
+    cell = root.create("loop")
+    cell.append(parse_draft({"type": "agent.invited", "by": "operator", "agent": "ada", "role": "write"}))
+    log = cell.log
+    commit = log._commit  # type: ignore[attr-defined]
+    fd = log._fd  # type: ignore[attr-defined]
+    started: list[int] = []  # per flush: the file's size when it began
+    finished: list[int] = []
+    real = commit._flush
+
+    def flush() -> None:
+        k = len(started)
+        started.append(os.fstat(fd).st_size)
+        real()
+        finished.append(k)
+
+    commit._flush = flush
+    covered: dict[int, int] = {}  # seq -> the size the finished flushes covered when it was answered
+
+    async def go() -> None:
+        commits = _Commits(cell, ThreadPoolExecutor(4))
+
+        async def client(n: int) -> None:
+            for k in range(25):
+                beat = parse_draft({"type": "agent.heartbeat", "by": "ada", "agent": "ada", "cycle": n * 100 + k})
+                written = await commits.submit(beat, None)
+                covered[written[0].seq] = max((started[i] for i in finished), default=0)
+
+        await asyncio.gather(*(client(n) for n in range(8)))
+
+    asyncio.run(go())
+    ends, at = {}, 0
+    for line in (cell.dir / "logs" / "events.jsonl").read_bytes().splitlines(keepends=True):
+        at += len(line)
+        ends[json.loads(line)["seq"]] = at
+    assert len(covered) == 200
+    assert all(covered[seq] >= ends[seq] for seq in covered), [s for s in covered if covered[s] < ends[s]][:5]
+    assert len(finished) < 200

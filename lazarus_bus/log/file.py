@@ -23,7 +23,7 @@ from ..errors import Conflict, CorruptLog, LazarusError, NotFound, Refused
 from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line
 from ..files import fsync_dir
 from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
-from .commit import GroupCommit
+from .commit import Durable, GroupCommit
 from .segments import Segment, anchor_before, first_seq, listed, segment_name
 
 __all__ = ["FileLog", "blocks", "link_block"]
@@ -195,9 +195,12 @@ class FileLog(LogBackend):
     def group_commit(self) -> contextlib.AbstractContextManager[None]:
         return self._commit.deferred() if self.fsync == "always" else contextlib.nullcontext()
 
-    @property
-    def append_waits(self) -> bool:
-        return self.fsync != "never"
+    def unwaited(self) -> contextlib.AbstractContextManager[Durable] | None:
+        if self.fsync == "never":
+            return contextlib.nullcontext(Durable())
+        if self.fsync == "always":
+            return self._commit.collected()
+        return None  # "batch": a batch's fsync is made under the lock, in the append
 
     def close(self) -> None:
         if self._fd >= 0:
