@@ -684,9 +684,12 @@ class FileLog(LogBackend):
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             while True:  # the file we locked may have been sealed, or half sealed by a writer killed mid-seal
+                size = os.lseek(self._fd, 0, os.SEEK_END)
+                if size == self._end:
+                    break  # nobody wrote since our last look, so nobody sealed it (a seal follows a write)
                 st = os.fstat(self._fd)
                 if not st.st_mode & SEALING and st.st_nlink < 2:
-                    break  # the common case, one fstat: no seal ever touched this file
+                    break  # others wrote, one fstat: no seal ever touched this file
                 try:
                     here = os.stat(self.path)
                 except FileNotFoundError:
@@ -702,7 +705,6 @@ class FileLog(LogBackend):
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             locked = self._fd
             try:
-                size = st.st_size  # the fstat that looked for a seal, taken under the lock: no lseek
                 if size != self._end:
                     self._sync(size)
                 if self._ended:
@@ -712,8 +714,10 @@ class FileLog(LogBackend):
                     if expected_seq is not None and expected_seq != self._head.seq:
                         raise Conflict(f"expected seq {expected_seq}, but the log is at seq {self._head.seq}")
                     written = self._write(admit(self._head, list(drafts)) if admit else drafts)
-                if self.segment_bytes and written and not self._ended and (self._end or 0) >= self.segment_bytes:
-                    self._seal()
+                    # only right after a write of its own: a writer that finds the size it last saw knows
+                    # nobody sealed the file meanwhile, with no fstat
+                    if self.segment_bytes and written and not self._ended and (self._end or 0) >= self.segment_bytes:
+                        self._seal()
                 if grouped and written:
                     self._ticket.value = self._commit.written()
             finally:
