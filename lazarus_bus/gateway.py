@@ -33,7 +33,7 @@ from .effects import effect_rows
 from .errors import CorruptLog, EffectDone, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
 from .health import agent_rows, judge
-from .log import Appended, Durable
+from .log import Appended
 from .names import check_agent
 from .policy import effective
 
@@ -240,24 +240,22 @@ class _Metrics(Collector):
 
 _Pending = tuple[ev.Event, int | None, asyncio.Future[list[Appended]]]
 _Outcome = list[Appended] | Exception
-_Written = tuple[list[_Pending], list[_Outcome], Durable]  # a batch appended on the loop, not yet on disk
 
 
 class _Commits:
-    """One cell's appends through the gateway, in batches: the requests whose appends come in one turn of
-    the loop are appended there together, and answered once the flush that covers them is done (fsync
-    "always": a worker thread waits for it, one wait for the batches written meanwhile; "never": at
-    once). Where an append itself blocks (the network), a batch is one hop to a worker thread: those
-    that arrive while it runs join the next. Each event is still admitted, chained and answered on its
-    own."""
+    """One cell's appends through the gateway, in batches appended on the loop: with fsync "never", the
+    requests of one turn of the loop, answered at once; with "always", those that arrived while the
+    last batch's flush ran (a worker thread waits for it), appended together once it is done and
+    answered once their own flush is. Where an append itself blocks (the network), a batch is one hop
+    to a worker thread, and those that arrive while it runs join the next. Each event is still
+    admitted, chained and answered on its own."""
 
     def __init__(self, cell: Cell, pool: ThreadPoolExecutor) -> None:
         self.cell = cell
         self.pool = pool
         self.queue: list[_Pending] = []
         self.due = False  # a turn of the loop is to append what is queued
-        self.unsynced: list[_Written] = []
-        self.syncing = False  # a worker thread waits for a flush
+        self.syncing = False  # a worker thread waits for the flush of the last batch
         self.running = 0  # batches appended in worker threads
 
     def submit(self, draft: ev.Event, expected: int | None) -> asyncio.Future[list[Appended]]:
@@ -271,6 +269,8 @@ class _Commits:
 
     def _turn(self) -> None:
         self.due = False
+        if self.syncing or not self.queue:
+            return  # appended when that flush is done, all in one batch: the next flush covers them anyway
         unwaited = self.cell.log.unwaited()
         if unwaited is None:  # appends that block: in worker threads
             if self.running < IN_FLIGHT:
@@ -282,25 +282,17 @@ class _Commits:
         if not durable.pending:
             _answer(batch, outcomes)
             return
-        self.unsynced.append((batch, outcomes, durable))
-        if not self.syncing:
-            self._sync()
+        self.syncing = True  # one worker thread waits for the flush that covers the batch
+        self._off(durable.wait, functools.partial(self._synced, batch, outcomes))
 
-    def _sync(self) -> None:
-        """One worker thread waits for the flush that covers every batch written so far."""
-        group, self.unsynced = self.unsynced, []
-        self.syncing = True
-        self._off(group[-1][2].wait, functools.partial(self._synced, group))
-
-    def _synced(self, group: list[_Written], flushed: asyncio.Future[Any]) -> None:
+    def _synced(self, batch: list[_Pending], outcomes: list[_Outcome], flushed: asyncio.Future[Any]) -> None:
         self.syncing = False
         failed = _failure(flushed)
-        for batch, outcomes, _ in group:
-            if failed is not None:  # the flush failed: nothing it was to cover is acknowledged
-                outcomes = [o if isinstance(o, Exception) else failed for o in outcomes]
-            _answer(batch, outcomes)
-        if self.unsynced:
-            self._sync()
+        if failed is not None:  # the flush failed: nothing it was to cover is acknowledged
+            outcomes = [o if isinstance(o, Exception) else failed for o in outcomes]
+        _answer(batch, outcomes)
+        if self.queue:
+            self._turn()  # what arrived meanwhile
 
     def _start(self) -> None:
         batch, self.queue = self.queue, []
