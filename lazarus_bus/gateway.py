@@ -34,6 +34,7 @@ from .effects import effect_rows
 from .errors import CorruptLog, EffectDone, Forbidden, LazarusError, MalformedInput, NotFound, Refused
 from .fold import CellView, manifest
 from .health import agent_rows, judge
+from .log import Appended
 from .names import check_agent
 from .policy import effective
 
@@ -42,9 +43,10 @@ __all__ = ["Gateway", "Identity", "Served", "load_tokens", "parse_listen"]
 log = logging.getLogger(__name__)
 KEEPALIVE = 15.0
 SSE_QUEUE = 10_000
-# appends and backlog reads: a slow disk or a long backlog never stalls the daemon's loop; with fsync
-# "always", appends waiting on one flush hold a thread each, so this many can share one (group commit)
+# appends that wait for disk and backlog reads: a slow disk or a long backlog never stalls the daemon's loop
 IO_THREADS = 4
+# batches of one cell's appends in flight at once: one writing while the one before waits on its flush
+IN_FLIGHT = 2
 T = TypeVar("T")
 
 
@@ -60,7 +62,9 @@ class Served(Protocol):
     @property
     def lag(self) -> float: ...
 
-    def cell(self, ref: str) -> Cell | None: ...
+    def cell(self, ref: str) -> Cell | None:
+        """A watched cell by id or name; by the id of a watched cell, a lookup without I/O."""
+        ...
 
     def views(self) -> dict[str, CellView]: ...
 
@@ -235,6 +239,163 @@ class _Metrics(Collector):
         yield from (appended, revivals, agents, lag, requests)
 
 
+_Pending = tuple[ev.Event, int | None, asyncio.Future[list[Appended]]]
+_Outcome = list[Appended] | Exception
+
+
+class _Commits:
+    """One cell's appends through the gateway, in batches appended on the loop: with fsync "never", the
+    requests of one turn of the loop, answered at once; with "always", those that arrived while the
+    last batch's flush ran (a worker thread waits for it), appended together once it is done and
+    answered once their own flush is. Where an append itself blocks (the network), a batch is one hop
+    to a worker thread, and those that arrive while it runs join the next. Each event is still
+    admitted, chained and answered on its own."""
+
+    def __init__(self, cell: Cell, pool: ThreadPoolExecutor) -> None:
+        self.cell = cell
+        self.pool = pool
+        self.queue: list[_Pending] = []
+        self.due = False  # a turn of the loop is to append what is queued
+        self.syncing = False  # a worker thread waits for the flush of the last batch
+        self.running = 0  # batches appended in worker threads
+
+    def submit(self, draft: ev.Event, expected: int | None) -> asyncio.Future[list[Appended]]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Appended]] = loop.create_future()
+        self.queue.append((draft, expected, done))
+        if not self.due:
+            self.due = True
+            loop.call_soon(self._turn)  # after the handlers ready in this turn have queued theirs
+        return done
+
+    def _turn(self) -> None:
+        self.due = False
+        if self.syncing or not self.queue:
+            return  # appended when that flush is done, all in one batch: the next flush covers them anyway
+        unwaited = self.cell.log.unwaited()
+        if unwaited is None:  # appends that block: in worker threads
+            if self.running < IN_FLIGHT:
+                self._start()
+            return
+        batch, self.queue = self.queue, []
+        with unwaited as durable:
+            outcomes = _commit(self.cell, [(d, x) for d, x, _ in batch])
+        if not durable.pending:
+            _answer(batch, outcomes)
+            return
+        self.syncing = True  # one worker thread waits for the flush that covers the batch
+        self._off(durable.wait, functools.partial(self._synced, batch, outcomes))
+
+    def _synced(self, batch: list[_Pending], outcomes: list[_Outcome], flushed: asyncio.Future[Any]) -> None:
+        self.syncing = False
+        failed = _failure(flushed)
+        if failed is not None:  # the flush failed: nothing it was to cover is acknowledged
+            outcomes = [o if isinstance(o, Exception) else failed for o in outcomes]
+        _answer(batch, outcomes)
+        if self.queue:
+            self._turn()  # what arrived meanwhile
+
+    def _start(self) -> None:
+        batch, self.queue = self.queue, []
+        self.running += 1
+        self._off(functools.partial(_commit, self.cell, [(d, x) for d, x, _ in batch]),
+                  functools.partial(self._done, batch))
+
+    def _done(self, batch: list[_Pending], outcome: asyncio.Future[list[_Outcome]]) -> None:
+        """On the loop: a thread's batch answered, then the next one if requests wait."""
+        self.running -= 1
+        failed = _failure(outcome)
+        _answer(batch, [failed] * len(batch) if failed is not None else outcome.result())
+        if self.queue and self.running < IN_FLIGHT:
+            self._start()
+
+    def _off(self, work: Callable[[], Any], then: Callable[[asyncio.Future[Any]], None]) -> None:
+        """`work` in a worker thread, `then` on the loop with its outcome."""
+        loop = asyncio.get_running_loop()
+        try:
+            running = loop.run_in_executor(self.pool, work)
+        except RuntimeError as exc:  # the pool is shut down: the daemon is stopping
+            running = loop.create_future()
+            running.set_exception(LazarusError(f"not appended: {exc}"))
+        running.add_done_callback(then)
+
+
+def _failure(outcome: asyncio.Future[Any]) -> Exception | None:
+    if outcome.cancelled():
+        return LazarusError("not appended: cancelled")
+    failed = outcome.exception()
+    if failed is None or isinstance(failed, Exception):
+        return failed
+    return LazarusError(f"not appended: {type(failed).__name__}")
+
+
+def _answer(batch: list[_Pending], outcomes: list[_Outcome]) -> None:
+    """Each request its own result or error."""
+    for (_, _, done), outcome in zip(batch, outcomes):
+        if done.cancelled():
+            continue  # its client went away: the event is written all the same
+        if isinstance(outcome, Exception):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
+
+
+def _plain(draft: ev.Event, expected: int | None) -> bool:
+    """A heartbeat with no id and no expected seq: several go in one write, as if one by one."""
+    return type(draft) is ev.AgentHeartbeat and not draft.id and expected is None
+
+
+def _commit(cell: Cell, batch: list[tuple[ev.Event, int | None]]) -> list[_Outcome]:
+    """A batch of requests' appends, then one wait for the disk for them all. Plain heartbeats next to
+    each other are written together (one lock, one write, one fold); anything else, or a run of them
+    refused as a whole, one request at a time, so each request gets its own answer."""
+    out: list[_Outcome] = []
+    try:
+        with cell.log.group_commit():  # the appends note their tickets; the wait for the flush is on the way out
+            i = 0
+            while i < len(batch):
+                j = i + 1
+                while j < len(batch) and _plain(*batch[i]) and _plain(*batch[j]):
+                    j += 1
+                if j - i > 1 and (written := _together(cell, [d for d, _ in batch[i:j]])) is not None:
+                    out.extend(written)
+                else:
+                    out.extend(_alone(cell, draft, expected) for draft, expected in batch[i:j])
+                i = j
+    except LazarusError as exc:  # the flush failed: what this batch wrote is not known durable, so not acknowledged
+        lost: list[_Outcome] = [exc] * (len(batch) - len(out))
+        return [r if isinstance(r, Exception) else exc for r in out] + lost
+    return out
+
+
+def _alone(cell: Cell, draft: ev.Event, expected: int | None) -> _Outcome:
+    try:
+        return cell.append(draft, expected_seq=expected)
+    except Exception as exc:  # noqa: BLE001 - a refusal answers its own request, not the batch
+        return exc
+
+
+def _together(cell: Cell, drafts: list[ev.Event]) -> list[_Outcome] | None:
+    """Heartbeats in one append (admitted in order, each against the state the ones before leave), split
+    back per request: its heartbeat and what admission added after it (a `cell.activated`; any before
+    the first goes with the first); None when refused, to be tried one by one."""
+    try:
+        written = cell.append_many(drafts)
+    except (MalformedInput, NotFound, Refused):
+        return None  # refused before anything was written: one by one, each its own answer
+    except LazarusError as exc:  # the disk or the log: every request of the run is told
+        return [exc] * len(drafts)
+    out: list[_Outcome] = []
+    mine: list[Appended] = []
+    for a in written:
+        if type(a.event) is ev.AgentHeartbeat and any(type(b.event) is ev.AgentHeartbeat for b in mine):
+            out.append(mine)
+            mine = []
+        mine.append(a)
+    out.append(mine)
+    return out
+
+
 class Gateway:
     """Serves the daemon's projections and appends through the same cells the daemon folds."""
 
@@ -246,6 +407,8 @@ class Gateway:
         if self.config.http.tokens_file:
             self.tokens = load_tokens(Path(self.config.http.tokens_file))
         self.requests: dict[int, int] = {}
+        self.commits: dict[str, _Commits] = {}  # cell id -> its appends in batches
+        self.known: dict[str, Cell] = {}  # a cell reference (id or name) -> the cell it named last time
         self.subscribers: dict[str, set[asyncio.Queue[ev.Event | None]]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Metrics(self))
@@ -464,10 +627,28 @@ class Gateway:
         its own cell only."""
         ref = request.match_info["cell"]
         cell, view = await self._io(self._found, ref)  # one hop to a worker thread, not two
+        self.known[ref] = cell
+        self._may_see(request, cell, view)
+        return cell, view
+
+    @staticmethod
+    def _may_see(request: web.Request, cell: Cell, view: CellView) -> None:
         ident: Identity = request["identity"]
         if ident.kind == "agent" and ident.cell not in (cell.id, view.name):
-            raise Forbidden(f"token of agent {ident.agent} is for cell {ident.cell}, not {ref}")
-        return cell, view
+            raise Forbidden(f"token of agent {ident.agent} is for cell {ident.cell}, not {request.match_info['cell']}")
+
+    async def _target(self, request: web.Request) -> Cell:
+        """The cell a write goes to: one named before is found on the loop, with no thread hop and no fold
+        (the append folds under the cell's lock what it must); the first time, as `_cell` finds it."""
+        ref = request.match_info["cell"]
+        cell = self.known.get(ref)
+        view = cell.projection if cell is not None else None
+        if cell is None or view is None or view.state == "destroyed" or self.served.cell(cell.id) is not cell:
+            return (await self._cell(request))[0]
+        if cell.id in self.served.corrupt:
+            raise CorruptLog(self.served.corrupt[cell.id])
+        self._may_see(request, cell, view)
+        return cell
 
     @staticmethod
     def _author(request: web.Request, claimed: str | None) -> str | None:
@@ -487,8 +668,11 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
         try:
-            async with asyncio.timeout(self.config.http.body_timeout):
+            if request.content.is_eof():  # all in already (a small body): no timer to set
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.config.http.body_timeout):
+                    raw = await request.read()
         except TimeoutError:
             raise web.HTTPRequestTimeout(
                 reason=f"request body not received within body_timeout ({self.config.http.body_timeout:g} s)"
@@ -506,7 +690,10 @@ class Gateway:
     async def _written(self, cell: Cell, draft: ev.Event, expected: Any) -> web.Response:
         if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool) or expected < 0):
             raise MalformedInput("expected_seq must be a non-negative integer")
-        written = await self._io(functools.partial(cell.append, draft, expected_seq=expected))
+        commits = self.commits.get(cell.id)
+        if commits is None or commits.cell is not cell:
+            commits = self.commits[cell.id] = _Commits(cell, self.io)
+        written = await commits.submit(draft, expected)  # with the requests around it: one write, one flush
         first = written[0]
         return _json({"seq": first.seq, "id": first.event.id, "type": first.event.type,
                       "duplicate": first.duplicate}, status=200 if first.duplicate else 201)
@@ -602,7 +789,7 @@ class Gateway:
                       "reason": verdict.reason, "detail": verdict.detail})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        cell, _ = await self._cell(request)
+        cell = await self._target(request)
         agent = check_agent(request.match_info["agent"])
         body = await self._body(request)
         expected = body.pop("expected_seq", None)
@@ -616,7 +803,7 @@ class Gateway:
         return await self._written(cell, self._stamped(request, draft), expected)
 
     async def append(self, request: web.Request) -> web.Response:
-        cell, _ = await self._cell(request)
+        cell = await self._target(request)
         body = await self._body(request)
         expected = body.pop("expected_seq", None)
         by = self._author(request, body.get("by"))

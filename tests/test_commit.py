@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +107,100 @@ def test_one_thread_alone_gets_a_flush_per_append(tmp_path: Path) -> None:
     for _ in range(5):
         cell.append(parse_draft({"type": "agent.heartbeat", "by": "ada", "agent": "ada"}))
     assert log._commit.flushes - before == 6  # type: ignore[attr-defined]
+
+
+def test_the_gateways_batch_is_one_flush_heartbeats_one_write_and_each_request_its_own_answer(tmp_path: Path) -> None:
+    """The gateway's batch of requests (lazarus_bus.gateway._commit) on a real cell with fsync "always":
+    neighbouring plain heartbeats go in one append, a run refused as a whole is retried one by one, a
+    request with an id or an expected seq goes alone, every refusal is the request's own (the message a
+    lone append gets), and the whole batch waits for one flush."""
+    from lazarus_bus.config import Config
+    from lazarus_bus.errors import Conflict, NotFound, Refused
+    from lazarus_bus.gateway import _commit
+
+    root = Root(tmp_path / "r", Config(fsync="always"))
+    root.init()
+    cell = root.create("batch")
+    for agent in ("ada", "bob"):
+        cell.append(parse_draft({"type": "agent.invited", "by": "operator", "agent": agent, "role": "write"}))
+    log = cell.log
+    head = cell.head().seq
+
+    def beat(agent: str, cycle: int, **extra: Any) -> Any:
+        return parse_draft({"type": "agent.heartbeat", "by": agent, "agent": agent, "cycle": cycle, **extra})
+
+    with pytest.raises((NotFound, Refused)) as refused:  # what a lone append of the refused heartbeat is told
+        Root(tmp_path / "r", Config(fsync="never")).open("batch").append(beat("nobody", 0))
+    batch = [(beat("ada", 1), None), (beat("bob", 2), None), (beat("ada", 3), None),  # one append
+             (parse_draft({"type": "bus.message", "by": "operator", "topic": "t"}), 0),  # alone: a conflict
+             (beat("ada", 4, id="0b4c5a3e-8a0a-4e53-9d55-1c8f6c1d2e3f"), None),  # alone: an id
+             (beat("nobody", 5), None), (beat("bob", 6), None)]  # refused as a run: one by one
+    tickets, flushes = log._commit._issued, log._commit.flushes  # type: ignore[attr-defined]
+    out = _commit(cell, batch)
+    assert log._commit.flushes - flushes == 1  # type: ignore[attr-defined]
+    assert log._commit._issued - tickets == 3  # type: ignore[attr-defined]  # [1 2 3], [4], [6]
+    assert isinstance(out[3], Conflict) and "expected seq 0" in str(out[3])
+    assert type(out[5]) is type(refused.value) and str(out[5]) == str(refused.value)
+    stored = {e.seq: e for e in cell.log.read(head)}
+    first = out[0]
+    assert isinstance(first, list) and [a.event.type for a in first] == ["agent.heartbeat", "cell.activated"]
+    for k in (0, 1, 2, 4, 6):
+        answer = out[k]
+        assert isinstance(answer, list) and answer[0].event.type == "agent.heartbeat"
+        e = stored[answer[0].seq]
+        assert (e.agent, e.cycle) == (batch[k][0].agent, batch[k][0].cycle)  # type: ignore[attr-defined]
+    assert len({a[0].seq for a in out if isinstance(a, list)}) == 5 and len(stored) == 6  # 5 beats, 1 activation
+    assert stored[out[0][0].seq].ts == stored[out[2][0].seq].ts  # type: ignore[index]  # one write, one stamp
+
+
+def test_the_gateways_appends_on_the_loop_are_answered_only_after_a_flush_that_began_after_them(
+        tmp_path: Path) -> None:
+    """fsync "always": the gateway appends on the event loop and a worker thread waits for the flush
+    (lazarus_bus.gateway._Commits). With real threads and a real fdatasync, each answer comes only once a
+    flush that began when the file already held the event's line has finished; flushes are fewer than
+    answers."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lazarus_bus.config import Config
+    from lazarus_bus.gateway import _Commits
+
+    root = Root(tmp_path / "r", Config(fsync="always"))
+    root.init()
+    cell = root.create("loop")
+    cell.append(parse_draft({"type": "agent.invited", "by": "operator", "agent": "ada", "role": "write"}))
+    log = cell.log
+    commit = log._commit  # type: ignore[attr-defined]
+    fd = log._fd  # type: ignore[attr-defined]
+    started: list[int] = []  # per flush: the file's size when it began
+    finished: list[int] = []
+    real = commit._flush
+
+    def flush() -> None:
+        k = len(started)
+        started.append(os.fstat(fd).st_size)
+        real()
+        finished.append(k)
+
+    commit._flush = flush
+    covered: dict[int, int] = {}  # seq -> the size the finished flushes covered when it was answered
+
+    async def go() -> None:
+        commits = _Commits(cell, ThreadPoolExecutor(4))
+
+        async def client(n: int) -> None:
+            for k in range(25):
+                beat = parse_draft({"type": "agent.heartbeat", "by": "ada", "agent": "ada", "cycle": n * 100 + k})
+                written = await commits.submit(beat, None)
+                covered[written[0].seq] = max((started[i] for i in finished), default=0)
+
+        await asyncio.gather(*(client(n) for n in range(8)))
+
+    asyncio.run(go())
+    ends, at = {}, 0
+    for line in (cell.dir / "logs" / "events.jsonl").read_bytes().splitlines(keepends=True):
+        at += len(line)
+        ends[json.loads(line)["seq"]] = at
+    assert len(covered) == 200
+    assert all(covered[seq] >= ends[seq] for seq in covered), [s for s in covered if covered[s] < ends[s]][:5]
+    assert len(finished) < 200

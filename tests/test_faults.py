@@ -215,27 +215,36 @@ def test_http_append_fuzz(up: Up, cli: Cli) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_daemon_killed_mid_group_commit_loses_no_acknowledged_event(up: Up, cli: Cli) -> None:
-    """fsync "always" with 64 concurrent HTTP clients (appends sharing fdatasyncs): SIGKILL the daemon
-    while batches are in flight; every event answered 201 is in the log at its seq, the chain holds,
-    and the next daemon takes appends again."""
+    """fsync "always" with 64 concurrent HTTP clients (the gateway's batches: heartbeats of one batch in
+    one write, every request of it answered after one shared fdatasync): SIGKILL the daemon while batches
+    are in flight; every event answered 201 is in the log at its seq, the chain holds, some heartbeats
+    did share a write, and the next daemon takes appends again."""
     up.config()
     conf = cli.root / "lazarus.toml"
     conf.write_text(conf.read_text().replace('fsync = "never"', 'fsync = "always"'))
     cli.ok("cell", "create", "forge")
+    for name in ("a0", "a1", "a2", "a3"):
+        cli.ok("agent", "invite", "forge", name, "--role", "write")
     daemon = up.start("--http", "127.0.0.1:0")
     base = up.http
     cell = up.cell()
-    acked: list[tuple[int, str]] = []
+    acked: list[tuple[int, str]] = []  # (seq, the event's id or, for a heartbeat, its agent and cycle)
     stop = asyncio.Event()
 
     async def client(n: int, session: aiohttp.ClientSession) -> None:
         k = 0
         while not stop.is_set():
-            body = {"type": "bus.message", "by": "operator", "topic": f"c{n}", "payload": k, "id": str(uuid.uuid4())}
+            if n % 2:  # half send heartbeats with no id: those of one batch go in one write
+                agent, cycle = f"a{n % 4}", n * 1_000_000 + k
+                url, body, key = f"{base}/cells/forge/agents/{agent}/heartbeat", {"cycle": cycle}, f"{agent}:{cycle}"
+            else:
+                key = str(uuid.uuid4())
+                url, body = f"{base}/cells/forge/events", {"type": "bus.message", "by": "operator",
+                                                           "topic": f"c{n}", "payload": k, "id": key}
             try:
-                async with session.post(f"{base}/cells/forge/events", json=body) as r:
+                async with session.post(url, json=body) as r:
                     if r.status == 201:
-                        acked.append(((await r.json())["seq"], body["id"]))
+                        acked.append(((await r.json())["seq"], key))
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 return  # the daemon is gone: this request was never acknowledged
             k += 1
@@ -244,7 +253,7 @@ def test_daemon_killed_mid_group_commit_loses_no_acknowledged_event(up: Up, cli:
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), timeout=timeout) as s:
             tasks = [asyncio.create_task(client(n, s)) for n in range(64)]
-            while len(acked) < 300:
+            while len(acked) < 600:
                 await asyncio.sleep(0.01)
             daemon.send_signal(signal.SIGKILL)  # mid-batch: 64 requests in flight, some waiting on a flush
             daemon.wait(10)
@@ -252,10 +261,13 @@ def test_daemon_killed_mid_group_commit_loses_no_acknowledged_event(up: Up, cli:
             await asyncio.gather(*tasks)
 
     asyncio.run(run())
-    log = {e.seq: e.id for e in Cell(cell.root, cell.id).log.read()}
-    assert len(acked) >= 300
-    for seq, eid in acked:
-        assert log.get(seq) == eid  # acknowledged = in the log, at the seq it was given
+    stored = list(Cell(cell.root, cell.id).log.read())
+    log = {e.seq: f"{e.agent}:{e.cycle}" if isinstance(e, ev.AgentHeartbeat) else e.id for e in stored}
+    assert len(acked) >= 600
+    for seq, key in acked:
+        assert log.get(seq) == key  # acknowledged = in the log, at the seq it was given
+    beats = [e.ts for e in stored if isinstance(e, ev.AgentHeartbeat)]
+    assert len(set(beats)) < len(beats)  # heartbeats of one batch share a write (and its one stamp)
     up.start("--http", "127.0.0.1:0")
     r = cli.ok("emit", "forge", "bus.message", "--by", "operator", "--data", '{"topic": "after"}')
     assert int(r) == max(log) + 1

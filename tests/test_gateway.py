@@ -71,6 +71,35 @@ def test_heartbeat_over_http_makes_the_agent_healthy_in_status(served: Up, cli: 
     assert run(call("POST", f"{base}/cells/forge/agents/ada/heartbeat", json={"cycle": "x"}))[0] == 422
 
 
+def test_concurrent_heartbeats_share_writes_and_each_gets_its_own_answer(served: Up) -> None:
+    """Heartbeats arriving together (written together when they come in one turn of the loop) are
+    answered one by one: every accepted one at its own seq with its own payload, every refused one
+    with what it is told alone."""
+    base = served.http
+    lone = run(call("POST", f"{base}/cells/forge/agents/ghost/heartbeat", json={"cycle": 0}))
+    assert lone[0] == 403
+
+    async def go() -> list[tuple[str, int, int, Any]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=48)) as s:
+            async def client(n: int) -> list[tuple[str, int, int, Any]]:
+                agent, out = "ghost" if n % 6 == 0 else "ada", []
+                for k in range(5):
+                    cycle = n * 100 + k
+                    async with s.post(f"{base}/cells/forge/agents/{agent}/heartbeat", json={"cycle": cycle}) as r:
+                        out.append((agent, cycle, r.status, await r.json()))
+                return out
+            return [x for xs in await asyncio.gather(*(client(n) for n in range(48))) for x in xs]
+
+    answers = run(go())
+    for agent, _, status, body in answers:
+        assert (status, body) == lone if agent == "ghost" else status == 201
+    code, stored = run(call("GET", f"{base}/cells/forge/events?type=agent.heartbeat"))
+    by_seq = {e["seq"]: e for e in stored}
+    beats = [(cycle, body["seq"]) for agent, cycle, _, body in answers if agent == "ada"]
+    assert len(beats) == 200 and len({seq for _, seq in beats}) == 200 and len(by_seq) == 200
+    assert all(by_seq[seq]["cycle"] == cycle and by_seq[seq]["agent"] == "ada" for cycle, seq in beats)
+
+
 def test_append_statuses(served: Up) -> None:
     base = served.http
     url = f"{base}/cells/forge/events"

@@ -19,6 +19,7 @@ from msgspec.structs import replace as _replace
 from ..errors import Conflict, CorruptLog, MalformedInput, Refused, TooLarge
 from ..events import DECODE_ERRORS, AnyEvent, CellDestroyed, Event, check_finite, decode_line, encode_event, encode_line
 from ..names import new_id, new_ids
+from .commit import Durable
 
 __all__ = ["Admit", "Appended", "Head", "LogBackend", "IdWindow", "check_link", "same_payload", "stamp",
            "ID_WINDOW"]
@@ -189,6 +190,12 @@ class LogBackend(abc.ABC):
     @abc.abstractmethod
     def import_lines(self, lines: Sequence[bytes]) -> None:
         """Write an exported log as it is (same bytes, seqs, ids and chain) into this empty log."""
+
+    def unwaited(self) -> contextlib.AbstractContextManager[Durable] | None:
+        """For an event loop that appends inline: appends inside only write (to the page cache, a seal's
+        few fsyncs aside), and the `Durable` it yields waits, once out, for their flush, to be made off
+        the loop. None where an append itself blocks (the network, a flush made under the lock)."""
+        return None
 
     def group_commit(self) -> contextlib.AbstractContextManager[None]:
         """Appends inside wait for disk only on the way out, so several threads share one flush (a

@@ -7,9 +7,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-__all__ = ["MAX_DELAY", "GroupCommit"]
+__all__ = ["MAX_DELAY", "Durable", "GroupCommit"]
 
 MAX_DELAY = 0.001  # a leader waits this long at most for writers already on their way to the file
+
+
+class Durable:
+    """What appends made without waiting still wait for: `wait` (blocking) returns once all of them are
+    on disk, or raises as the flush did; `pending` is False when there is nothing to wait for."""
+
+    def __init__(self, wait: Callable[[int], None] | None = None) -> None:
+        self._wait = wait
+        self.ticket = 0  # set when the appends are done: the last of their group-commit tickets
+
+    @property
+    def pending(self) -> bool:
+        return self.ticket > 0 and self._wait is not None
+
+    def wait(self) -> None:
+        if self._wait is not None and self.ticket:
+            self._wait(self.ticket)
 
 
 class GroupCommit:
@@ -86,6 +103,19 @@ class GroupCommit:
                 self.flushes += 1
                 self._done = max(self._done, target)
                 self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def collected(self) -> Iterator[Durable]:
+        """Appends inside only note their tickets, and nothing waits on the way out: the `Durable` it
+        yields waits for them all, later and elsewhere (an event loop writes, a worker thread waits)."""
+        outer = getattr(self._deferred, "ticket", None)
+        self._deferred.ticket = 0
+        durable = Durable(self._wait)
+        try:
+            yield durable
+        finally:
+            durable.ticket = self._deferred.ticket
+            self._deferred.ticket = outer if outer is None else max(outer, durable.ticket)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:

@@ -23,7 +23,7 @@ from ..errors import Conflict, CorruptLog, LazarusError, NotFound, Refused
 from ..events import DECODE_ERRORS, ZERO_HASH, CellDestroyed, Event, decode_line
 from ..files import fsync_dir
 from .base import Admit, Appended, Head, IdWindow, LogBackend, check_link, stamp
-from .commit import GroupCommit
+from .commit import Durable, GroupCommit
 from .segments import Segment, anchor_before, first_seq, listed, segment_name
 
 __all__ = ["FileLog", "blocks", "link_block"]
@@ -194,6 +194,13 @@ class FileLog(LogBackend):
 
     def group_commit(self) -> contextlib.AbstractContextManager[None]:
         return self._commit.deferred() if self.fsync == "always" else contextlib.nullcontext()
+
+    def unwaited(self) -> contextlib.AbstractContextManager[Durable] | None:
+        if self.fsync == "never":
+            return contextlib.nullcontext(Durable())
+        if self.fsync == "always":
+            return self._commit.collected()
+        return None  # "batch": a batch's fsync is made under the lock, in the append
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -415,6 +422,8 @@ class FileLog(LogBackend):
                 at += len(line) + 1
 
     def read_raw(self, since: int = 0, until: int | None = None) -> Iterator[tuple[Event, bytes]]:
+        if until is not None and until <= since:
+            return  # nothing asked (an append's admission, its projection already at the head): no syscall
         self._follow_seal()
         anchor = self._anchor
         if since < anchor.seq:  # what is asked begins in the sealed segments
@@ -656,14 +665,14 @@ class FileLog(LogBackend):
         drafts = self.checked(drafts)
         if self.read_only:
             raise Refused(f"cannot append to {self.path}: it is read-only to this user")
-        grouped = self.fsync == "always"
-        if grouped:
-            self._commit.begin()
+        if self.fsync != "always":
+            return self._append_locked(drafts, expected_seq, admit, False)  # no flush to share: no bookkeeping
+        self._commit.begin()
         ticket = 0
         try:
-            written = self._append_locked(drafts, expected_seq, admit, grouped)
+            written = self._append_locked(drafts, expected_seq, admit, True)
         finally:
-            if grouped and not self._ticket.value:
+            if not self._ticket.value:
                 self._commit.abandon()  # refused or failed: a flush need not wait for this writer
             ticket, self._ticket.value = self._ticket.value, 0
         if ticket:  # off the locks: the next writer appends while this one's flush runs
@@ -675,9 +684,12 @@ class FileLog(LogBackend):
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             while True:  # the file we locked may have been sealed, or half sealed by a writer killed mid-seal
+                size = os.lseek(self._fd, 0, os.SEEK_END)
+                if size == self._end:
+                    break  # nobody wrote since our last look, so nobody sealed it (a seal follows a write)
                 st = os.fstat(self._fd)
                 if not st.st_mode & SEALING and st.st_nlink < 2:
-                    break  # the common case, one fstat: no seal ever touched this file
+                    break  # others wrote, one fstat: no seal ever touched this file
                 try:
                     here = os.stat(self.path)
                 except FileNotFoundError:
@@ -693,7 +705,6 @@ class FileLog(LogBackend):
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             locked = self._fd
             try:
-                size = os.lseek(self._fd, 0, os.SEEK_END)  # not fstat: on every append, its cost shows
                 if size != self._end:
                     self._sync(size)
                 if self._ended:
@@ -703,8 +714,10 @@ class FileLog(LogBackend):
                     if expected_seq is not None and expected_seq != self._head.seq:
                         raise Conflict(f"expected seq {expected_seq}, but the log is at seq {self._head.seq}")
                     written = self._write(admit(self._head, list(drafts)) if admit else drafts)
-                if self.segment_bytes and written and not self._ended and (self._end or 0) >= self.segment_bytes:
-                    self._seal()
+                    # only right after a write of its own: a writer that finds the size it last saw knows
+                    # nobody sealed the file meanwhile, with no fstat
+                    if self.segment_bytes and written and not self._ended and (self._end or 0) >= self.segment_bytes:
+                        self._seal()
                 if grouped and written:
                     self._ticket.value = self._commit.written()
             finally:
