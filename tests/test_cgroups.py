@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -11,9 +10,15 @@ from pathlib import Path
 import pytest
 
 from lazarus_bus import cgroups, probe
+from tests.support import wait
 
 pytestmark = pytest.mark.skipif(cgroups.hierarchy() is None, reason=probe.limits_support().detail)
 
+
+
+def joined(group: cgroups.Group, child: subprocess.Popen[bytes]) -> None:
+    """Until the child has entered the group (a count of spins ran out first on a loaded machine)."""
+    wait(lambda: cgroups.members(group) == {child.pid}, "the child in its cgroup", proc=child)
 
 def test_a_group_holds_its_limits_and_ends_every_process_in_it_even_one_in_its_own_session() -> None:
     h = cgroups.hierarchy()
@@ -30,10 +35,7 @@ def test_a_group_holds_its_limits_and_ends_every_process_in_it_even_one_in_its_o
         join = "".join(f"open({p!r}, 'w').write('0'); " for p in cgroups.procs_files(g))
         child = subprocess.Popen([sys.executable, "-c", f"import os, time; {join}time.sleep(600)"],
                                  start_new_session=True)
-        for _ in range(2000):
-            if cgroups.members(g) == {child.pid}:
-                break
-            os.sched_yield() if child.poll() is None else pytest.fail("the child could not enter the cgroup")
+        joined(g, child)
         assert cgroups.members(g) == {child.pid} and not cgroups.oom_killed(g)
         assert cgroups.end(g) == 1
         assert child.wait(10) == -9
@@ -60,10 +62,7 @@ def test_a_sweep_removes_a_cells_empty_cgroups_and_keeps_the_one_with_a_live_age
     join = "".join(f"open({p!r}, 'w').write('0'); " for p in cgroups.procs_files(live))
     child = subprocess.Popen([sys.executable, "-c", f"{join}import time; time.sleep(600)"], start_new_session=True)
     try:
-        for _ in range(2000):
-            if cgroups.members(live) == {child.pid}:
-                break
-            os.sched_yield() if child.poll() is None else pytest.fail("the child could not enter the cgroup")
+        joined(live, child)
         cgroups.sweep(h, cell)
         assert not any(Path(d).exists() for d in left.dirs)  # what a killed daemon left of an ended start
         assert all(Path(d).exists() for d in live.dirs) and cgroups.members(live) == {child.pid}

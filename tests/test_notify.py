@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -39,10 +41,7 @@ async def _scenario(tmp: Path) -> None:
         assert n.offer(DEATH, now=100.0)
         assert not n.offer(DEATH, now=110.0)  # same agent and kind within min_interval
         assert n.offer(ESCALATION, now=111.0) and n.offer(ESCALATION, now=112.0)  # escalations always go out
-        for _ in range(400):
-            if n.sent == 6:  # three events, two channels each
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: n.sent == 6)  # three events, two channels each
         assert [g["type"] for g in got].count("agent.declared_dead") == 1 and len(got) == 3
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert {line["type"] for line in lines} == {"agent.declared_dead", "revival.planned"}
@@ -52,6 +51,14 @@ async def _scenario(tmp: Path) -> None:
         await runner.cleanup()
 
 
+
+async def until(check: Callable[[], object], timeout: float = 60.0) -> None:
+    """Until the notifier has done it: its commands are real processes, slow on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the notifier did not get there in time"
+        await asyncio.sleep(0.01)
+
 def test_channels_retry_and_rate_limit(tmp_path: Path) -> None:
     asyncio.run(_scenario(tmp_path))
 
@@ -60,10 +67,7 @@ def test_a_dead_channel_is_given_up_without_raising(tmp_path: Path) -> None:
     async def go() -> Notifier:
         n = Notifier(NotifyConfig(command=["false"], min_interval=0), retries=(0.01,))
         n.offer(DEATH, now=1.0)
-        for _ in range(300):
-            if n.failed:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: n.failed)
         await n.close()
         return n
 
